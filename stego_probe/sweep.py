@@ -133,7 +133,9 @@ def load_config(preset: str | os.PathLike, overrides: dict | None = None) -> Swe
         names = list_presets()
         if str(preset) not in names:
             raise KeyError(f"unknown sweep preset {preset!r}; known presets: {names} (or a .yaml)")
-        data = yaml.safe_load((resources.files("stego_probe") / "presets" / f"{preset}.yaml").read_text())
+        data = yaml.safe_load(
+            (resources.files("stego_probe") / "presets" / f"{preset}.yaml").read_text()
+        )
     if not isinstance(data, dict):
         raise ValueError(f"sweep preset {preset}: expected a YAML mapping")
     data = _merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
@@ -163,7 +165,9 @@ def _merge(base: dict, over: dict) -> dict:
 def store_path(config: SweepConfig, out_dir: str | os.PathLike, which: str) -> str:
     """Path of the ``train`` or ``val`` store of a sweep: ``<out>/stores/<name>_<split>_<res>``."""
     spec: StoreSpec = getattr(config, which)
-    tag = f"{config.dataset}_{spec.split}_{config.backbone.replace(':', '-')}_{spec.res}_{spec.crop}"
+    tag = (
+        f"{config.dataset}_{spec.split}_{config.backbone.replace(':', '-')}_{spec.res}_{spec.crop}"
+    )
     if spec.limit:
         tag += f"_n{spec.limit}"
     return str(Path(out_dir) / "stores" / tag)
@@ -290,7 +294,9 @@ def fit_projection(config: SweepConfig, point: Point, train_store, cache_dir: st
 
 def pca_spectrum_rows(config: SweepConfig, train_store, cache_dir) -> list[dict]:
     """Figure 3 rows: the explained-variance ratio of every PCA component (seed 0 fit)."""
-    proj = fit_projection(config, Point("pca", train_store.dim, config.seeds[0]), train_store, cache_dir)
+    proj = fit_projection(
+        config, Point("pca", train_store.dim, config.seeds[0]), train_store, cache_dir
+    )
     context = _context(config, train_store, Point("pca", 0, config.seeds[0]))
     context.update(probe="none", split=config.train.split)
     rows = []
@@ -407,7 +413,9 @@ def run_sweep(
 
 
 def _has_spectrum(results: Path) -> bool:
-    return results.exists() and (read_results(results)["metric"] == "explained_variance_ratio").any()
+    return (
+        results.exists() and (read_results(results)["metric"] == "explained_variance_ratio").any()
+    )
 
 
 def _check_pair(train_store, val_store) -> None:

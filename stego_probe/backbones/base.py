@@ -64,7 +64,9 @@ class Backbone(torch.nn.Module):
 
     def check_input(self, images: torch.Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"{self.name}: expected images (B, 3, H, W), got {tuple(images.shape)}")
+            raise ValueError(
+                f"{self.name}: expected images (B, 3, H, W), got {tuple(images.shape)}"
+            )
         h, w = images.shape[-2:]
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(
