@@ -1,0 +1,127 @@
+"""``stego-probe import-checkpoint`` and ``stego-probe train-stego``: thin wrappers over
+:mod:`stego_probe.projections.stego`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``import-checkpoint`` and ``train-stego`` subcommands."""
+    p = subparsers.add_parser(
+        "import-checkpoint",
+        help="import a released STEGO checkpoint (.ckpt) as a stego_probe head + probes",
+        description=(
+            "Read a released STEGO Lightning checkpoint (pickle: only import files you trust), "
+            "print its stored hyperparameters and write DIR/stego_head.pt (head, cluster and "
+            "linear probe; load with StegoHead.load) and DIR/hyperparameters.json. The ViT "
+            "weights in the checkpoint are not used: apply the head to a feature store of the "
+            "matching backbone."
+        ),
+    )
+    p.add_argument("ckpt", help="the .ckpt file")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--unpickler",
+        choices=["auto", "omegaconf", "stub"],
+        default="auto",
+        help="auto: OmegaConf when installed, else a fallback that reads the config as plain "
+        "dicts (default)",
+    )
+    p.set_defaults(func=_cmd_import)
+
+    p = subparsers.add_parser(
+        "train-stego",
+        help="train a STEGO head (and its probes) on a feature store",
+        description=(
+            "Train the STEGO head on the stored tokens of a training split (no backbone "
+            "forward), with the per-dataset hyperparameters of --preset, validating on "
+            "--val-store every --val-every steps. Writes the head (best-by-val and last states, "
+            "history) to --out and prints the selected step and its validation metrics."
+        ),
+    )
+    p.add_argument("--train-store", required=True, help="training feature store")
+    p.add_argument("--val-store", default=None, help="validation feature store (recommended)")
+    p.add_argument(
+        "--preset",
+        required=True,
+        help="cocostuff27, cityscapes27, potsdam3 or synthetic (see docs/stego.md)",
+    )
+    p.add_argument("--dim", type=int, default=None, help="code width D (default: the preset's)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: preset)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per step (preset)")
+    p.add_argument("--seed", type=int, default=0, help="random_state (0)")
+    p.add_argument("--val-every", type=int, default=None, help="validation cadence (100)")
+    p.add_argument(
+        "--select",
+        choices=["best_val_cluster_miou", "last"],
+        default="best_val_cluster_miou",
+        help="state used by the saved head (both are stored)",
+    )
+    p.add_argument("--knn-cache", default=None, help="directory caching KNN tables")
+    p.add_argument(
+        "--knn-self-rank0",
+        action="store_true",
+        help="reference KNN table keeping each image at rank 0 (parity, Q8)",
+    )
+    p.add_argument("--device", default="cpu", help="torch device (cpu)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--out", required=True, help="output file (.pt)")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from stego_probe.projections.stego.checkpoint import format_hyperparameters, import_checkpoint
+
+    head, hparams = import_checkpoint(args.ckpt, unpickler=args.unpickler)
+    print(format_hyperparameters(hparams))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    head.save(out / "stego_head.pt")
+    (out / "hyperparameters.json").write_text(json.dumps(hparams, indent=2, sort_keys=True))
+    print(
+        f"wrote {out / 'stego_head.pt'} (D={head.dim}, C={head.n_features_in_}, "
+        f"K={head.n_classes_}) and {out / 'hyperparameters.json'}"
+    )
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from stego_probe.projections.stego import StegoHead, compute_knns
+    from stego_probe.projections.stego.train import knn_table_size
+    from stego_probe.store import FeatureStore
+
+    train = FeatureStore.open(args.train_store)
+    val = FeatureStore.open(args.val_store) if args.val_store else None
+    head = StegoHead(
+        n_components=args.dim,
+        preset=args.preset,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        val_every=args.val_every,
+        select=args.select,
+        knn_self_rank0=args.knn_self_rank0,
+        random_state=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    cfg = head.resolved_params()
+    knn = None
+    if args.knn_cache:
+        k = knn_table_size(cfg, train.n_images)
+        knn = compute_knns(
+            train,
+            k,
+            knn_self_rank0=args.knn_self_rank0,
+            cache_dir=args.knn_cache,
+            progress=not args.no_progress,
+        )
+    head.fit(train, val_store=val, knn=knn)
+    path = head.save(args.out)
+    row = next((r for r in head.history_ if r["step"] == head.selected_step_), {})
+    metrics = {k: round(v, 2) for k, v in row.items() if k.startswith("val_")}
+    print(f"selected {head.selected_} (step {head.selected_step_}): {metrics or 'no validation'}")
+    print(f"wrote {path}")
+    return 0

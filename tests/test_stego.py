@@ -1,0 +1,529 @@
+"""Tests of the STEGO head, loss, KNN positives, training, presets and checkpoint import."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from stego_fixtures import TinyStore, clustered_tokens, write_fake_checkpoint
+
+from stego_probe.projections.stego import (
+    PRESETS,
+    CorrespondenceLoss,
+    SegmentationHead,
+    StegoHead,
+    compute_knns,
+    derangement,
+    get_preset,
+    import_checkpoint,
+    knn_search,
+    pair_loss,
+    pooled_descriptors,
+    sample,
+    super_perm,
+)
+from stego_probe.projections.stego.knn import sibling_groups
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP overhead on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------ loss
+def _grid(*vecs):
+    """Vectors -> a (1, C, 1, n) 'sampled grid' with one vector per position."""
+    return torch.tensor(vecs, dtype=torch.float64).T[None, :, None, :].clone()
+
+
+# f1 = [(1,0), (.6,.8)], f2 = [(1,0), (0,1)]  ->  F = [[1, 0], [.6, .8]]
+# pointwise: m = .6, row means .5 / .7  ->  F' = [[1.1, .1], [.5, .7]]
+# s1 = [(1,0), (0,1)], s2 = [(1,0), (-.6,.8)] ->  Sigma = [[1, -.6], [0, .8]]
+# shift b = .3; loss = mean(-clamp(Sigma) * (F' - b)) over the 4 pairs.
+@pytest.mark.parametrize(
+    "pointwise, zero_clamp, stabilize, expected",
+    [
+        (False, True, False, -(1 * 0.7 + 0 + 0 + 0.8 * 0.5) / 4),
+        (False, False, False, -(1 * 0.7 + (-0.6) * (-0.3) + 0 + 0.8 * 0.5) / 4),
+        (True, True, False, -(1 * 0.8 + 0 + 0 + 0.8 * 0.4) / 4),
+        (True, False, False, -(1 * 0.8 + (-0.6) * (-0.2) + 0 + 0.8 * 0.4) / 4),
+        (False, True, True, -(0.8 * 0.7 + 0 + 0 + 0.8 * 0.5) / 4),  # Sigma capped at .8
+    ],
+)
+def test_pair_loss_hand_computed(pointwise, zero_clamp, stabilize, expected):
+    f1, f2 = _grid((1, 0), (0.6, 0.8)), _grid((1, 0), (0, 1))
+    s1, s2 = _grid((2, 0), (0, 3)), _grid((1, 0), (-0.6, 0.8))  # norms do not matter
+    loss, cd = pair_loss(f1, f2, s1, s2, 0.3, pointwise, zero_clamp, stabilize)
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
+    np.testing.assert_allclose(cd.reshape(2, 2).numpy(), [[1, -0.6], [0, 0.8]], atol=1e-12)
+
+
+@pytest.mark.parametrize("zero_clamp", [True, False])
+def test_pair_loss_gradient_and_clamp(zero_clamp):
+    f1, f2 = _grid((1, 0), (0.6, 0.8)), _grid((1, 0), (0, 1))
+    f1.requires_grad_(True)
+    s1 = _grid((1, 0), (0, 1)).requires_grad_(True)
+    s2 = _grid((1, 0), (-0.6, 0.8)).requires_grad_(True)
+    loss, cd = pair_loss(f1, f2, s1, s2, 0.3, pointwise=False, zero_clamp=zero_clamp)
+    cd.retain_grad()
+    loss.backward()
+    fd = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    want = -(fd - 0.3) / 4
+    if zero_clamp:  # below 0 the clamp kills the gradient
+        want = torch.where(cd.detach().reshape(2, 2) > 0, want, torch.zeros_like(want))
+    torch.testing.assert_close(cd.grad.reshape(2, 2), want)
+    assert f1.grad is None  # the feature correlation is a fixed target
+    assert s1.grad.abs().sum() > 0 and s2.grad.abs().sum() > 0  # both code sides get gradient
+
+
+def test_sample_corners_and_axis_swap():
+    t = torch.arange(12.0).reshape(1, 1, 3, 4)
+    u = torch.tensor([[[[-1.0, -1.0], [1.0, -1.0]], [[-1.0, 1.0], [0.0, 0.0]]]])  # (1, 2, 2, 2)
+    out = sample(t, u)[0, 0]
+    assert out.shape == (2, 2)
+    assert out[0, 0] == t[0, 0, 0, 0]  # (-1, -1): top-left token centre
+    # u[0, 0, 1] = (x=+1, y=-1) is the top-right token, placed at (1, 0) by the axis swap
+    assert out[1, 0] == t[0, 0, 0, 3]
+    assert out[0, 1] == t[0, 0, 2, 0]  # (x=-1, y=+1): bottom-left
+    # centre with align_corners=True: row 1, column 1.5
+    assert out[1, 1] == pytest.approx((t[0, 0, 1, 1] + t[0, 0, 1, 2]).item() / 2)
+
+
+def test_super_perm_reference_properties():
+    g = torch.Generator().manual_seed(0)
+    assert super_perm(1, generator=g).tolist() == [0]  # B=1: the anchor is its own negative
+    saw_duplicate = False
+    for n in range(2, 7):
+        for _ in range(60):
+            p = super_perm(n, generator=g)
+            assert p.dtype == torch.int64 and p.shape == (n,)
+            assert ((p >= 0) & (p < n)).all()
+            assert (p != torch.arange(n)).all()  # no fixed points for B >= 2
+            saw_duplicate |= len(set(p.tolist())) < n
+    assert saw_duplicate  # not a permutation in general (quirk Q9)
+
+
+def test_derangement_uniform_without_fixed_points():
+    g = torch.Generator().manual_seed(0)
+    counts: dict = {}
+    for _ in range(900):
+        p = derangement(4, generator=g)
+        assert sorted(p.tolist()) == [0, 1, 2, 3]
+        assert (p != torch.arange(4)).all()
+        counts[tuple(p.tolist())] = counts.get(tuple(p.tolist()), 0) + 1
+    assert len(counts) == 9  # D(4) = 9 derangements, all reached
+    assert min(counts.values()) > 60 and max(counts.values()) < 140  # ~100 each
+    with pytest.raises(ValueError, match="at least 2"):
+        derangement(1)
+
+
+def _one_hot_batch(b, c=4, h=3, w=3):
+    """Each image's tokens are all e_i: same-image correlations 1, cross-image 0."""
+    x = torch.zeros(b, c, h, w)
+    for i in range(b):
+        x[i, i] = 1.0
+    return x
+
+
+def test_negatives_come_from_other_images():
+    loss = CorrespondenceLoss(pointwise=False, feature_samples=3, neg_inter_shift=0.25)
+    g = torch.Generator().manual_seed(0)
+    x = _one_hot_batch(3)
+    _, parts = loss(x, x, x, x, generator=g)
+    assert parts["rand"].item() == 0.0  # derangement: always another image, F = Sigma = 0
+    ref = CorrespondenceLoss(
+        pointwise=False, feature_samples=3, neg_inter_shift=0.25, neg_index="super_perm"
+    )
+    x1 = _one_hot_batch(1)
+    _, parts = ref(x1, x1, x1, x1, generator=g)
+    assert parts["rand"].item() == pytest.approx(-(1 - 0.25))  # B=1: anchor is the negative
+    with pytest.raises(ValueError, match="at least 2"):
+        loss(x1, x1, x1, x1, generator=g)
+    with pytest.raises(ValueError, match="neg_index"):
+        CorrespondenceLoss(neg_index="perm")
+
+
+def test_correspondence_loss_combines_terms_and_is_seeded():
+    torch.manual_seed(0)
+    f, s = torch.randn(4, 6, 5, 5), torch.randn(4, 3, 5, 5, requires_grad=True)
+    fp, sp = torch.randn(4, 6, 5, 5), torch.randn(4, 3, 5, 5, requires_grad=True)
+    lf = CorrespondenceLoss(
+        pos_intra_weight=0.5,
+        pos_inter_weight=2.0,
+        neg_inter_weight=0.25,
+        correspondence_weight=3.0,
+        feature_samples=4,
+    )
+    total, parts = lf(f, s, fp, sp, generator=torch.Generator().manual_seed(1))
+    want = 3.0 * (2.0 * parts["knn"] + 0.5 * parts["self"] + 0.25 * parts["rand"])
+    assert total.item() == pytest.approx(want.item(), rel=1e-6)
+    assert parts["cd_self"].shape == (4, 4, 4, 4, 4)
+    assert parts["cd_rand"].shape == (4 * 5, 4, 4, 4, 4)  # neg_samples = 5 draws
+    total.backward()
+    assert sp.grad.abs().sum() > 0  # the KNN term trains the positive's code as well
+    again, _ = lf(f, s, fp, sp, generator=torch.Generator().manual_seed(1))
+    assert again.item() == total.item()
+
+
+# ------------------------------------------------------------------ head
+def test_head_dropout_masks_independent_and_eval_deterministic():
+    torch.manual_seed(0)
+    head = SegmentationHead(32, 5, head_dropout=0.5)
+    masks = []
+    head.dropout.register_forward_hook(lambda m, i, o: masks.append((o == 0).all(-1).all(-1)))
+    x = torch.rand(2, 32, 3, 3) + 0.1
+    head.train()
+    f_t, s = head(x)
+    assert len(masks) == 3  # delta1, delta2 (head input), delta3 (teacher)
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+    kept = ~masks[2]
+    torch.testing.assert_close(f_t[kept], (x * 2)[kept])  # kept channels scaled by 1/(1-p)
+    head.eval()
+    f_t, s = head(x)
+    assert torch.equal(f_t, x)
+    w1, b1 = head.cluster1[0].weight[:, :, 0, 0], head.cluster1[0].bias
+    w2, b2 = head.cluster2[0].weight[:, :, 0, 0], head.cluster2[0].bias
+    w3, b3 = head.cluster2[2].weight[:, :, 0, 0], head.cluster2[2].bias
+    xf = x.permute(0, 2, 3, 1)
+    want = xf @ w1.T + b1 + torch.relu(xf @ w2.T + b2) @ w3.T + b3
+    torch.testing.assert_close(s, want.permute(0, 3, 1, 2))
+    assert torch.equal(head(x)[1], s)
+    lin = SegmentationHead(32, 5, projection_type="linear", teacher_dropout=False).train()
+    assert not hasattr(lin, "cluster2") and torch.equal(lin(x)[0], x)
+    with pytest.raises(ValueError, match="projection_type"):
+        SegmentationHead(32, 5, projection_type=None)
+
+
+# ------------------------------------------------------------------ KNN
+def _knn_store(n=40, dim=8, seed=0, ids=None):
+    rng = np.random.default_rng(seed)
+    t = rng.normal(size=(n, 3, 3, dim)).astype(np.float32)
+    return TinyStore(t, np.zeros((n, 6, 6), np.int64), 2, ids=ids)
+
+
+def test_knn_matches_brute_force_without_self():
+    store = _knn_store()
+    g = store._t.mean(axis=(1, 2))
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    np.testing.assert_allclose(pooled_descriptors(store, batch_size=7), g, rtol=1e-5, atol=1e-6)
+    sims = g @ g.T
+    np.fill_diagonal(sims, -np.inf)
+    want = np.argsort(-sims, axis=1, kind="stable")[:, :10]
+    got = compute_knns(store, 10)
+    assert got.dtype == np.int64 and got.shape == (40, 10)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(knn_search(pooled_descriptors(store), 10, block_size=7), want)
+    ref = compute_knns(store, 10, knn_self_rank0=True)  # parity table: self at rank 0
+    np.testing.assert_array_equal(ref[:, 0], np.arange(40))
+    np.testing.assert_array_equal(ref[:, 1:], want[:, :9])
+    with pytest.raises(ValueError, match="k=40"):
+        compute_knns(store, 40)
+
+
+def test_knn_duplicates_and_siblings():
+    store = _knn_store(n=20)
+    store._t[5] = store._t[3]  # exact duplicate: self must still be removed by index
+    nns = compute_knns(store, 5)
+    assert 3 not in nns[3] and nns[3, 0] == 5 and nns[5, 0] == 3
+    ids = [f"im{i // 5}_c{i % 5}" for i in range(20)]
+    np.testing.assert_array_equal(sibling_groups(ids), np.repeat(np.arange(4), 5))
+    store = _knn_store(n=20, ids=ids)
+    nns = compute_knns(store, 6, exclude_siblings=True)
+    assert (nns // 5 != np.arange(20)[:, None] // 5).all()
+
+
+def test_knn_cache_keyed_on_provenance(tmp_path):
+    store = _knn_store()
+    a = compute_knns(store, 5, cache_dir=tmp_path)
+    reads = store.reads
+    b = compute_knns(store, 5, cache_dir=tmp_path)
+    assert store.reads == reads and np.array_equal(a, b)  # loaded, not recomputed
+    store.provenance["weights_sha256"] = "1" * 64
+    compute_knns(store, 5, cache_dir=tmp_path)
+    assert store.reads > reads and len(list(tmp_path.glob("knn_*.npz"))) == 2
+
+
+# ------------------------------------------------------------------ training
+@pytest.fixture(scope="module")
+def toy():
+    t, labels = clustered_tokens(36, seed=0)
+    return TinyStore(t[:24], labels[:24], 3), TinyStore(t[24:], labels[24:], 3), t[24:], labels[24:]
+
+
+def _fit(train, val, steps, **kw):
+    params = dict(
+        n_components=8,
+        steps=steps,
+        batch_size=8,
+        val_every=20,
+        feature_samples=5,
+        knn_k=8,
+        lr=2e-3,
+        progress=False,
+        random_state=0,
+    )
+    params.update(kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return StegoHead(**params).fit(train, val_store=val)
+
+
+def _kmeans_miou(codes, labels):
+    from stego_probe.metrics import segmentation_metrics
+    from stego_probe.probes.kmeans import KMeansProbe
+
+    pred = KMeansProbe(3, niter=20, nredo=1, random_state=0).fit(codes).predict(codes)
+    return segmentation_metrics(pred, labels[:, ::2, ::2], 3)["miou"]
+
+
+@pytest.fixture(scope="module")
+def trained(toy):
+    train, val, _, _ = toy
+    return _fit(train, val, 60)
+
+
+def test_training_lowers_loss_and_improves_miou(toy, trained):
+    _, val, vt, vl = toy
+    init = _fit(toy[0], val, 0, select="last")
+    hist = trained.history_frame()
+    assert hist["step"].tolist() == list(range(61))
+    corr = hist.loc[hist.step > 0, "loss_corr"].to_numpy()
+    assert corr[-10:].mean() < corr[:10].mean()
+    val_rows = hist.dropna(subset=["val_cluster_miou"])
+    assert val_rows["step"].tolist() == [0, 20, 40, 60]
+    assert (
+        val_rows.set_index("step").loc[trained.best_step_, "val_cluster_miou"]
+        > hist.loc[0, "val_cluster_miou"]
+    )
+    x = vt.transpose(0, 3, 1, 2)
+    assert _kmeans_miou(trained.transform(x), vl) > _kmeans_miou(init.transform(x), vl) + 5
+    # the selected (best) step and the last state are both kept
+    assert trained.selected_ == "best_val_cluster_miou"
+    assert trained.selected_step_ == trained.best_step_
+    assert set(trained.states_) == {"last", "best"}
+    row = val_rows.set_index("step").loc[60]
+    assert len(row["hist_rand"]) == 20 and sum(row["hist_rand"]) > 0
+
+
+def test_training_is_seeded_and_leaves_global_rng_alone(toy):
+    train, val, _, _ = toy
+    state = torch.get_rng_state()
+    a = _fit(train, None, 3, select="last")
+    assert torch.equal(torch.get_rng_state(), state)
+    b = _fit(train, None, 3, select="last")
+    c = _fit(train, None, 3, select="last", random_state=1)
+    assert a.history_ == b.history_ and a.history_ != c.history_
+    x = np.random.default_rng(0).normal(size=(5, 16)).astype(np.float32)
+    assert np.array_equal(a.transform(x), b.transform(x))
+
+
+def test_positive_ranks_respect_self_exclusion(toy, monkeypatch):
+    from stego_probe.projections.stego import train as train_mod
+
+    store = toy[0]
+    nns = compute_knns(store, 8)
+    seen = []
+    real = train_mod._to_bchw
+    monkeypatch.setattr(train_mod, "_to_bchw", lambda t, d: seen.append(t.copy()) or real(t, d))
+    _fit(store, None, 4, select="last", num_neighbors=7)
+    # every second tensor is the positives' tokens: each must be one of its anchor's 7 neighbours
+    for anchors, positives in zip(seen[::2], seen[1::2]):
+        for a, p in zip(anchors, positives):
+            i = int(np.flatnonzero((store._t == a).all(axis=(1, 2, 3)))[0])
+            j = int(np.flatnonzero((store._t == p).all(axis=(1, 2, 3)))[0])
+            assert j != i and j in nns[i, :7]
+
+
+def test_save_load_roundtrip(tmp_path, trained):
+    path = trained.save(tmp_path / "head.pt")
+    back = StegoHead.load(path)
+    x = torch.randn(2, 16, 4, 4)
+    assert torch.equal(back.transform(x), trained.transform(x))
+    assert back.history_ == trained.history_ and back.best_step_ == trained.best_step_
+    assert back.get_params() == trained.get_params()
+    assert back.provenance == trained.provenance
+    for which in ("last", "best"):
+        for part, sd in trained.states_[which].items():
+            for k, v in sd.items():
+                assert torch.equal(back.states_[which][part][k], v)
+    cp, lp = back.probes()
+    np.testing.assert_array_equal(cp.cluster_centers_, trained.cluster_probe_["clusters"].numpy())
+
+
+def test_fit_input_errors(toy):
+    train, _, t, _ = toy
+    with pytest.raises(ValueError, match=r"\(N, h, w, C\)"):
+        StegoHead(progress=False).fit(t.reshape(-1, 16))
+    with pytest.raises(ValueError, match="select"):
+        StegoHead(select="best").resolved_params()
+    with pytest.raises(ValueError, match="batch_size=32 exceeds"):
+        _fit(train, None, 1, batch_size=32)
+    with pytest.raises(ValueError, match="knn"):
+        StegoHead(steps=1, batch_size=4, progress=False).fit(train, knn=np.zeros((3, 8), int))
+
+
+# ------------------------------------------------------------------ presets
+def test_presets_match_protocol_table():
+    table = {  # PROTOCOL §3.3
+        "cocostuff27": (90, True, 0.1538476246415498, 1, 0.1, 1, 0.2, 0.12, 7000, 32, "five", 27),
+        "cityscapes27": (
+            100,
+            False,
+            0.9058762625226623,
+            0.577453483136995,
+            1,
+            0.31361241889448443,
+            0.1754346515479633,
+            0.45828472207,
+            7000,
+            32,
+            "five",
+            27,
+        ),
+        "potsdam3": (70, True, 0.63, 0.25, 0.67, 0.76, 0.02, 0.08, 5000, 16, "none", 3),
+    }
+    keys = (
+        "dim",
+        "pointwise",
+        "neg_inter_weight",
+        "pos_inter_weight",
+        "pos_intra_weight",
+        "neg_inter_shift",
+        "pos_inter_shift",
+        "pos_intra_shift",
+        "steps",
+        "batch_size",
+        "crop",
+        "n_classes",
+    )
+    for name, values in table.items():
+        p = get_preset(name)
+        assert tuple(p[k] for k in keys) == values, name
+        assert (
+            p["lr"],
+            p["probe_lr"],
+            p["num_neighbors"],
+            p["feature_samples"],
+            p["neg_samples"],
+            p["zero_clamp"],
+            p["stabilize"],
+            p["val_every"],
+        ) == (5e-4, 5e-3, 7, 11, 5, True, False, 100)
+    assert PRESETS["potsdam3"]["backbone"] == "dino_vits8"
+    assert StegoHead(preset="cityscapes27").resolved_params()["pointwise"] is False
+    cfg = StegoHead(preset="cocostuff27", n_components=12, steps=3).resolved_params()
+    assert (cfg["dim"], cfg["steps"], cfg["batch_size"]) == (12, 3, 32)
+    with pytest.raises(KeyError, match="unknown STEGO preset"):
+        get_preset("voc")
+
+
+# ------------------------------------------------------------------ checkpoint import
+@pytest.mark.parametrize("unpickler", ["auto", "stub"])
+def test_import_checkpoint_roundtrip(tmp_path, unpickler):
+    path = tmp_path / "fake.ckpt"
+    sd = write_fake_checkpoint(path, in_dim=6, dim=4, n_classes=3, extra_clusters=1)
+    with pytest.warns(UserWarning, match="trust"):
+        head, hp = import_checkpoint(path, unpickler=unpickler)
+    assert hp["n_classes"] == 3 and hp["backbone"] == "dino_vits8" and hp["global_step"] == 1234
+    assert hp["cfg"]["neg_inter_shift"] == 0.76 and hp["cfg"]["nested"] == {"a": 1, "b": [1, 2]}
+    assert (
+        head.resolved_params_["neg_inter_shift"] == 0.76 and head.resolved_params_["steps"] == 5000
+    )
+    for k in ("cluster1.0.weight", "cluster2.0.bias", "cluster2.2.weight"):
+        assert torch.equal(head.head_.state_dict()[k], sd[f"net.{k}"])
+    assert torch.equal(head.cluster_probe_["clusters"], sd["cluster_probe.clusters"])
+    assert torch.equal(head.linear_probe_["weight"], sd["linear_probe.weight"])
+    x = torch.randn(2, 6, 3, 3)
+    xf = x.permute(0, 2, 3, 1)
+
+    def w(k):
+        return sd[f"net.{k}.weight"][:, :, 0, 0], sd[f"net.{k}.bias"]
+
+    (w1, b1), (w2, b2), (w3, b3) = w("cluster1.0"), w("cluster2.0"), w("cluster2.2")
+    want = xf @ w1.T + b1 + torch.relu(xf @ w2.T + b2) @ w3.T + b3
+    torch.testing.assert_close(head.transform(x), want.permute(0, 3, 1, 2))
+    cp, lp = head.probes()
+    assert cp.n_clusters == 4 and lp.n_classes == 3
+    back = StegoHead.load(head.save(tmp_path / "imported.pt"))
+    assert torch.equal(back.transform(x), head.transform(x))
+
+
+def test_import_checkpoint_strict_keys(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    write_fake_checkpoint(bad, extra_keys={"net.cluster3.0.weight": torch.zeros(1)})
+    with pytest.warns(UserWarning), pytest.raises(KeyError, match="net.cluster3.0.weight"):
+        import_checkpoint(bad)
+    miss = tmp_path / "miss.ckpt"
+    write_fake_checkpoint(miss, drop_keys=("linear_probe.bias",))
+    with pytest.warns(UserWarning), pytest.raises(KeyError, match="linear_probe.bias"):
+        import_checkpoint(miss)
+    lin = tmp_path / "lin.ckpt"
+    write_fake_checkpoint(lin, nonlinear=False)
+    with pytest.warns(UserWarning):
+        head, _ = import_checkpoint(lin)
+    assert head.head_.projection_type == "linear"
+    with pytest.raises(FileNotFoundError):
+        import_checkpoint(tmp_path / "none.ckpt")
+
+
+def test_cli_import_and_train(tmp_path, capsys, toy):
+    from stego_probe.cli.main import main
+    from stego_probe.store import FeatureStore
+
+    ckpt = tmp_path / "fake.ckpt"
+    write_fake_checkpoint(ckpt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert main(["import-checkpoint", str(ckpt), "--out", str(tmp_path / "imp")]) == 0
+    out = capsys.readouterr().out
+    assert "neg_inter_shift: 0.76" in out and "stego_head.pt" in out
+    assert StegoHead.load(tmp_path / "imp" / "stego_head.pt").dim == 4
+
+    train, val, _, _ = toy
+    for name, src in (("train", train), ("val", val)):
+        fs = FeatureStore.create(
+            tmp_path / name,
+            n_images=src.n_images,
+            grid=src.grid,
+            dim=src.dim,
+            label_shape=src.label_shape,
+            provenance={**src.provenance, "split": name},
+            chunk_images=src.n_images,
+        )
+        fs.write_block(0, src._t, src._l, src.ids)
+        fs.mark_complete()
+    args = [
+        "train-stego",
+        "--train-store",
+        str(tmp_path / "train"),
+        "--val-store",
+        str(tmp_path / "val"),
+        "--preset",
+        "synthetic",
+        "--dim",
+        "5",
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--val-every",
+        "2",
+        "--knn-cache",
+        str(tmp_path / "knn"),
+        "--no-progress",
+        "--out",
+        str(tmp_path / "h.pt"),
+    ]
+    assert main(args) == 0
+    assert "selected best_val_cluster_miou" in capsys.readouterr().out
+    head = StegoHead.load(tmp_path / "h.pt")
+    assert head.dim == 5 and head.n_steps_completed_ == 4 and math.isfinite(head.best_step_)
+    assert len(list((tmp_path / "knn").glob("knn_*.npz"))) == 1
+    assert main(args[:5] + ["--preset", "nope"] + args[7:]) == 1  # clean error, no traceback
