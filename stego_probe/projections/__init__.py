@@ -1,0 +1,128 @@
+"""Projections from backbone tokens (C) to codes (D): DINO identity, PCA, RP, UMAP, h-NNE, STEGO.
+
+Registry names (the ``method`` column of results tables):
+
+=============== ==================================================================
+``dino``        :class:`Identity` (alias ``identity``), no projection, ``D = C``
+``pca``         :class:`PCAProjection`, streaming PCA of standardised tokens
+``rp``          :class:`RandomProjection` with ``kind="gaussian"``
+``rp_sparse``   :class:`RandomProjection` with ``kind="sparse"``
+``umap``        :class:`UMAPProjection` (extra ``umap``)
+``hnne``        :class:`HNNEProjection` (extra ``hnne``)
+``stego``       ``stego_probe.projections.stego.StegoHead`` (imported lazily)
+=============== ==================================================================
+
+Examples:
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).normal(size=(200, 12)).astype(np.float32)
+    >>> get_projection("pca", 4).fit(X).transform(X).shape
+    (200, 4)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from stego_probe.projections.base import (
+    Projection,
+    StreamingMoments,
+    guard_scale,
+    is_store,
+)
+from stego_probe.projections.hnne import HNNEProjection
+from stego_probe.projections.identity import Identity
+from stego_probe.projections.pca import PCAProjection
+from stego_probe.projections.random import RandomProjection, random_matrix
+from stego_probe.projections.umap import UMAPProjection
+
+__all__ = [
+    "HNNEProjection",
+    "Identity",
+    "PCAProjection",
+    "Projection",
+    "RandomProjection",
+    "StreamingMoments",
+    "UMAPProjection",
+    "get_projection",
+    "guard_scale",
+    "is_store",
+    "list_projections",
+    "load_projection",
+    "projection_class",
+    "random_matrix",
+]
+
+#: method name -> (class, fixed keyword arguments); "stego" is resolved lazily.
+_METHODS: dict[str, tuple[type, dict]] = {
+    "dino": (Identity, {}),
+    "identity": (Identity, {}),
+    "pca": (PCAProjection, {}),
+    "rp": (RandomProjection, {"kind": "gaussian"}),
+    "rp_sparse": (RandomProjection, {"kind": "sparse"}),
+    "umap": (UMAPProjection, {}),
+    "hnne": (HNNEProjection, {}),
+}
+
+
+def _stego_class() -> type:
+    from stego_probe.projections.stego import StegoHead  # lazy: pulls in the training code
+
+    return StegoHead
+
+
+def list_projections() -> list[str]:
+    """Registry names accepted by :func:`get_projection`."""
+    return sorted([*_METHODS, "stego"])
+
+
+def get_projection(method: str, n_components: int | None = None, **kw: Any) -> Any:
+    """Build an unfitted projection by registry name.
+
+    Args:
+        method: one of :func:`list_projections` (``dino``/``identity``, ``pca``, ``rp``,
+            ``rp_sparse``, ``umap``, ``hnne``, ``stego``).
+        n_components: output width ``D`` (None: all ``C`` for ``dino`` / ``pca``).
+        **kw: further constructor arguments (``standardize``, ``random_state``, ...).
+
+    Returns:
+        the estimator (``StegoHead`` for ``"stego"``, a :class:`Projection` otherwise).
+
+    Raises:
+        KeyError: unknown ``method``.
+        ValueError: ``kw`` contradicts the method (e.g. ``kind`` for ``rp_sparse``).
+    """
+    if method == "stego":
+        return _stego_class()(n_components=n_components, **kw)
+    if method not in _METHODS:
+        raise KeyError(
+            f"unknown projection method {method!r}; expected one of {list_projections()}"
+        )
+    klass, fixed = _METHODS[method]
+    for key, value in fixed.items():
+        if key in kw and kw[key] != value:
+            raise ValueError(f"projection {method!r} has {key}={value!r}, got {key}={kw[key]!r}")
+    return klass(n_components=n_components, **{**kw, **fixed})
+
+
+def projection_class(name: str) -> type:
+    """The class called ``name`` (as written by ``Projection.save``), or a registry name's class."""
+    classes = {k.__name__: k for k, _ in _METHODS.values()}
+    if name in classes:
+        return classes[name]
+    if name in _METHODS:
+        return _METHODS[name][0]
+    if name in ("StegoHead", "stego"):
+        return _stego_class()
+    raise KeyError(f"unknown projection class {name!r}; expected one of {sorted(classes)}")
+
+
+def load_projection(path: str | os.PathLike) -> Projection:
+    """Load any projection saved with ``save(path)`` (dispatches on the stored class)."""
+    return Projection.load(path)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "StegoHead":
+        return _stego_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
