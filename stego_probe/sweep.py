@@ -261,7 +261,9 @@ def done_points(results_path: str | os.PathLike) -> set[Point]:
     }
 
 
-def fit_projection(config: SweepConfig, point: Point, train_store, cache_dir: str | os.PathLike):
+def fit_projection(
+    config: SweepConfig, point: Point, train_store, cache_dir: str | os.PathLike, val_store=None
+):
     """Fit (or load from ``cache_dir``) the projection of one sweep point.
 
     PCA is fitted once per seed at full width and then narrowed with ``set_params``, so every D
@@ -285,9 +287,16 @@ def fit_projection(config: SweepConfig, point: Point, train_store, cache_dir: st
     path = cache_dir / f"{point.method}_d{point.dim}_seed{point.seed}.pt"
     if path.exists():
         return load_projection(path)
-    n = None if point.method == "dino" else point.dim
-    proj = get_projection(point.method, n, random_state=point.seed, **kwargs)
-    proj.fit(train_store)
+    if point.method == "dino":
+        proj = get_projection("dino", None)
+    else:
+        proj = get_projection(point.method, point.dim, random_state=point.seed, **kwargs)
+    if point.method == "stego":
+        # Checkpoint selection by validation cluster mIoU (the paper protocol, PROTOCOL §3.4).
+        proj.set_params(progress=False)
+        proj.fit(train_store, val_store=val_store)
+    else:
+        proj.fit(train_store)
     proj.save(path)
     return proj
 
@@ -324,21 +333,22 @@ def run_point(config: SweepConfig, point: Point, train_store, val_store, cache_d
     """Evaluate one sweep point and return its tidy rows (probe metrics + distinctness)."""
     from stego_probe.evaluate import evaluate_stores
 
-    proj = fit_projection(config, point, train_store, cache_dir)
+    proj = fit_projection(config, point, train_store, cache_dir, val_store=val_store)
     context = _context(config, val_store, point)
     df = evaluate_stores(
         train_store,
         val_store,
         probes=config.probes,
-        projection=proj,
+        projection=None if point.method == "dino" else proj,
+        method=point.method,
         mode=config.mode,
         flip=config.flip,
         seed=point.seed,
         probe_kwargs=config.probe_kwargs,
         batch_size=config.batch_size,
-        context=context,
         progress=False,
     )
+    df["dim"] = point.dim
     rows = df.to_dict("records")
     dist = config.distinctness or {}
     if dist.get("enabled", True):

@@ -1,0 +1,41 @@
+"""``stego-probe demo``: the offline end-to-end demo."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="offline end-to-end demo: synthetic scenes -> stores -> sweep -> figures",
+        description=(
+            "Extract synthetic scenes with the weight-free descriptor backbone (or a real DINO "
+            "with --backbone/--weights), sweep STEGO / PCA / RP over D with k-means and linear "
+            "probes and distinctness, write OUT/results.csv and the figures, print a summary. "
+            "Re-running resumes where it stopped."
+        ),
+    )
+    p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
+    p.add_argument(
+        "--figures", default="figures/demo", help="figure folder (default: figures/demo)"
+    )
+    p.add_argument(
+        "--backbone", help="backbone registry name, e.g. dino_vits8 (default: descriptor)"
+    )
+    p.add_argument("--weights", help="local weights file for --backbone")
+    p.add_argument("--quick", action="store_true", help="a tiny configuration (seconds)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from stego_probe.demo import run_demo
+
+    run_demo(
+        out=args.out,
+        figures=args.figures,
+        backbone=args.backbone,
+        weights=args.weights,
+        quick=args.quick,
+        progress=not args.no_progress,
+    )
+    return 0

@@ -1,0 +1,187 @@
+"""The offline end-to-end demo (``stego-probe demo``, the README's first command).
+
+synthetic scenes -> descriptor backbone (or a real DINO with ``backbone=`` / ``weights=``) ->
+train / val stores -> STEGO head, PCA and random projection at several D and full width ->
+k-means and linear probes, distinctness -> ``<out>/results.csv`` -> every figure the table
+supports, plus a qualitative grid and a 2-D feature map, in ``<figures>/`` -> a printed summary.
+
+Everything here is composition of library calls (:mod:`stego_probe.sweep`,
+:mod:`stego_probe.plots`, :mod:`stego_probe.evaluate`); the demo adds no analysis of its own.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stego_probe.sweep import Point, SweepConfig, load_config, run_sweep, summary_table
+
+#: Overrides that shrink the demo to a smoke test (used by the tests and ``--quick``).
+QUICK = {
+    "dataset_kwargs": {"n_images": 24},
+    "dims": [3, 12],
+    "seeds": [0],
+    "probe_kwargs": {
+        "kmeans": {"n_train": 5000, "niter": 10, "nredo": 1},
+        "linear": {"steps": 30, "batch_size": 8},
+    },
+    "method_kwargs": {"stego": {"steps": 30}},
+    "distinctness": {"n_tokens": 1000, "seeds": [0, 1]},
+}
+
+
+def demo_config(backbone: str | None = None, weights: str | None = None, quick: bool = False):
+    """The demo's sweep: the ``synthetic`` preset, optionally with another backbone.
+
+    A real DINO has 384 / 768 channels; the preset's dims are kept and full width is added by
+    the sweep for PCA / RP / DINO.
+    """
+    overrides: dict = {"backbone": backbone, "weights": weights}
+    if backbone and backbone != "descriptor":
+        # ViT inputs must be multiples of the patch size; 224 px is the DINO training size.
+        overrides["train"] = {"res": 224}
+        overrides["val"] = {"res": 224}
+    if quick:
+        overrides.update(QUICK)
+    return load_config("synthetic", overrides)
+
+
+def best_dim(df: pd.DataFrame, method: str, probe: str = "kmeans") -> int | None:
+    """The D with the highest mean mIoU of ``method`` under ``probe`` (None if absent)."""
+    sel = df[(df["method"] == method) & (df["probe"] == probe) & (df["metric"] == "miou")]
+    if sel.empty:
+        return None
+    return int(sel.groupby("dim")["value"].mean().idxmax())
+
+
+def class_aligned_predictions(
+    train_store, val_store, projection, indices, seed: int = 0, n_train: int = 50_000
+) -> np.ndarray:
+    """k-means predictions on some val images, relabelled to classes by Hungarian matching.
+
+    The matching is the one the metrics use (global, over the whole val split), so the colours
+    of a qualitative figure mean the same as the numbers.
+
+    Args:
+        train_store, val_store: feature stores.
+        projection: a fitted projection (``Identity`` for the raw features).
+        indices: val image indices to predict.
+        seed: k-means seed.
+        n_train: training tokens for k-means.
+
+    Returns:
+        int64 (len(indices), H, W) class ids (-1 where a cluster matched no class).
+    """
+    from stego_probe.evaluate import make_probe, predict_batch
+    from stego_probe.metrics import ConfusionAccumulator, hungarian_mapping
+
+    def codes(tokens):
+        return np.asarray(projection.transform_tokens(tokens), dtype=np.float32)
+
+    k = int(val_store.n_classes)
+    sample = train_store.sample_tokens(n_train, seed=seed)
+    sample = np.asarray(projection.transform(sample))
+    probe = make_probe("kmeans", k, seed).fit(np.ascontiguousarray(sample, dtype=np.float32))
+    size = tuple(val_store.label_shape)
+    acc = ConfusionAccumulator(k, k)
+    for tokens, labels, _ in val_store.iter_batches(16):
+        acc.update(predict_batch("kmeans", probe, codes(tokens), size), labels)
+    class_of_cluster = np.full(k, -1, dtype=np.int64)
+    for cls, cluster in enumerate(hungarian_mapping(acc.matrix)):
+        if cluster >= 0:
+            class_of_cluster[cluster] = cls
+    pred = predict_batch("kmeans", probe, codes(val_store.tokens(np.asarray(indices))), size)
+    return class_of_cluster[pred]
+
+
+def extra_figures(
+    config: SweepConfig, df: pd.DataFrame, out_dir, fig_dir, n_images: int = 4, fmt: str = "png"
+) -> list[Path]:
+    """The qualitative grid and the DINO-vs-STEGO 2-D feature map of the demo."""
+    from stego_probe.evaluate import dataset_for_store, store_images
+    from stego_probe.plots import embedding_2d, plot_embedding_map, plot_qualitative, save_figure
+    from stego_probe.sweep import ensure_stores, fit_projection, val_code_sample
+
+    train_store, val_store = ensure_stores(config, out_dir, progress=False)
+    cache = Path(out_dir) / "projections"
+    seed = config.seeds[0]
+    dino = Point("dino", train_store.dim, seed)
+    methods = {"DINO (k-means)": fit_projection(config, dino, train_store, cache, val_store)}
+    for method in ("stego", "pca"):
+        d = best_dim(df, method)
+        if d is not None:
+            proj = fit_projection(config, Point(method, d, seed), train_store, cache, val_store)
+            methods[f"{method.upper()} D={d} (k-means)"] = proj
+    idx = np.arange(min(n_images, val_store.n_images))
+    images = store_images(val_store, dataset_for_store(val_store))(
+        idx, [val_store.ids[i] for i in idx]
+    )
+    preds = {
+        name: class_aligned_predictions(train_store, val_store, proj, idx, seed=seed)
+        for name, proj in methods.items()
+    }
+    names = val_store.class_names
+    paths = []
+    fig = plot_qualitative(
+        images, val_store.labels(idx), preds, dataset=config.dataset, class_names=names
+    )
+    paths.append(save_figure(fig, Path(fig_dir) / f"qualitative.{fmt}"))
+
+    points, labels = {}, None
+    for name, proj in methods.items():
+        if name.startswith("PCA"):
+            continue
+        codes, labels = val_code_sample(val_store, proj, 3000, seed)
+        points[name.replace(" (k-means)", "")] = embedding_2d(
+            codes, method="pca", random_state=seed
+        )
+    fig = plot_embedding_map(points, labels, class_names=names, dataset=config.dataset)
+    paths.append(save_figure(fig, Path(fig_dir) / f"feature_map.{fmt}"))
+    return paths
+
+
+def run_demo(
+    out: str = "runs/demo",
+    figures: str = "figures/demo",
+    backbone: str | None = None,
+    weights: str | None = None,
+    quick: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Run the demo end to end and print a summary; returns the results table.
+
+    Args:
+        out: run folder (stores, fitted projections, ``results.csv``); re-running resumes.
+        figures: folder for the figures (PNG).
+        backbone, weights: use another backbone (e.g. ``dino_vits8`` and its ``.pth`` file).
+        quick: a tiny configuration (seconds; used by the tests).
+        progress: progress bars.
+    """
+    from stego_probe.plots import plot_all
+
+    start = time.perf_counter()
+    config = demo_config(backbone, weights, quick)
+    print(
+        f"stego-probe demo: {config.dataset} scenes, backbone {config.backbone}, "
+        f"methods {config.methods}, dims {config.dims}, seeds {config.seeds}"
+    )
+    df = run_sweep(config, out, progress=progress)
+    paths = plot_all(df, figures, published=False, fmt="png")
+    paths += extra_figures(config, df, out, figures)
+    for metric in ("miou", "accuracy"):
+        table = summary_table(df, metric)
+        if not table.empty:
+            print(f"\n{metric} (%) on the synthetic val split, mean ± std over seeds:")
+            print(table.to_string())
+    dist = df[(df["probe"] == "none") & df["metric"].isin(["silhouette", "kmeans_ari"])]
+    if not dist.empty:
+        wide = dist.pivot_table(index=["method", "dim"], columns="metric", values="value")
+        print("\ncluster distinctness on val codes (mean over seeds):")
+        print(wide.round(3).to_string())
+    print(f"\nresults: {Path(out) / 'results.csv'}")
+    print("figures: " + ", ".join(str(p) for p in paths))
+    print(f"done in {time.perf_counter() - start:.0f} s")
+    return df
