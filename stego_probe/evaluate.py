@@ -1,0 +1,745 @@
+"""Evaluation pipeline: fit probes on training codes, score them on validation codes.
+
+Two entry points:
+
+* :func:`evaluate_codes` works on plain arrays (a notebook with codes in memory);
+* :func:`evaluate_stores` streams two :class:`~stego_probe.store.FeatureStore` s (train, val)
+  through an optional projection and returns tidy result rows.
+
+Protocol (PROTOCOL §4.4). Probes are fitted on *training* codes at token resolution:
+``"kmeans"`` (FAISS spherical k-means on a seeded token sample, §4.2), ``"cluster"`` (the
+reference's Adam-trained cluster probe, §4.1) and ``"linear"`` (1x1 conv, cross-entropy, §4.3;
+``"cluster"`` and ``"linear"`` are trained on the same seeded stream of image mini-batches, as the
+reference trains them side by side). Validation then runs in one of three modes (the ``mode``
+column of the results):
+
+* ``"val"``: one pass; the code is bilinearly upsampled (``align_corners=False``) to label
+  resolution and each probe predicts every pixel (the reference's training-time validation and
+  every point of the paper's Figure 4);
+* ``"eval"`` (``flip=True``): the code is the average of the code of the image and the
+  flipped-back code of the flipped image, ``c = (code(x) + flip(code(flip(x)))) / 2``, then as
+  ``"val"`` (the reference's final evaluation);
+* ``"token"``: a fast approximation for sweeps: codes stay on the token grid and the labels are
+  pooled to it by majority (:func:`stego_probe.store.pool_labels`); the linear probe is trained on
+  the pooled labels as well.
+
+With ``crf=True`` the probes' log-probabilities at label resolution (``log_softmax(2 cos)`` for
+the cluster and k-means probes, ``log_softmax(W c + b)`` for the linear probe) are refined by the
+dense CRF (§5) and both the no-CRF and the CRF metrics are reported (one pass).
+
+Metrics are accumulated in confusion matrices over the whole split, batch by batch, so no
+prediction is kept in memory (quirk Q30); cluster probes are matched to classes with ``match``
+(Hungarian by default), the linear probe with the identity.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stego_probe.labels import check_labels
+from stego_probe.metrics import ConfusionAccumulator, metrics_to_flat
+from stego_probe.probes._codes import check_finite, to_numpy
+from stego_probe.probes.cluster_lookup import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_STEPS,
+    ClusterLookupProbe,
+    minibatch_stream,
+)
+from stego_probe.probes.linear import IGNORE_VALUES, LinearProbe
+from stego_probe.provenance import check_compatible
+from stego_probe.results import RESULT_COLUMNS, make_rows, to_frame
+
+#: Probe names accepted by the pipeline -> canonical name in the results table.
+PROBE_ALIASES = {
+    "kmeans": "kmeans",
+    "kmeans_faiss": "kmeans",
+    "cluster": "cluster",
+    "stego_cluster": "cluster",
+    "cluster_lookup": "cluster",
+    "linear": "linear",
+}
+PROBES = ("kmeans", "cluster", "linear")
+MODES = ("pixel", "token")
+#: Store provenance keys that must agree between the training and the validation store.
+COMPATIBLE_KEYS = ("backbone", "weights_sha256", "dataset", "n_classes", "patch_size", "embed_dim")
+#: Inverse temperature of the soft cluster assignment fed to the CRF (reference: 2).
+CRF_ALPHA = 2.0
+
+
+# ---------------------------------------------------------------------------------------------
+# argument checks
+# ---------------------------------------------------------------------------------------------
+
+
+def _probe_list(probes) -> list[str]:
+    if isinstance(probes, str):
+        probes = [p for p in probes.split(",") if p.strip()]
+    out: list[str] = []
+    for p in probes:
+        key = str(p).strip().lower()
+        if key not in PROBE_ALIASES:
+            raise ValueError(
+                f"probes: unknown probe {p!r}; expected some of {list(PROBES)} "
+                f"(aliases: {sorted(set(PROBE_ALIASES) - set(PROBES))})"
+            )
+        if PROBE_ALIASES[key] not in out:
+            out.append(PROBE_ALIASES[key])
+    if not out:
+        raise ValueError(f"probes: expected at least one of {list(PROBES)}, got {probes!r}")
+    return out
+
+
+def _check_mode(mode: str, flip: bool, crf: bool) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {list(MODES)}, got {mode!r}")
+    if mode == "token" and (flip or crf):
+        raise ValueError(
+            "mode='token' evaluates on the token grid; flip averaging and the CRF are defined "
+            "for mode='pixel' only"
+        )
+    return "token" if mode == "token" else ("eval" if flip else "val")
+
+
+def _probe_kwargs(probe_kwargs: Mapping | None, name: str) -> dict:
+    if probe_kwargs is None:
+        return {}
+    unknown = {PROBE_ALIASES.get(k, k) for k in probe_kwargs} - set(PROBES)
+    if unknown:
+        raise ValueError(f"probe_kwargs: unknown probes {sorted(unknown)}; expected {list(PROBES)}")
+    out: dict = {}
+    for k, v in probe_kwargs.items():
+        if PROBE_ALIASES.get(k, k) == name:
+            out.update(v or {})
+    return out
+
+
+def make_probe(name: str, n_classes: int, seed: int = 0, **kwargs):
+    """Build an unfitted probe by name.
+
+    Args:
+        name: ``"kmeans"``, ``"cluster"`` or ``"linear"`` (or an alias of :data:`PROBE_ALIASES`).
+        n_classes: ``K``; the default number of clusters (``E = 0``) or of linear outputs.
+        seed: ``random_state`` of the probe.
+        **kwargs: constructor arguments overriding the defaults (e.g. ``n_clusters``, ``steps``).
+
+    Returns:
+        a :class:`~stego_probe.probes.KMeansProbe`, :class:`ClusterLookupProbe` or
+        :class:`LinearProbe`.
+    """
+    name = _probe_list([name])[0]
+    kw = {"random_state": seed, **kwargs}
+    if name == "kmeans":
+        from stego_probe.probes.kmeans import KMeansProbe
+
+        return KMeansProbe(**{"n_clusters": int(n_classes), **kw})
+    if name == "cluster":
+        return ClusterLookupProbe(**{"n_clusters": int(n_classes), **kw})
+    return LinearProbe(**{"n_classes": int(n_classes), **kw})
+
+
+def _n_outputs(probe) -> int:
+    return int(getattr(probe, "n_clusters", None) or probe.n_classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-batch scoring (shared by both entry points)
+# ---------------------------------------------------------------------------------------------
+
+
+def _affine_kmeans_scores(probe, codes: np.ndarray, size) -> torch.Tensor:
+    """Scores whose argmax is the k-means assignment of the upsampled code, (B, K', H, W).
+
+    cosine: ``<c, mu_k>`` with unit centroids (the code norm does not change the argmax);
+    euclidean: ``2 <c, mu_k> - |mu_k|^2``. Both are affine in ``c`` with weights summing to one
+    under bilinear interpolation, so upsampling the scores equals scoring the upsampled code
+    (PROTOCOL §4.2 "code first, then assignment"), without materialising ``(B, D, H, W)``.
+    """
+    mu = torch.from_numpy(np.ascontiguousarray(probe.cluster_centers_, dtype=np.float32))
+    x = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32))
+    s = torch.einsum("bdhw,kd->bkhw", x, mu)
+    if probe.metric != "cosine":
+        s = 2 * s - mu.square().sum(1)[None, :, None, None]
+    if size is not None and tuple(size) != tuple(s.shape[2:]):
+        s = F.interpolate(s, size=tuple(size), mode="bilinear", align_corners=False)
+    return s
+
+
+def predict_batch(name: str, probe, codes: np.ndarray, size=None) -> np.ndarray:
+    """Predictions of a fitted probe on a batch of codes upsampled to ``size``.
+
+    Args:
+        name: canonical probe name (``kmeans``, ``cluster``, ``linear``).
+        probe: the fitted probe.
+        codes: ``(B, D, h, w)`` float32 codes (or ``(M, D)`` with ``size=None``).
+        size: label resolution ``(H, W)``, or None for token resolution.
+
+    Returns:
+        int64 ``(B, H, W)`` (or ``(B, h, w)`` / ``(M,)``) cluster / class ids.
+    """
+    if name == "kmeans":
+        if codes.ndim == 2:
+            return probe.predict(codes)
+        return _affine_kmeans_scores(probe, codes, size).argmax(1).numpy()
+    return probe.predict(codes, size=size)
+
+
+def log_probs_batch(name: str, probe, codes: np.ndarray, size) -> np.ndarray:
+    """Log-probabilities ``(B, K', H, W)`` float32 of a fitted probe at label resolution (the
+    CRF input): ``log_softmax(2 cos)`` for ``cluster`` / ``kmeans`` (cosine metric; ``-2 d^2``
+    for euclidean k-means), ``log_softmax(logits)`` for ``linear``."""
+    if name == "cluster":
+        return probe.log_probs(codes, alpha=CRF_ALPHA, size=size)
+    if name == "linear":
+        return probe.log_probs(codes, size=size)
+    from stego_probe.probes._codes import upsample_codes
+
+    return np.concatenate(
+        [
+            probe.log_probs(upsample_codes(codes[i : i + 1], size), alpha=CRF_ALPHA)
+            for i in range(len(codes))
+        ]
+    )
+
+
+class _Scorer:
+    """Confusion accumulators for every (probe, crf) pair, fed batch by batch."""
+
+    def __init__(self, probes: Mapping, n_classes: int, crf: bool, crf_workers: int = 0):
+        self.probes = dict(probes)
+        self.n_classes = int(n_classes)
+        self.crf = bool(crf)
+        self.crf_workers = int(crf_workers)
+        self.acc = {}
+        for name, probe in self.probes.items():
+            for use_crf in (False, True) if crf else (False,):
+                self.acc[name, use_crf] = ConfusionAccumulator(_n_outputs(probe), self.n_classes)
+
+    def update(self, codes: np.ndarray, labels: np.ndarray, size=None, images=None) -> None:
+        for name, probe in self.probes.items():
+            self.acc[name, False].update(predict_batch(name, probe, codes, size), labels)
+            if self.crf:
+                from stego_probe.probes.crf import batch_crf
+
+                lp = log_probs_batch(name, probe, codes, size)
+                pred = batch_crf(images, lp, num_workers=self.crf_workers)
+                self.acc[name, True].update(pred, labels)
+
+    def results(self, match: str) -> dict:
+        out = {}
+        for (name, use_crf), acc in self.acc.items():
+            if acc.n_pixels == 0:
+                raise ValueError(
+                    "validation labels: no valid pixel (every label is outside [0, "
+                    f"{self.n_classes})); nothing to score"
+                )
+            m = "identity" if name == "linear" else match
+            out[name, use_crf] = acc.scores(match=m)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# arrays
+# ---------------------------------------------------------------------------------------------
+
+
+def _codes_array(x, name: str) -> np.ndarray:
+    arr = to_numpy(x, name)
+    if arr.ndim not in (2, 4):
+        raise ValueError(f"{name}: expected shape (N, D, h, w) or (M, D), got {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name}: empty split (no images / tokens), shape {arr.shape}")
+    if arr.dtype.kind not in "fiu":
+        raise ValueError(f"{name}: expected a real-valued array, got dtype {arr.dtype}")
+    return check_finite(np.asarray(arr, dtype=np.float32), name)
+
+
+def _labels_array(y, codes: np.ndarray, n_classes: int, name: str) -> np.ndarray:
+    if y is None:
+        raise ValueError(f"{name}: labels are required")
+    lab = check_labels(to_numpy(y, name), n_classes, IGNORE_VALUES, source=name)
+    want = "(N, H, W)" if codes.ndim == 4 else "(M,)"
+    if codes.ndim == 4 and (lab.ndim != 3 or lab.shape[0] != codes.shape[0]):
+        raise ValueError(f"{name}: expected {want} with N={codes.shape[0]}, got {lab.shape}")
+    if codes.ndim == 2 and lab.shape != (codes.shape[0],):
+        raise ValueError(f"{name}: expected {want} with M={codes.shape[0]}, got {lab.shape}")
+    return lab
+
+
+def _to_token_grid(labels: np.ndarray, grid, n_classes: int) -> np.ndarray:
+    from stego_probe.store import pool_labels
+
+    if tuple(labels.shape[1:]) == tuple(grid):
+        return labels
+    return pool_labels(labels, tuple(grid), n_classes)
+
+
+def evaluate_codes(
+    train_codes,
+    train_labels,
+    val_codes,
+    val_labels,
+    n_classes: int,
+    probes: Sequence[str] | str = PROBES,
+    mode: str = "pixel",
+    crf: bool = False,
+    val_images=None,
+    flip_codes=None,
+    seed: int = 0,
+    class_names: Sequence[str] | None = None,
+    probe_kwargs: Mapping | None = None,
+    match: str = "hungarian",
+    batch_size: int = 8,
+    crf_workers: int = 0,
+    return_probes: bool = False,
+):
+    """Fit probes on training codes and score them on validation codes (all in memory).
+
+    Args:
+        train_codes: ``(N, D, h, w)`` (or token layout ``(M, D)``) float training codes.
+        train_labels: ``(N, H, W)`` pixel labels or ``(N, h, w)`` token-grid labels (``(M,)``
+            for token layout); values outside ``[0, K)`` (-1, 255) are ignored. Used only by
+            the linear probe (pass None when ``probes`` has no ``linear``).
+        val_codes: ``(N', D, h, w)`` (or ``(M', D)``) validation codes.
+        val_labels: ``(N', H, W)`` (or ``(M',)``) validation labels.
+        n_classes: ``K``.
+        probes: any of ``"kmeans"``, ``"cluster"``, ``"linear"`` (list or comma string).
+        mode: ``"pixel"``: codes upsampled to the label resolution; ``"token"``: labels pooled
+            to the token grid by majority (training and validation).
+        crf: also report dense-CRF refined metrics (needs ``val_images``; pixel mode).
+        val_images: ``(N', H, W, 3)`` uint8 validation images for the CRF.
+        flip_codes: ``(N', D, h, w)`` codes of the horizontally flipped validation images,
+            **already flipped back** to the original orientation (as the store's
+            ``tokens_flipped``); when given, ``(val_codes + flip_codes) / 2`` is evaluated
+            ("eval" mode).
+        seed: ``random_state`` of every probe (k-means sample and seeds, Adam init and stream).
+        class_names: unused here except for validation of its length (kept for symmetry with
+            :func:`evaluate_stores`; use :func:`stego_probe.metrics.metrics_to_flat`).
+        probe_kwargs: ``{probe: {constructor kwargs}}``, e.g.
+            ``{"cluster": {"steps": 500}, "kmeans": {"n_clusters": 30}}``.
+        match: cluster-to-class matching for ``kmeans`` / ``cluster`` (``"hungarian"``,
+            ``"majority"``, ``"reference"``); the linear probe always uses ``"identity"``.
+        batch_size: validation images per batch.
+        crf_workers: worker processes for the CRF (0 = serial).
+        return_probes: also return the fitted probes.
+
+    Returns:
+        ``{probe: scores}`` with :func:`stego_probe.metrics.scores` dictionaries (``accuracy``,
+        ``miou``, ``iou`` ...); with ``crf=True`` also ``{probe + "+crf": scores}``. With
+        ``return_probes``: ``(results, {probe: fitted probe})``.
+
+    Raises:
+        ValueError: empty inputs, NaN codes, code widths or label shapes that do not match,
+            unknown probe / mode, labels outside ``[0, K)`` that are not an ignore value.
+
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> y = rng.integers(0, 3, (6, 4, 4))
+        >>> codes = (np.eye(3)[y].transpose(0, 3, 1, 2) + rng.normal(0, 0.05, (6, 3, 4, 4)))
+        >>> res = evaluate_codes(codes, y, codes, y, 3, probes="kmeans,linear", mode="token",
+        ...                      probe_kwargs={"linear": {"steps": 200}})
+        >>> round(res["kmeans"]["accuracy"]), round(res["linear"]["accuracy"])
+        (100, 100)
+    """
+    names = _probe_list(probes)
+    _check_mode(mode, flip_codes is not None, crf)
+    n_classes = int(n_classes)
+    if n_classes < 1:
+        raise ValueError(f"n_classes: expected a positive integer, got {n_classes}")
+    if class_names is not None and len(class_names) != n_classes:
+        raise ValueError(f"class_names: expected {n_classes} names, got {len(class_names)}")
+    tr = _codes_array(train_codes, "train_codes")
+    va = _codes_array(val_codes, "val_codes")
+    if tr.shape[1] != va.shape[1]:
+        raise ValueError(
+            f"val_codes: code width D={va.shape[1]} differs from train_codes' D={tr.shape[1]}"
+        )
+    if tr.ndim != va.ndim:
+        raise ValueError(f"train_codes {tr.shape} / val_codes {va.shape}: expected the same layout")
+    vy = _labels_array(val_labels, va, n_classes, "val_labels")
+    ty = None
+    if "linear" in names:
+        ty = _labels_array(train_labels, tr, n_classes, "train_labels")
+    if flip_codes is not None:
+        fc = _codes_array(flip_codes, "flip_codes")
+        if fc.shape != va.shape:
+            raise ValueError(
+                f"flip_codes: expected shape {va.shape} like val_codes, got {fc.shape}"
+            )
+        va = 0.5 * (va + fc)
+    if crf:
+        if va.ndim != 4:
+            raise ValueError("crf=True needs image-layout codes (N, D, h, w)")
+        if val_images is None:
+            raise ValueError("val_images: the CRF needs the (N, H, W, 3) uint8 validation images")
+        val_images = np.asarray(val_images)
+        if val_images.dtype != np.uint8 or val_images.shape != (*vy.shape, 3):
+            raise ValueError(
+                f"val_images: expected uint8 of shape {(*vy.shape, 3)}, got "
+                f"{val_images.dtype} {val_images.shape}"
+            )
+    if mode == "token" and va.ndim == 4:
+        vy = _to_token_grid(vy, va.shape[2:], n_classes)
+        if ty is not None:
+            ty = _to_token_grid(ty, tr.shape[2:], n_classes)
+
+    fitted = {}
+    for name in names:
+        probe = make_probe(name, n_classes, seed, **_probe_kwargs(probe_kwargs, name))
+        fitted[name] = probe.fit(tr, ty) if name == "linear" else probe.fit(tr)
+
+    scorer = _Scorer(fitted, n_classes, crf, crf_workers)
+    size = tuple(vy.shape[1:]) if va.ndim == 4 else None
+    for start in range(0, len(va), int(batch_size)):
+        sl = slice(start, start + int(batch_size))
+        imgs = val_images[sl] if crf else None
+        scorer.update(va[sl], vy[sl], size, imgs)
+    res = {
+        (name + "+crf" if use_crf else name): s
+        for (name, use_crf), s in scorer.results(match).items()
+    }
+    return (res, fitted) if return_probes else res
+
+
+# ---------------------------------------------------------------------------------------------
+# stores
+# ---------------------------------------------------------------------------------------------
+
+
+def _open_store(store, what: str):
+    from stego_probe.store import FeatureStore
+
+    if isinstance(store, str | os.PathLike):
+        return FeatureStore.open(store)
+    if not all(hasattr(store, a) for a in ("tokens", "labels", "provenance", "n_images")):
+        raise ValueError(f"{what}: expected a FeatureStore or a store path, got {type(store)}")
+    return store
+
+
+def check_stores(train_store, val_store, projection=None) -> None:
+    """Raise ``ValueError`` unless the two stores (and the projection) can be evaluated together.
+
+    The stores must come from the same backbone, weights, dataset and class count
+    (:data:`COMPATIBLE_KEYS`, where recorded), have the same token width, and hold images.
+    A projection fitted on a store must have been fitted on tokens of the same backbone/weights.
+    """
+    tp, vp = dict(train_store.provenance), dict(val_store.provenance)
+    keys = [k for k in COMPATIBLE_KEYS if k in tp or k in vp]
+    check_compatible(
+        tp, vp, keys, what=f"train store {train_store.path} and val store {val_store.path}"
+    )
+    for s, what in ((train_store, "train"), (val_store, "val")):
+        if int(s.n_images) < 1:
+            raise ValueError(f"{what} store {s.path}: empty split (no images)")
+        if s.n_classes is None:
+            raise ValueError(f"{what} store {s.path}: provenance has no n_classes")
+    if int(train_store.dim) != int(val_store.dim):
+        raise ValueError(
+            f"val store {val_store.path}: token width C={val_store.dim} differs from the train "
+            f"store's C={train_store.dim}"
+        )
+    if projection is not None:
+        fit = dict(getattr(projection, "provenance", {}) or {}).get("fit_data", {}) or {}
+        keys = [k for k in ("backbone", "weights_sha256", "dataset") if fit.get(k) is not None]
+        check_compatible(
+            {k: fit[k] for k in keys},
+            vp,
+            keys,
+            what=f"projection fit data and val store {val_store.path}",
+        )
+
+
+def _projector(projection) -> Callable[[np.ndarray], np.ndarray]:
+    """tokens (B, h, w, C) -> codes (B, D, h, w) float32, or (n, C) -> (n, D)."""
+
+    def project(tokens: np.ndarray) -> np.ndarray:
+        if projection is None:
+            out = tokens.transpose(0, 3, 1, 2) if tokens.ndim == 4 else tokens
+        elif tokens.ndim == 4 and hasattr(projection, "transform_tokens"):
+            out = projection.transform_tokens(tokens)
+        elif tokens.ndim == 4:
+            out = projection.transform(np.ascontiguousarray(tokens.transpose(0, 3, 1, 2)))
+        else:
+            out = projection.transform(tokens)
+        return np.ascontiguousarray(to_numpy(out, "projected codes"), dtype=np.float32)
+
+    return project
+
+
+def dataset_for_store(store, root: str | os.PathLike | None = None, **kwargs):
+    """Rebuild the dataset split a store was extracted from, from the store's provenance.
+
+    The registry name and split come from the provenance; ``root`` defaults to the recorded
+    root; the factory's other keyword arguments are filled from the recorded dataset info
+    (e.g. ``n_images`` / ``size`` / ``seed`` of ``synthetic``) and then from ``kwargs``.
+
+    Returns:
+        a :class:`~stego_probe.data.base.SegDataset`.
+    """
+    from stego_probe.data import _REGISTRY, get_dataset
+
+    prov = dict(store.provenance)
+    name, split = prov.get("dataset"), prov.get("split")
+    if name is None or split is None:
+        raise ValueError(f"{store.path}: provenance records no dataset / split to rebuild")
+    info = dict(prov.get("dataset_info") or {})
+    if root is None:
+        root = info.get("root")
+    factory = _REGISTRY[name][0] if name in _REGISTRY else None
+    extra = {}
+    if factory is not None:
+        params = inspect.signature(factory).parameters
+        extra = {k: v for k, v in info.items() if k in params and k not in ("root", "split")}
+    extra.update(kwargs)
+    if "size" in extra and isinstance(extra["size"], list):
+        extra["size"] = tuple(extra["size"])
+    return get_dataset(name, root=root, split=split, **extra)
+
+
+def store_images(store, dataset) -> Callable[[np.ndarray, list[str]], np.ndarray]:
+    """A function ``(indices (B,), ids) -> (B, H, W, 3) uint8`` giving the evaluation images.
+
+    Each store image ``i`` is ``dataset[i]`` under the store's recorded transform (resolution,
+    crop, mean/std), un-normalised and truncated to uint8 as the reference does (PROTOCOL §5).
+    The dataset's ids are checked against the store's ids.
+
+    Raises:
+        ValueError: a five-crop store (pass your own ``images`` function), or ids that differ.
+    """
+    from stego_probe.data.transforms import denormalize_to_uint8, stego_transform
+
+    prov = dict(store.provenance)
+    crop = prov.get("crop", "center")
+    if crop == "five":
+        raise ValueError(
+            f"{store.path}: five-crop store; pass images=callable(indices, ids) for the CRF"
+        )
+    t = dict(prov.get("transform") or {})
+    res = int(t.get("res", prov.get("res", store.label_shape[0])))
+    mean = tuple(t.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(t.get("std", (0.229, 0.224, 0.225)))
+    transform = stego_transform(res, crop=t.get("crop", crop), mean=mean, std=std)
+
+    def images(indices, ids) -> np.ndarray:
+        out = []
+        for i, sid in zip(np.asarray(indices).tolist(), ids):
+            sample = dataset[int(i)]
+            if str(sample.id) != str(sid):
+                raise ValueError(
+                    f"{store.path}: store image {i} has id {sid!r} but dataset "
+                    f"{dataset.name}/{dataset.split} item {i} has id {sample.id!r}; the images "
+                    "for the CRF must come from the dataset the store was extracted from"
+                )
+            img, _ = transform(sample)
+            out.append(denormalize_to_uint8(img, mean, std))
+        return np.stack(out)
+
+    return images
+
+
+def _train_stream_probes(
+    names, train_store, project, n_classes, seed, token_mode, kwargs, progress
+):
+    """Fit cluster / linear probes on seeded streams of training batches from a store.
+
+    Probes with the same ``(steps, batch_size)`` share one stream (each batch is read and
+    projected once and fed to all of them, as the reference trains its probes side by side);
+    the stream is :func:`minibatch_stream` with ``seed``, the one ``probe.fit`` would use.
+    """
+    probes = {n: make_probe(n, n_classes, seed, **kwargs[n]) for n in names}
+    groups: dict[tuple[int, int], list[str]] = {}
+    for n, p in probes.items():
+        groups.setdefault((int(p.steps), int(p.batch_size)), []).append(n)
+    bar = None
+    if progress and probes:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(s for s, _ in groups), desc="train probes", unit="step")
+    try:
+        for (steps, batch_size), members in groups.items():
+            for idx in minibatch_stream(train_store.n_images, batch_size, steps, seed):
+                codes = check_finite(
+                    project(train_store.tokens(idx)), f"train store {train_store.path} codes"
+                )
+                for name in members:
+                    if name == "linear":
+                        tl = train_store.token_labels if token_mode else train_store.labels
+                        probes[name].partial_fit(codes, tl(idx))
+                    else:
+                        probes[name].partial_fit(codes)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return probes
+
+
+def evaluate_stores(
+    train_store,
+    val_store,
+    *,
+    probes: Sequence[str] | str = PROBES,
+    projection=None,
+    method: str | None = None,
+    mode: str = "pixel",
+    crf: bool = False,
+    flip: bool = False,
+    seed: int = 0,
+    match: str = "hungarian",
+    steps: int = DEFAULT_STEPS,
+    train_batch_size: int = DEFAULT_BATCH_SIZE,
+    n_train: int = 1_000_000,
+    probe_kwargs: Mapping | None = None,
+    batch_size: int = 8,
+    images: Callable | None = None,
+    crf_workers: int = 0,
+    return_probes: bool = False,
+    progress: bool = True,
+):
+    """Fit probes on a training store and evaluate them on a validation store (streaming).
+
+    Args:
+        train_store, val_store: :class:`~stego_probe.store.FeatureStore` s or their paths;
+            same backbone, weights, dataset and class count.
+        probes: any of ``"kmeans"``, ``"cluster"``, ``"linear"``.
+        projection: a fitted projection (``transform_tokens`` / ``transform``) applied to the
+            tokens of both stores, or None for the raw features (the DINO baseline).
+        method: value of the ``method`` column (default ``projection.method_name`` or
+            ``"dino"``).
+        mode: ``"pixel"`` (codes upsampled to the label resolution) or ``"token"`` (labels
+            pooled to the token grid; fast approximation).
+        crf: also compute dense-CRF metrics (pixel mode); needs ``images`` or a dataset that
+            :func:`dataset_for_store` can rebuild without a data root argument.
+        flip: evaluation-mode flip average with the val store's ``tokens_flipped``.
+        seed: ``random_state`` of the probes (k-means token sample and seeds, Adam init and the
+            training stream).
+        match: matching of the unsupervised probes (linear always uses ``"identity"``).
+        steps, train_batch_size: training mini-batches and images per batch of the cluster and
+            linear probes (reference: 7000 x 32; Potsdam 5000 x 16).
+        n_train: tokens sampled from the training store for the k-means probe.
+        probe_kwargs: ``{probe: {constructor kwargs}}`` overriding the above.
+        batch_size: validation images per batch (reference: 8).
+        images: ``(indices, ids) -> (B, H, W, 3) uint8`` evaluation images for the CRF (see
+            :func:`store_images`).
+        crf_workers: CRF worker processes (0 = serial).
+        return_probes: also return the fitted probes.
+        progress: tqdm bars.
+
+    Returns:
+        a pandas DataFrame with :data:`stego_probe.results.RESULT_COLUMNS` (one row per metric:
+        ``accuracy``, ``miou``, ``iou:<class>``, ``precision:<class>``, ``recall:<class>``) for
+        every probe (and CRF setting); with ``return_probes`` a ``(frame, probes)`` tuple.
+
+    Raises:
+        ValueError: incompatible stores, NaN codes, a missing ``tokens_flipped`` with
+            ``flip=True``, no valid validation pixel, bad arguments.
+    """
+    names = _probe_list(probes)
+    mode_col = _check_mode(mode, flip, crf)
+    token_mode = mode == "token"
+    train_store = _open_store(train_store, "train_store")
+    val_store = _open_store(val_store, "val_store")
+    check_stores(train_store, val_store, projection)
+    if flip and not getattr(val_store, "has_flipped", False):
+        raise ValueError(
+            f"val store {val_store.path}: has no tokens_flipped; re-extract it with "
+            "`stego-probe extract ... --flipped` (flipped=True) for flip=True / eval mode"
+        )
+    n_classes = int(val_store.n_classes)
+    class_names = val_store.class_names or [str(i) for i in range(n_classes)]
+    if crf and images is None:
+        images = store_images(val_store, dataset_for_store(val_store))
+    project = _projector(projection)
+    kwargs = {n: _probe_kwargs(probe_kwargs, n) for n in names}
+    for n in ("cluster", "linear"):
+        if n in kwargs:
+            kwargs[n] = {"steps": steps, "batch_size": train_batch_size, **kwargs[n]}
+
+    # -- fit ------------------------------------------------------------------------------------
+    fitted = {}
+    if "kmeans" in names:
+        kw = {"n_train": int(n_train), **kwargs["kmeans"]}
+        sample = train_store.sample_tokens(int(kw["n_train"]), seed=seed)
+        codes = check_finite(project(sample), f"train store {train_store.path} codes")
+        fitted["kmeans"] = make_probe("kmeans", n_classes, seed, **kw).fit(codes)
+    fitted.update(
+        _train_stream_probes(
+            [n for n in names if n != "kmeans"],
+            train_store,
+            project,
+            n_classes,
+            seed,
+            token_mode,
+            kwargs,
+            progress,
+        )
+    )
+    fitted = {n: fitted[n] for n in names}
+    dim = int(getattr(fitted[names[0]], "n_features_in_", 0))
+
+    # -- validate -------------------------------------------------------------------------------
+    scorer = _Scorer(fitted, n_classes, crf, crf_workers)
+    size = None if token_mode else tuple(val_store.label_shape)
+    batches = val_store.iter_batches(int(batch_size), progress=progress)
+    flipped = val_store.iter_batches(int(batch_size), flipped=True) if flip else None
+    pos = 0
+    for tokens, labels, ids in batches:
+        idx = np.arange(pos, pos + len(tokens))
+        pos += len(tokens)
+        codes = project(tokens)
+        if flipped is not None:
+            tokens_f, _, _ = next(flipped)
+            codes = 0.5 * (codes + project(tokens_f))
+        check_finite(codes, f"val store {val_store.path} codes (images {idx[0]}..{idx[-1]})")
+        if token_mode:
+            from stego_probe.store import pool_labels
+
+            labels = pool_labels(labels, val_store.grid, n_classes)
+        imgs = images(idx, list(ids)) if crf else None
+        scorer.update(codes, labels, size, imgs)
+
+    prov = dict(val_store.provenance)
+    if method is None:
+        method = (
+            "dino"
+            if projection is None
+            else getattr(projection, "method_name", None) or type(projection).__name__.lower()
+        )
+    rows = []
+    for (name, use_crf), s in scorer.results(match).items():
+        context = {
+            "dataset": prov.get("dataset", ""),
+            "backbone": prov.get("backbone", ""),
+            "weights_sha256": prov.get("weights_sha256") or "",
+            "method": method,
+            "dim": dim,
+            "seed": seed,
+            "probe": name,
+            "crf": use_crf,
+            "mode": mode_col,
+            "match": "identity" if name == "linear" else match,
+            "split": prov.get("split", ""),
+        }
+        rows += make_rows(context, metrics_to_flat(s, class_names))
+    frame = to_frame(rows)
+    return (frame, fitted) if return_probes else frame
+
+
+__all__ = [
+    "PROBES",
+    "RESULT_COLUMNS",
+    "check_stores",
+    "dataset_for_store",
+    "evaluate_codes",
+    "evaluate_stores",
+    "log_probs_batch",
+    "make_probe",
+    "predict_batch",
+    "store_images",
+]

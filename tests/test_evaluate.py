@@ -1,0 +1,298 @@
+"""Tests of the evaluation pipeline (arrays, stores, CLI)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from stego_probe.cli.main import main
+from stego_probe.evaluate import evaluate_codes, evaluate_stores, predict_batch
+from stego_probe.metrics import ConfusionAccumulator, confusion_matrix, scores
+from stego_probe.probes import ClusterLookupProbe, KMeansProbe, LinearProbe
+from stego_probe.results import RESULT_COLUMNS, read_results
+from stego_probe.store import FeatureStore
+
+K = 3
+FAST = {
+    "kmeans": {"niter": 10, "nredo": 1},
+    "cluster": {"steps": 30, "batch_size": 4},
+    "linear": {"steps": 120, "batch_size": 4},
+}
+
+
+def onehot_data(n=8, grid=(4, 4), patch=2, d=5, noise=0.05, seed=0):
+    """Codes = one-hot of row-stripe token labels + noise, (n, d, h, w); labels (n, H, W).
+
+    Labels are constant along rows and aligned with tokens, so the upsampled code of a pixel
+    always weighs its own token's code most: pixel and token predictions agree exactly.
+    """
+    rng = np.random.default_rng(seed)
+    tok = np.repeat(rng.integers(0, K, (n, grid[0], 1)), grid[1], axis=2)
+    codes = np.zeros((n, d, *grid), np.float32)
+    codes[:, :K] = np.eye(K)[tok].transpose(0, 3, 1, 2)
+    codes += rng.normal(0, noise, codes.shape).astype(np.float32)
+    pix = np.repeat(np.repeat(tok, patch, 1), patch, 2)
+    return codes, tok, pix
+
+
+def make_store(path, codes, labels, flipped=None, **prov):
+    """A complete store from channel-first codes (n, C, h, w) and labels (n, H, W)."""
+    n, c, h, w = codes.shape
+    provenance = {
+        "dataset": "toy",
+        "split": "train",
+        "backbone": "toy_backbone",
+        "weights_sha256": "abc",
+        "n_classes": K,
+        "class_names": ["a", "b", "c"],
+        **prov,
+    }
+    store = FeatureStore.create(
+        path,
+        n_images=n,
+        grid=(h, w),
+        dim=c,
+        label_shape=labels.shape[1:],
+        provenance=provenance,
+        chunk_images=4,
+        flipped=flipped is not None,
+    )
+    for b in range(store.n_blocks):
+        lo, hi = store.block_range(b)
+        store.write_block(
+            b,
+            codes[lo:hi].transpose(0, 2, 3, 1),
+            labels[lo:hi],
+            [f"im{i}" for i in range(lo, hi)],
+            None if flipped is None else flipped[lo:hi].transpose(0, 2, 3, 1),
+        )
+    store.mark_complete()
+    return FeatureStore.open(path)
+
+
+# ------------------------------------------------------------------ arrays
+
+
+def test_evaluate_codes_recovers_known_truth():
+    codes, _, pix = onehot_data()
+    vcodes, _, vpix = onehot_data(seed=1)
+    vpix[:, 0, :] = -1  # ignored pixels must not count
+    res = evaluate_codes(codes, pix, vcodes, vpix, K, probe_kwargs=FAST)
+    assert set(res) == {"kmeans", "cluster", "linear"}
+    for name in ("kmeans", "linear"):
+        assert res[name]["accuracy"] == pytest.approx(100.0)
+        assert res[name]["miou"] == pytest.approx(100.0)
+    assert res["linear"]["match"] == "identity" and res["kmeans"]["match"] == "hungarian"
+    assert res["kmeans"]["n_pixels"] == int((vpix >= 0).sum())
+    # a probe fitted on codes unrelated to the labels is at chance, so the pipeline can fail
+    noise = np.random.default_rng(2).normal(size=vcodes.shape).astype(np.float32)
+    bad = evaluate_codes(codes, pix, noise, vpix, K, probes="linear", probe_kwargs=FAST)
+    assert bad["linear"]["accuracy"] < 80
+
+
+def test_pixel_and_token_mode_agree_on_token_aligned_labels():
+    codes, _, pix = onehot_data(noise=0.2)
+    vcodes, vtok, vpix = onehot_data(seed=3, noise=0.2)
+    kw = dict(probes="kmeans,linear", probe_kwargs=FAST, seed=1)
+    px, fitted = evaluate_codes(codes, pix, vcodes, vpix, K, return_probes=True, **kw)
+    tk = evaluate_codes(codes, pix, vcodes, vpix, K, mode="token", **kw)
+    for name in ("kmeans", "linear"):
+        # every token covers patch^2 = 4 pixels with the same prediction
+        np.testing.assert_array_equal(px[name]["tp"], 4 * tk[name]["tp"])
+        np.testing.assert_array_equal(px[name]["fp"], 4 * tk[name]["fp"])
+        assert px[name]["miou"] == pytest.approx(tk[name]["miou"])
+    # token-grid labels given directly are used as they are
+    tk2 = evaluate_codes(codes, pix, vcodes, vtok, K, mode="token", **kw)
+    assert tk2["kmeans"]["accuracy"] == pytest.approx(tk["kmeans"]["accuracy"])
+
+
+def test_kmeans_pixel_assignment_equals_upsampling_the_code():
+    rng = np.random.default_rng(0)
+    codes = rng.normal(size=(3, 6, 4, 4)).astype(np.float32)
+    labels = rng.integers(0, K, (3, 9, 7))
+    for metric in ("cosine", "euclidean"):
+        probe = KMeansProbe(4, niter=5, nredo=1, metric=metric).fit(codes)
+        ours = confusion_matrix(predict_batch("kmeans", probe, codes, (9, 7)), labels, 4, K)
+        ref = probe.assign_confusion(codes, labels, ConfusionAccumulator(4, K)).matrix
+        np.testing.assert_array_equal(ours, ref)
+
+
+def test_flip_codes_are_averaged():
+    codes, _, pix = onehot_data()
+    vcodes, _, vpix = onehot_data(seed=1, noise=0.5)
+    other = np.random.default_rng(5).normal(size=vcodes.shape).astype(np.float32)
+    kw = dict(probes="linear,cluster", probe_kwargs=FAST)
+    flipped = evaluate_codes(codes, pix, vcodes, vpix, K, flip_codes=other, **kw)
+    direct = evaluate_codes(codes, pix, 0.5 * (vcodes + other), vpix, K, **kw)
+    plain = evaluate_codes(codes, pix, vcodes, vpix, K, **kw)
+    for name in ("linear", "cluster"):
+        np.testing.assert_array_equal(flipped[name]["tp"], direct[name]["tp"])
+    assert not np.array_equal(flipped["linear"]["tp"], plain["linear"]["tp"])
+
+
+def test_crf_matches_manual_pipeline():
+    pytest.importorskip("pydensecrf.densecrf")
+    from stego_probe.evaluate import log_probs_batch
+    from stego_probe.probes import batch_crf
+
+    codes, _, pix = onehot_data(n=4, noise=0.3)
+    images = (np.random.default_rng(0).integers(0, 256, (*pix.shape, 3))).astype(np.uint8)
+    res, probes = evaluate_codes(
+        codes, pix, codes, pix, K, probes="cluster", crf=True, val_images=images,
+        probe_kwargs=FAST, return_probes=True,
+    )  # fmt: skip
+    assert set(res) == {"cluster", "cluster+crf"}
+    lp = log_probs_batch("cluster", probes["cluster"], codes, pix.shape[1:])
+    pred = batch_crf(images, lp)
+    manual = scores(confusion_matrix(pred, pix, K, K))
+    np.testing.assert_array_equal(res["cluster+crf"]["tp"], manual["tp"])
+    with pytest.raises(ValueError, match="val_images"):
+        evaluate_codes(codes, pix, codes, pix, K, probes="cluster", crf=True, probe_kwargs=FAST)
+
+
+def test_evaluate_codes_errors():
+    codes, _, pix = onehot_data(n=4)
+    nan = codes.copy()
+    nan[1, 0, 2, 2] = np.nan
+    with pytest.raises(ValueError, match="val_codes: expected finite"):
+        evaluate_codes(codes, pix, nan, pix, K, probes="kmeans")
+    with pytest.raises(ValueError, match="train_codes: empty split"):
+        evaluate_codes(codes[:0], pix[:0], codes, pix, K, probes="kmeans")
+    with pytest.raises(ValueError, match=r"val_labels: label values \[3\]"):
+        evaluate_codes(codes, pix, codes, np.full_like(pix, 3), K, probes="kmeans")
+    with pytest.raises(ValueError, match="code width"):
+        evaluate_codes(codes, pix, codes[:, :4], pix, K, probes="kmeans")
+    with pytest.raises(ValueError, match="unknown probe"):
+        evaluate_codes(codes, pix, codes, pix, K, probes="svm")
+    with pytest.raises(ValueError, match="no valid pixel"):
+        evaluate_codes(codes, pix, codes, np.full_like(pix, -1), K, probes="kmeans",
+                       probe_kwargs=FAST)  # fmt: skip
+
+
+# ------------------------------------------------------------------ stores and CLI
+
+
+@pytest.fixture
+def stores(tmp_path):
+    codes, _, pix = onehot_data(n=8)
+    vcodes, _, vpix = onehot_data(n=6, seed=1)
+    other = np.random.default_rng(5).normal(size=vcodes.shape).astype(np.float16)
+    train = make_store(tmp_path / "train", codes, pix)
+    val = make_store(tmp_path / "val", vcodes, vpix, flipped=other, split="val")
+    return train, val, (codes, pix, vcodes, vpix, other.astype(np.float32))
+
+
+def test_evaluate_stores_rows_and_agreement_with_arrays(stores):
+    train, val, (codes, pix, vcodes, vpix, other) = stores
+    kw = dict(probes=["kmeans", "linear"], probe_kwargs=FAST, progress=False, batch_size=4)
+    frame = evaluate_stores(train, val, **kw)
+    assert list(frame.columns) == RESULT_COLUMNS
+    acc = frame[frame.metric == "accuracy"].set_index("probe")["value"]
+    assert acc["kmeans"] == pytest.approx(100.0) and acc["linear"] == pytest.approx(100.0)
+    row = frame.iloc[0]
+    assert (row["dataset"], row["backbone"], row["method"], row["dim"]) == (
+        "toy",
+        "toy_backbone",
+        "dino",
+        5,
+    )
+    assert (row["mode"], row["split"], row["weights_sha256"]) == ("val", "val", "abc")
+    assert set(frame["metric"]) >= {"miou", "iou:a", "precision:b", "recall:c"}
+    # the flip average reads tokens_flipped (stored as float16)
+    ev = evaluate_stores(train, val, flip=True, **kw)
+    assert set(ev["mode"]) == {"eval"}
+    ref = evaluate_codes(
+        codes, pix, 0.5 * (vcodes.astype(np.float16).astype(np.float32) + other), vpix, K,
+        probes="kmeans", probe_kwargs=FAST,
+    )  # fmt: skip
+    got = ev[(ev.probe == "kmeans") & (ev.metric == "miou")]["value"].item()
+    assert got == pytest.approx(ref["kmeans"]["miou"], abs=1e-6)
+    tok = evaluate_stores(train, val, mode="token", **kw)
+    assert set(tok["mode"]) == {"token"}
+
+
+def test_store_training_stream_equals_fit_on_arrays(stores):
+    train, val, (codes, pix, *_) = stores
+    kw = {"cluster": {"steps": 7, "batch_size": 3}, "linear": {"steps": 7, "batch_size": 3}}
+    _, probes = evaluate_stores(
+        train, val, probes="cluster,linear", probe_kwargs=kw, seed=4, progress=False,
+        return_probes=True,
+    )  # fmt: skip
+    x = codes.astype(np.float16).astype(np.float32)  # the store keeps float16
+    lin = LinearProbe(K, random_state=4, **kw["linear"]).fit(x, pix)
+    clu = ClusterLookupProbe(K, random_state=4, **kw["cluster"]).fit(x)
+    np.testing.assert_allclose(probes["linear"].coef_, lin.coef_, atol=1e-6)
+    np.testing.assert_allclose(probes["cluster"].cluster_centers_, clu.cluster_centers_, atol=1e-6)
+
+
+def test_crf_images_rebuilt_from_store_provenance(tmp_path):
+    pytest.importorskip("pydensecrf.densecrf")
+    from stego_probe.backbones import get_backbone
+    from stego_probe.data import get_dataset
+    from stego_probe.data.transforms import denormalize_to_uint8, stego_transform
+    from stego_probe.evaluate import dataset_for_store, store_images
+    from stego_probe.extract import extract
+
+    bb = get_backbone("descriptor")
+    ds = get_dataset("synthetic", split="val", n_images=3, size=(24, 32), seed=2)
+    store = extract(ds, bb, tmp_path / "val", res=16, batch_size=3, progress=False)
+    rebuilt = dataset_for_store(store)
+    assert rebuilt.ids == ds.ids and rebuilt.info["seed"] == 2
+    images = store_images(store, rebuilt)([0, 2], [store.ids[0], store.ids[2]])
+    expected = denormalize_to_uint8(stego_transform(16, mean=bb.mean, std=bb.std)(ds[2])[0])
+    assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
+    np.testing.assert_array_equal(images[1], expected)
+    wrong = store_images(store, get_dataset("synthetic", split="train", n_images=3))
+    with pytest.raises(ValueError, match="has id"):
+        wrong([0], [store.ids[0]])
+    frame = evaluate_stores(
+        store, store, probes="linear", crf=True, probe_kwargs=FAST, progress=False
+    )
+    assert set(frame["crf"]) == {False, True}
+
+
+def test_evaluate_stores_refuses_mismatches(stores, tmp_path):
+    train, val, (codes, pix, vcodes, vpix, _) = stores
+    kw = dict(probes="kmeans", probe_kwargs=FAST, progress=False)
+    other_bb = make_store(tmp_path / "bb", vcodes, vpix, backbone="dino_vitb8")
+    with pytest.raises(ValueError, match="backbone: 'toy_backbone' != 'dino_vitb8'"):
+        evaluate_stores(train, other_bb, **kw)
+    other_k = make_store(tmp_path / "k", vcodes, vpix, n_classes=4, class_names=list("abcd"))
+    with pytest.raises(ValueError, match="n_classes: 3 != 4"):
+        evaluate_stores(train, other_k, **kw)
+    plain_val = make_store(tmp_path / "plain", vcodes, vpix)
+    with pytest.raises(ValueError, match="--flipped"):
+        evaluate_stores(train, plain_val, flip=True, **kw)
+    nan = vcodes.copy()
+    nan[0, 0, 0, 0] = np.nan
+    nan_val = make_store(tmp_path / "nan", nan, vpix)
+    with pytest.raises(ValueError, match="expected finite"):
+        evaluate_stores(train, nan_val, **kw)
+
+
+def test_cli_evaluate_appends_rows(stores, tmp_path, capsys):
+    train, val, _ = stores
+    out = tmp_path / "res" / "results.csv"
+    argv = ["evaluate", "--train-store", str(train.path), "--val-store", str(val.path),
+            "--probe", "kmeans,linear", "--probe", "cluster", "--steps", "20",
+            "--train-batch-size", "4", "--niter", "5", "--nredo", "1", "--no-progress",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "kmeans" in printed and "miou" in printed
+    df = read_results(out)
+    assert list(df.columns[: len(RESULT_COLUMNS)]) == RESULT_COLUMNS
+    assert set(df["probe"]) == {"kmeans", "linear", "cluster"}
+    assert set(df["method"]) == {"dino"}
+    n = len(df)
+    assert main(argv + ["--mode", "token", "--seed", "1"]) == 0
+    df2 = read_results(out)
+    assert len(df2) == 2 * n and set(df2["mode"]) == {"val", "token"}
+    pd.testing.assert_frame_equal(df2.iloc[:n], df)
+    # bad input: error message, exit status 1, nothing lost
+    assert main(argv[:2] + [str(tmp_path / "missing")] + argv[3:]) == 1
+    assert "no feature store" in capsys.readouterr().err
+    assert len(read_results(out)) == 2 * n
+
+
+torch.set_num_threads(1)

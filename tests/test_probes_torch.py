@@ -1,0 +1,261 @@
+"""Tests of the torch probes: the reference cluster probe and the linear probe."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stego_probe.probes import ClusterLookupProbe, LinearProbe
+from stego_probe.probes.cluster_lookup import cluster_lookup_loss, minibatch_stream
+from stego_probe.probes.linear import linear_probe_loss
+
+
+def direction_clusters(n_per=40, d=8, k=3, noise=0.05, seed=0):
+    """Codes (k*n_per, d) around k orthogonal directions, with random positive scales."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(k), n_per)
+    x = np.eye(d)[y] + rng.normal(0, noise, (len(y), d))
+    x *= rng.uniform(0.5, 3.0, (len(y), 1))
+    return x.astype(np.float32), y
+
+
+def stripe_images(n=6, k=3, grid=(4, 4), patch=2, d=5, noise=0.05, seed=0):
+    """Image-layout one-hot codes (n, d, h, w) with token-aligned pixel labels (n, H, W).
+
+    Classes are constant along rows (horizontal stripes one token high), so that a pixel's
+    bilinearly upsampled code always weighs its own token most (>= 0.625 for patch >= 2).
+    """
+    rng = np.random.default_rng(seed)
+    tok = np.repeat(rng.integers(0, k, (n, grid[0], 1)), grid[1], axis=2)
+    codes = np.zeros((n, d, *grid), np.float32)
+    codes[:, :k] = np.eye(k)[tok].transpose(0, 3, 1, 2)
+    codes += rng.normal(0, noise, codes.shape).astype(np.float32)
+    pix = np.repeat(np.repeat(tok, patch, 1), patch, 2)
+    return codes, tok, pix
+
+
+# ------------------------------------------------------------------ cluster probe
+
+
+def test_cluster_loss_and_gradient_hand_computed():
+    code = torch.tensor([[1.0, 0.0]])
+    mu = torch.tensor([[1.0, 1.0], [0.0, -1.0]], requires_grad=True)
+    loss = cluster_lookup_loss(code, mu)
+    assert float(loss.detach()) == pytest.approx(-1 / math.sqrt(2), abs=1e-6)
+    loss.backward()
+    # d(-<c^, mu/|mu|>)/dmu = -(c^ - (c^.mu^) mu^) / |mu| for the winner, 0 for the loser
+    s = 0.5 / math.sqrt(2)
+    np.testing.assert_allclose(mu.grad[0].numpy(), [-s, s], atol=1e-6)
+    np.testing.assert_array_equal(mu.grad[1].numpy(), [0.0, 0.0])
+    # image layout: same value, mean over positions
+    img = torch.tensor([[1.0, 0.0], [0.0, -3.0]]).T.reshape(1, 2, 1, 2)  # codes (1, D=2, 1, 2)
+    val = cluster_lookup_loss(img, mu.detach())
+    assert float(val) == pytest.approx(-(1 / math.sqrt(2) + 1.0) / 2, abs=1e-6)
+
+
+def test_cluster_log_probs_predict_and_scale_invariance():
+    x, _ = direction_clusters()
+    probe = ClusterLookupProbe(3, steps=5, batch_size=16).fit(x)
+    mu = probe.cluster_centers_
+    cos = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (
+        mu / np.linalg.norm(mu, axis=1, keepdims=True)
+    ).T
+    expected = torch.log_softmax(torch.from_numpy(2 * cos), 1).numpy()
+    np.testing.assert_allclose(probe.log_probs(x), expected, atol=1e-5)
+    np.testing.assert_allclose(probe.log_probs(x, alpha=5.0).argmax(1), cos.argmax(1))
+    np.testing.assert_array_equal(probe.predict(x), cos.argmax(1))
+    scale = np.random.default_rng(1).uniform(0.01, 100, (len(x), 1)).astype(np.float32)
+    np.testing.assert_array_equal(probe.predict(x * scale), probe.predict(x))
+
+
+def test_cluster_upsampled_codes_are_normalised_after_upsampling():
+    rng = np.random.default_rng(0)
+    codes = rng.normal(size=(2, 4, 3, 3)).astype(np.float32)
+    probe = ClusterLookupProbe(5, steps=3, batch_size=2).fit(codes)
+    up = F.interpolate(torch.from_numpy(codes), size=(7, 5), mode="bilinear", align_corners=False)
+    mu = F.normalize(torch.from_numpy(probe.cluster_centers_), dim=1)
+    cos = torch.einsum("bdhw,kd->bkhw", F.normalize(up, dim=1), mu).numpy()
+    np.testing.assert_allclose(probe.decision_function(codes, size=(7, 5)), cos, atol=1e-5)
+    np.testing.assert_array_equal(probe.predict(codes, size=(7, 5)), cos.argmax(1))
+    lp = probe.log_probs(codes, size=(7, 5))
+    np.testing.assert_allclose(lp, torch.log_softmax(2 * torch.from_numpy(cos), 1), atol=1e-5)
+    # normalising before upsampling gives different similarities: the order matters
+    norm_first = F.interpolate(
+        F.normalize(torch.from_numpy(codes), dim=1),
+        size=(7, 5),
+        mode="bilinear",
+        align_corners=False,
+    )
+    cos_wrong = torch.einsum("bdhw,kd->bkhw", norm_first, mu).numpy()
+    assert np.abs(cos_wrong - cos).max() > 1e-2
+
+
+def test_cluster_probe_separates_direction_clusters():
+    # Two antipodal groups: every centroid initialisation gives each group its own winner (with
+    # three groups in general position online k-means without restarts can leave a centroid dead,
+    # which is a property of the reference probe, documented in docs/evaluation.md).
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 60)
+    x = np.array([[1.0, 0, 0], [-1.0, 0, 0]])[y] + rng.normal(0, 0.1, (120, 3))
+    x = (x * rng.uniform(0.5, 3.0, (120, 1))).astype(np.float32)
+    for seed in (0, 3):
+        probe = ClusterLookupProbe(2, steps=400, batch_size=32, random_state=seed).fit(x)
+        assert probe.n_steps_ == 400 and len(probe.loss_history_) == 400
+        assert np.mean(probe.loss_history_[-20:]) < -0.97  # mean max cosine ~ 1
+        assert np.mean(probe.loss_history_[:5]) > -0.8
+        pred = probe.predict(x)
+        assert len(set(pred[y == 0])) == 1 and len(set(pred[y == 1])) == 1
+        assert pred[0] != pred[-1]
+
+
+def test_cluster_probe_deterministic_per_seed_and_image_layout():
+    codes, _, _ = stripe_images()
+    a = ClusterLookupProbe(3, steps=20, batch_size=2, random_state=1).fit(codes)
+    b = ClusterLookupProbe(3, steps=20, batch_size=2, random_state=1).fit(codes)
+    c = ClusterLookupProbe(3, steps=20, batch_size=2, random_state=2).fit(codes)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    assert a.loss_history_ == b.loss_history_
+    assert not np.allclose(a.cluster_centers_, c.cluster_centers_)
+    # init is N(0, 1) from the seed
+    g = torch.Generator().manual_seed(1)
+    init = ClusterLookupProbe(3, random_state=1).initialize(5).cluster_centers_
+    np.testing.assert_array_equal(init, torch.randn((3, 5), generator=g).numpy())
+    assert a.predict(codes).shape == (6, 4, 4)
+
+
+def test_cluster_loss_method_trains_only_centroids():
+    codes = torch.randn(2, 4, 3, 3, requires_grad=True)
+    probe = ClusterLookupProbe(3).initialize(4)
+    loss = probe.loss(codes)
+    ref = cluster_lookup_loss(codes.detach(), probe.params_["clusters"].detach())
+    assert float(loss.detach()) == pytest.approx(float(ref))
+    loss.backward()
+    assert codes.grad is None
+    assert probe.params_["clusters"].grad is not None
+
+
+def test_minibatch_stream_counts_batches_and_covers_epochs():
+    batches = list(minibatch_stream(10, 3, 7, random_state=0))
+    assert len(batches) == 7  # one step = one batch (Q14)
+    assert all(len(b) == 3 for b in batches)  # drop_last
+    epoch = np.concatenate(batches[:3])
+    assert len(np.unique(epoch)) == 9  # 3 full batches of one permutation, no repeats
+    again = list(minibatch_stream(10, 3, 7, random_state=0))
+    assert all((p == q).all() for p, q in zip(batches, again))
+    assert [len(b) for b in minibatch_stream(2, 5, 3)] == [2, 2, 2]
+    with pytest.raises(ValueError, match="n_items"):
+        list(minibatch_stream(0, 3, 1))
+
+
+def test_probe_input_errors(tmp_path):
+    bad = np.ones((4, 3), np.float32)
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="codes: expected finite"):
+        ClusterLookupProbe(2, steps=1).fit(bad)
+    with pytest.raises(ValueError, match=r"\(N, D, h, w\) or \(M, D\)"):
+        ClusterLookupProbe(2, steps=1).fit(np.ones((2, 3, 4)))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        ClusterLookupProbe(2).predict(np.ones((2, 3)))
+    probe = ClusterLookupProbe(2, steps=1).fit(np.ones((4, 3), np.float32))
+    with pytest.raises(ValueError, match="D=3"):
+        probe.predict(np.ones((2, 5)))
+    with pytest.raises(ValueError, match="labels"):
+        LinearProbe(3, steps=1).fit(np.ones((4, 3), np.float32), None)
+    with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
+        LinearProbe(3, steps=1).fit(np.ones((4, 3), np.float32), np.array([0, 1, 3, 2]))
+    with pytest.raises(ValueError, match=r"labels: expected shape \(2, H, W\)"):
+        LinearProbe(3, steps=1).fit(np.ones((2, 3, 2, 2), np.float32), np.zeros((3, 2, 2), int))
+    with pytest.raises(FileNotFoundError):
+        LinearProbe.load(tmp_path / "missing.npz")
+
+
+# ------------------------------------------------------------------ linear probe
+
+
+def test_linear_probe_loss_values():
+    # zero logits: ln K per valid pixel; invalid labels (-1, 255, K) ignored
+    lab = torch.tensor([[[2, -1], [7, 255]]])
+    assert float(linear_probe_loss(torch.zeros(1, 3, 1, 1), lab)) == pytest.approx(math.log(3))
+    logits = torch.randn(2, 4, 3, 3, requires_grad=True)
+    labels = torch.randint(-1, 4, (2, 6, 6))
+    up = F.interpolate(logits, size=(6, 6), mode="bilinear", align_corners=False)
+    ref = F.cross_entropy(up.permute(0, 2, 3, 1)[labels >= 0], labels[labels >= 0]).detach()
+    assert float(linear_probe_loss(logits, labels).detach()) == pytest.approx(float(ref), rel=1e-5)
+    none = linear_probe_loss(logits, torch.full((2, 6, 6), -1))
+    assert float(none.detach()) == 0.0
+    none.backward()  # still differentiable
+
+
+def test_linear_probe_learns_separable_problem_pixel_and_token():
+    codes, tok, pix = stripe_images(n=8)
+    probe = LinearProbe(3, steps=150, batch_size=4).fit(codes, pix)  # pixel labels (8, 8)
+    assert probe.predict(codes, size=(8, 8)).tolist() == pix.tolist()
+    tprobe = LinearProbe(3, steps=150, batch_size=4).fit(codes, tok)  # token-grid labels
+    assert (tprobe.predict(codes) == tok).all()
+    x, y = direction_clusters()
+    flat = LinearProbe(3, steps=200, batch_size=32).fit(x, y)
+    assert (flat.predict(x) == y).mean() == 1.0
+    assert flat.coef_.shape == (3, 8) and flat.intercept_.shape == (3,)
+
+
+def test_linear_predict_upsamples_code_first():
+    rng = np.random.default_rng(0)
+    codes = rng.normal(size=(2, 4, 3, 3)).astype(np.float32)
+    probe = LinearProbe(5, steps=2, batch_size=2).fit(codes, rng.integers(0, 5, (2, 3, 3)))
+    up = F.interpolate(torch.from_numpy(codes), size=(6, 7), mode="bilinear", align_corners=False)
+    logits = torch.einsum("bdhw,kd->bkhw", up, torch.from_numpy(probe.coef_))
+    logits = logits + torch.from_numpy(probe.intercept_)[None, :, None, None]
+    np.testing.assert_allclose(probe.decision_function(codes, (6, 7)), logits, atol=1e-5)
+    np.testing.assert_array_equal(probe.predict(codes, (6, 7)), logits.argmax(1).numpy())
+    np.testing.assert_allclose(
+        probe.log_probs(codes, (6, 7)), torch.log_softmax(logits, 1).numpy(), atol=1e-5
+    )
+
+
+def test_linear_probe_ignores_invalid_labels():
+    codes, tok, _ = stripe_images(n=4, seed=2)
+    labels = tok.copy()
+    labels[:, 0, :] = -1
+    other = labels.copy()
+    other[:, 0, :] = 255  # another ignore value at the same pixels
+    a = LinearProbe(3, steps=10, batch_size=2, random_state=4).fit(codes, labels)
+    b = LinearProbe(3, steps=10, batch_size=2, random_state=4).fit(codes, other)
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    # codes under ignored tokens do not influence the fit (token-grid labels)
+    moved = codes.copy()
+    moved[:, :, 0, :] += 100.0
+    c = LinearProbe(3, steps=10, batch_size=2, random_state=4).fit(moved, labels)
+    np.testing.assert_allclose(a.coef_, c.coef_, atol=1e-6)
+    # ...but they do when labelled (the test can fail)
+    d = LinearProbe(3, steps=10, batch_size=2, random_state=4).fit(moved, tok)
+    e = LinearProbe(3, steps=10, batch_size=2, random_state=4).fit(codes, tok)
+    assert not np.allclose(d.coef_, e.coef_)
+
+
+def test_linear_probe_seed_init_and_label_res():
+    a = LinearProbe(4, random_state=7).initialize(6)
+    torch.manual_seed(7)
+    conv = torch.nn.Conv2d(6, 4, 1)
+    np.testing.assert_array_equal(a.coef_, conv.weight.detach().reshape(4, 6).numpy())
+    np.testing.assert_array_equal(a.intercept_, conv.bias.detach().numpy())
+    codes, _, pix = stripe_images(n=4, patch=4)  # labels 16x16
+    p1 = LinearProbe(3, steps=5, batch_size=2, label_res=8).fit(codes, pix)
+    p2 = LinearProbe(3, steps=5, batch_size=2).fit(codes, pix[:, ::2, ::2])
+    np.testing.assert_allclose(p1.coef_, p2.coef_, atol=1e-6)
+    p3 = LinearProbe(3, steps=5, batch_size=2, random_state=1).fit(codes, pix)
+    assert not np.allclose(p1.coef_, p3.coef_)
+
+
+def test_save_load_roundtrip(tmp_path):
+    codes, tok, _ = stripe_images()
+    lin = LinearProbe(3, steps=5, batch_size=2).fit(codes, tok)
+    clu = ClusterLookupProbe(4, steps=5, batch_size=2).fit(codes)
+    lin2 = LinearProbe.load(lin.save(tmp_path / "lin.npz"))
+    clu2 = ClusterLookupProbe.load(clu.save(tmp_path / "clu.npz"))
+    np.testing.assert_array_equal(lin2.predict(codes, (8, 8)), lin.predict(codes, (8, 8)))
+    np.testing.assert_array_equal(clu2.log_probs(codes), clu.log_probs(codes))
+    assert clu2.get_params() == clu.get_params() and clu2.loss_history_ == clu.loss_history_
+    with pytest.raises(ValueError, match="expected LinearProbe"):
+        LinearProbe.load(tmp_path / "clu.npz")
