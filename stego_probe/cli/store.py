@@ -1,0 +1,166 @@
+"""``stego-probe extract`` and ``stego-probe info``: thin wrappers over :mod:`stego_probe.extract`
+and :class:`stego_probe.store.FeatureStore`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``extract`` and ``info`` subcommands."""
+    p = subparsers.add_parser(
+        "extract",
+        help="extract backbone patch tokens of a dataset split into a feature store",
+        description=(
+            "Run a frozen backbone over every image of a dataset split and store its patch "
+            "tokens (float16), the labels at the input resolution and the sample ids in a zarr "
+            "feature store (a directory or an fsspec URL). Resumable: rerunning the same "
+            "command finishes an interrupted extraction; a store made from other inputs is "
+            "refused."
+        ),
+    )
+    p.add_argument("--dataset", required=True, help="dataset registry name, e.g. cocostuff27")
+    p.add_argument("--data-root", default=None, help="data root holding the dataset")
+    p.add_argument("--split", required=True, help="split, e.g. train or val")
+    p.add_argument(
+        "--dataset-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra dataset option, repeatable (e.g. n_classes=5); values are parsed as JSON "
+        "when possible (5, 0.5, true, null), else kept as strings",
+    )
+    p.add_argument("--backbone", required=True, help="backbone registry name, e.g. dino_vits8")
+    p.add_argument("--weights", default=None, help="local weight file for the backbone")
+    p.add_argument("--res", type=int, default=224, help="input side in pixels (224; eval: 320)")
+    p.add_argument(
+        "--crop",
+        choices=["center", "five", "none"],
+        default="center",
+        help="center: shorter side -> res + centre crop (default); five: five crops per image "
+        "(ratio 0.5), each centre-transformed; none: square resize",
+    )
+    p.add_argument(
+        "--flipped",
+        action="store_true",
+        help="also store tokens of the flipped images (evaluation-mode flip average)",
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (16)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (0)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument(
+        "--chunk-images", type=int, default=32, help="images per store chunk for a new store"
+    )
+    p.add_argument("--overwrite", action="store_true", help="delete an existing store first")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--store", required=True, help="store directory or fsspec URL")
+    p.set_defaults(func=_cmd_extract)
+
+    p = subparsers.add_parser("info", help="summarise a feature store")
+    p.add_argument("store", help="store directory or fsspec URL")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_info)
+
+
+def parse_key_values(items: list[str], option: str = "--dataset-arg") -> dict:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values parsed as JSON when possible).
+
+    Examples:
+        >>> parse_key_values(["n_classes=5", "name=abc", "flag=true"])
+        {'n_classes': 5, 'name': 'abc', 'flag': True}
+    """
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"{option}: expected KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from stego_probe.backbones import get_backbone
+    from stego_probe.backbones.registry import resolve_device
+    from stego_probe.data import get_dataset
+    from stego_probe.extract import extract
+
+    kwargs = parse_key_values(args.dataset_arg)
+    dataset = get_dataset(args.dataset, root=args.data_root, split=args.split, **kwargs)
+    device = resolve_device(args.device)
+    backbone = get_backbone(args.backbone, weights=args.weights, device=device)
+    store = extract(
+        dataset,
+        backbone,
+        args.store,
+        res=args.res,
+        crop=args.crop,
+        batch_size=args.batch_size,
+        device=device,
+        flipped=args.flipped,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+        limit=args.limit,
+        chunk_images=args.chunk_images,
+        overwrite=args.overwrite,
+    )
+    h, w = store.grid
+    print(
+        f"feature store {store.path}: {store.n_images} images, tokens {h}x{w}x{store.dim}, "
+        f"complete={store.complete}"
+    )
+    return 0
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def format_info(info: dict) -> str:
+    """Human-readable multi-line rendering of :meth:`FeatureStore.info`."""
+    classes = info.get("class_names")
+    if classes:
+        shown = ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
+        classes = f"{info.get('n_classes')} ({shown})"
+    else:
+        classes = str(info.get("n_classes"))
+    rows = [
+        ("store", info["path"]),
+        ("dataset", f"{info.get('dataset')} / {info.get('split')}"),
+        ("images", info["n_images"]),
+        ("grid", "x".join(map(str, info["grid"]))),
+        ("dim", info["dim"]),
+        ("label shape", "x".join(map(str, info["label_shape"]))),
+        (
+            "complete",
+            f"{info['complete']} ({info['blocks_written']}/{info['n_blocks']} blocks written)",
+        ),
+        ("backbone", info.get("backbone")),
+        ("weights", info.get("weights")),
+        ("weights sha256", info.get("weights_sha256")),
+        ("res", info.get("res")),
+        ("crop", info.get("crop")),
+        ("flipped tokens", info.get("flipped")),
+        ("classes", classes),
+        ("size on disk", _human_bytes(info["size_bytes"])),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from stego_probe.store import FeatureStore
+
+    info = FeatureStore.open(args.store, allow_incomplete=True).info()
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0

@@ -1,0 +1,842 @@
+"""The feature store: backbone patch tokens of one dataset split, on zarr v3.
+
+One store holds the features of one (dataset, split, backbone, resolution, crop). Layout (a zarr
+v3 group, on a local path or any fsspec URL such as ``s3://`` or ``memory://``)::
+
+    <store>/
+      zarr.json          group attributes: format, format_version, layout, provenance, complete
+      tokens/            float16 (N, h, w, C), chunks of ``chunk_images`` images, uncompressed
+      tokens_flipped/    float16 (N, h, w, C), optional: features of the horizontally flipped
+                         images, flipped back (evaluation-mode flip average, PROTOCOL §4.4)
+      labels/            int16 (N, H, W) (int32 when K > 32766), zstd; -1 = ignore
+      ids/               variable-length UTF-8 strings (N,)
+      written/           bool (n_blocks,), one zarr chunk per block: the progress markers
+      _SUCCESS           written last, only when every block is written
+
+A *block* is the unit of writing: one chunk, or one shard when ``shard_images`` is set. The
+extractor writes a block's ``tokens``, ``tokens_flipped``, ``labels`` and ``ids`` and only then
+sets ``written[block]``; a restarted extraction rewrites exactly the blocks whose marker is not
+set. Readers refuse an incomplete store unless asked (``allow_incomplete=True``).
+
+See ``docs/store.md`` for the guarantees and a worked example.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from stego_probe.labels import IGNORE
+
+FORMAT = "stego_probe.feature_store"
+FORMAT_VERSION = 1
+SUCCESS_MARKER = "_SUCCESS"
+
+_TOKENS = "tokens"
+_FLIPPED = "tokens_flipped"
+_LABELS = "labels"
+_IDS = "ids"
+_WRITTEN = "written"
+
+Index = int | slice | Sequence[int] | np.ndarray
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _normalize_path(path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"store path: expected a non-empty path or URL, got {path!r}")
+    if _is_url(path):
+        return path.rstrip("/")
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _fs(path: str):
+    """(fsspec filesystem, path inside it) for a local path or URL."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(path)
+
+
+def to_jsonable(obj):
+    """Convert tuples / numpy scalars / arrays / paths to plain JSON types (recursively).
+
+    Provenance is stored as JSON; comparing a fresh provenance dict with a stored one only works
+    after both went through the same conversion (tuples become lists).
+    """
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if obj is None or isinstance(obj, str | int | float | bool):
+        return obj
+    return str(obj)
+
+
+def pool_labels(
+    labels: np.ndarray, grid: tuple[int, int], n_classes: int | None = None
+) -> np.ndarray:
+    """Pool pixel labels to a token grid by per-cell majority over valid pixels.
+
+    Pixel ``(y, x)`` belongs to cell ``(y * h // H, x * w // W)``; with ``H = h * p`` this is the
+    ``p x p`` patch under each token. This is an *approximation* of "the class of a token": a
+    token's receptive field is the whole image, and a cell straddling a boundary gets the class
+    covering most of its valid pixels (ties go to the smaller class id).
+
+    Args:
+        labels: int array (n, H, W); classes in ``[0, n_classes)``, everything else ignored.
+        grid: token grid ``(h, w)``, ``h <= H`` and ``w <= W``.
+        n_classes: ``K``; ``None`` uses ``labels.max() + 1``.
+
+    Returns:
+        int64 array (n, h, w): the majority class of each cell, -1 where a cell has no valid
+        pixel.
+
+    Examples:
+        >>> lab = np.array([[[0, 0, 1, -1], [0, 1, -1, -1]]])
+        >>> pool_labels(lab, (1, 2), n_classes=2)
+        array([[[0, 1]]])
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise ValueError(f"labels: expected shape (n, H, W), got {labels.shape}")
+    n, H, W = labels.shape
+    h, w = int(grid[0]), int(grid[1])
+    if not (0 < h <= H and 0 < w <= W):
+        raise ValueError(f"grid: expected 0 < (h, w) <= label shape {(H, W)}, got {(h, w)}")
+    labels = labels.astype(np.int64, copy=False)
+    if n_classes is None:
+        n_classes = int(labels.max()) + 1 if labels.size else 0
+    K = int(n_classes)
+    out = np.full((n, h, w), IGNORE, dtype=np.int64)
+    if K <= 0 or n == 0:
+        return out
+    cell = ((np.arange(H) * h) // H)[:, None] * w + ((np.arange(W) * w) // W)[None, :]
+    flat_cell = (np.arange(n)[:, None, None] * (h * w) + cell[None]).ravel()
+    flat_lab = labels.ravel()
+    valid = (flat_lab >= 0) & (flat_lab < K)
+    counts = np.bincount(flat_cell[valid] * K + flat_lab[valid], minlength=n * h * w * K).reshape(
+        n * h * w, K
+    )
+    best = counts.argmax(axis=1)
+    best[counts.sum(axis=1) == 0] = IGNORE
+    return best.reshape(n, h, w)
+
+
+def _to_float32(a: np.ndarray) -> np.ndarray:
+    """float16 -> float32 via torch's vectorised (and threaded) conversion, about 2x faster than
+    numpy's ``astype`` for large arrays; other dtypes use ``astype``."""
+    if a.dtype != np.float16 or a.size < 1 << 16:
+        return a.astype(np.float32)
+    import torch
+
+    out = np.empty(a.shape, dtype=np.float32)
+    src = np.ascontiguousarray(a)
+    if not src.flags.writeable:
+        src = src.copy()
+    torch.from_numpy(out).copy_(torch.from_numpy(src))
+    return out
+
+
+class FeatureStore:
+    """Patch tokens, labels and ids of one dataset split, stored as a zarr v3 group.
+
+    Create with :meth:`create` (the extractor does this) or open with :meth:`open`. Readers get
+    float32 tokens ``(n, h, w, C)`` (stored as float16) and int64 labels ``(n, H, W)`` at the
+    evaluation resolution (-1 = ignore).
+
+    Attributes:
+        path: the local path (absolute) or URL of the store.
+        mode: ``"r"`` (read only) or ``"r+"`` (writable).
+
+    Examples:
+        >>> import numpy as np
+        >>> fs = FeatureStore.create("memory://doc/store", n_images=2, grid=(2, 2), dim=3,
+        ...                          label_shape=(4, 4), provenance={"n_classes": 2},
+        ...                          chunk_images=2, overwrite=True)
+        >>> fs.write_block(0, np.ones((2, 2, 2, 3)), np.zeros((2, 4, 4), int), ["a", "b"])
+        >>> fs.mark_complete()
+        >>> store = FeatureStore.open("memory://doc/store")
+        >>> store.tokens(slice(0, 2)).shape, store.ids
+        ((2, 2, 2, 3), ['a', 'b'])
+    """
+
+    def __init__(self, group, path: str, mode: str) -> None:
+        self._group = group
+        self.path = path
+        self.mode = mode
+        attrs = dict(group.attrs)
+        if attrs.get("format") != FORMAT:
+            raise ValueError(
+                f"{path}: not a stego_probe feature store (zarr group attribute format="
+                f"{attrs.get('format')!r}, expected {FORMAT!r})"
+            )
+        version = attrs.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"{path}: feature store format version {version!r} is not supported by this "
+                f"stego_probe (expected {FORMAT_VERSION}); re-extract the store"
+            )
+        self._attrs = attrs
+        layout = attrs["layout"]
+        self._n_images = int(layout["n_images"])
+        self._grid = (int(layout["grid"][0]), int(layout["grid"][1]))
+        self._dim = int(layout["dim"])
+        self._label_shape = (int(layout["label_shape"][0]), int(layout["label_shape"][1]))
+        self._chunk_images = int(layout["chunk_images"])
+        self._shard_images = layout.get("shard_images")
+        self._has_flipped = bool(layout.get("flipped", False))
+        self._compress_tokens = bool(layout.get("compress_tokens", False))
+        self._ids_cache: list[str] | None = None
+        self._arrays: dict = {}
+
+    # ------------------------------------------------------------------ creation / opening
+    @staticmethod
+    def exists(path: str | os.PathLike) -> bool:
+        """True when ``path`` holds a zarr group (a feature store or a half-created one)."""
+        path = _normalize_path(path)
+        fs, root = _fs(path)
+        return fs.exists(f"{root}/zarr.json")
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        n_images: int,
+        grid: tuple[int, int],
+        dim: int,
+        label_shape: tuple[int, int],
+        provenance: Mapping,
+        chunk_images: int = 32,
+        shard_images: int | None = None,
+        flipped: bool = False,
+        compress_tokens: bool = False,
+        overwrite: bool = False,
+    ) -> FeatureStore:
+        """Create an empty store with all arrays pre-allocated (nothing is marked written).
+
+        Args:
+            path: local directory or fsspec URL (``memory://``, ``s3://`` ...).
+            n_images: ``N``, the number of images (crops) the store will hold.
+            grid: token grid ``(h, w)``.
+            dim: token width ``C``.
+            label_shape: ``(H, W)`` of the stored labels (the transform's ``res``).
+            provenance: JSON-able description of dataset, backbone, transform (stored in the
+                group attributes; see ``docs/store.md`` for the keys the extractor writes).
+                ``n_classes`` and ``class_names`` are read from here.
+            chunk_images: images per zarr chunk (the unit of reading).
+            shard_images: if set, images per shard (a multiple of ``chunk_images``); a shard is
+                then the unit of writing. ``None``: no sharding, one file per chunk.
+            flipped: also allocate ``tokens_flipped``.
+            compress_tokens: zstd-compress tokens (float features barely compress; off by
+                default because it costs time for ~10% space).
+            overwrite: replace an existing feature store at ``path``.
+
+        Returns:
+            the store, opened ``"r+"``.
+
+        Raises:
+            FileExistsError: a store exists at ``path`` and ``overwrite`` is False.
+            ValueError: bad sizes, or ``path`` is a non-empty directory that is not a store.
+        """
+        import zarr
+
+        path = _normalize_path(path)
+        for name, v in (("n_images", n_images), ("dim", dim), ("chunk_images", chunk_images)):
+            if not isinstance(v, int | np.integer) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        grid = tuple(int(g) for g in grid)
+        label_shape = tuple(int(s) for s in label_shape)
+        if len(grid) != 2 or min(grid) <= 0:
+            raise ValueError(f"grid: expected (h, w) positive ints, got {grid!r}")
+        if len(label_shape) != 2 or min(label_shape) <= 0:
+            raise ValueError(f"label_shape: expected (H, W) positive ints, got {label_shape!r}")
+        if shard_images is not None:
+            if shard_images <= 0 or shard_images % chunk_images:
+                raise ValueError(
+                    f"shard_images: expected a positive multiple of chunk_images="
+                    f"{chunk_images}, got {shard_images!r}"
+                )
+        fs, root = _fs(path)
+        if fs.exists(root):
+            if fs.exists(f"{root}/zarr.json"):
+                if not overwrite:
+                    raise FileExistsError(
+                        f"{path}: a store exists already; open it with FeatureStore.open or "
+                        f"pass overwrite=True"
+                    )
+                attrs = json.loads(fs.cat_file(f"{root}/zarr.json")).get("attributes", {})
+                if attrs.get("format") != FORMAT:
+                    raise ValueError(
+                        f"{path}: holds a zarr group that is not a stego_probe feature store; "
+                        f"refusing to overwrite it"
+                    )
+                fs.rm(root, recursive=True)
+            elif fs.isdir(root) and fs.ls(root):
+                raise ValueError(
+                    f"{path}: exists and is not an empty directory nor a feature store; choose "
+                    f"another store path"
+                )
+        provenance = to_jsonable(dict(provenance))
+        n_classes = provenance.get("n_classes")
+        layout = {
+            "n_images": int(n_images),
+            "grid": list(grid),
+            "dim": int(dim),
+            "label_shape": list(label_shape),
+            "chunk_images": int(chunk_images),
+            "shard_images": None if shard_images is None else int(shard_images),
+            "flipped": bool(flipped),
+            "compress_tokens": bool(compress_tokens),
+            "label_dtype": "int16" if n_classes is None or n_classes <= 32766 else "int32",
+        }
+        attrs = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "layout": layout,
+            "provenance": provenance,
+            "complete": False,
+        }
+        group = zarr.open_group(path, mode="w", attributes=attrs, zarr_format=3)
+        store = cls(group, path, "r+")
+        store._ensure_arrays()
+        return store
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike, mode: str = "r", allow_incomplete: bool = False
+    ) -> FeatureStore:
+        """Open an existing store.
+
+        Args:
+            path: local directory or fsspec URL.
+            mode: ``"r"`` (read only) or ``"r+"`` (resume writing; implies
+                ``allow_incomplete``).
+            allow_incomplete: read a store whose extraction has not finished; images not yet
+                written read as zeros (tokens) and -1 (labels), see :meth:`done_blocks`.
+
+        Raises:
+            FileNotFoundError: nothing at ``path``.
+            ValueError: not a feature store, or incomplete and ``allow_incomplete`` is False.
+        """
+        import zarr
+
+        if mode not in ("r", "r+"):
+            raise ValueError(f"mode: expected 'r' or 'r+', got {mode!r}")
+        path = _normalize_path(path)
+        if not cls.exists(path):
+            raise FileNotFoundError(f"{path}: no feature store there (no zarr.json)")
+        group = zarr.open_group(path, mode=mode, zarr_format=3)
+        store = cls(group, path, mode)
+        if mode == "r+":
+            store._ensure_arrays()
+        elif not allow_incomplete and not store.complete:
+            done = store.done_blocks()
+            raise ValueError(
+                f"{path}: feature store is incomplete ({int(done.sum())}/{done.size} blocks "
+                f"written); rerun the same `stego-probe extract` command to finish it, or open "
+                f"with allow_incomplete=True"
+            )
+        return store
+
+    def _ensure_arrays(self) -> None:
+        """Create any array missing from the group (a creation killed half-way)."""
+        from zarr.codecs import ZstdCodec
+
+        # membership tests, not listing: listing warns about the non-zarr _SUCCESS file
+        existing = {
+            name for name in (_TOKENS, _FLIPPED, _LABELS, _IDS, _WRITTEN) if name in self._group
+        }
+        n, (h, w), c = self._n_images, self._grid, self._dim
+        ci, si = self._chunk_images, self._shard_images
+        bi = self.block_images
+        tok_comp = ZstdCodec(level=1) if self._compress_tokens else None
+        specs = {
+            _TOKENS: dict(shape=(n, h, w, c), dtype="float16", compressors=tok_comp, fill_value=0),
+            _LABELS: dict(
+                shape=(n, *self._label_shape),
+                dtype=self._attrs["layout"].get("label_dtype", "int16"),
+                compressors=ZstdCodec(level=3),
+                fill_value=IGNORE,
+            ),
+            _IDS: dict(shape=(n,), dtype=str, fill_value=""),
+        }
+        if self._has_flipped:
+            specs[_FLIPPED] = dict(specs[_TOKENS])
+        for name, spec in specs.items():
+            if name in existing:
+                continue
+            rest = spec["shape"][1:]
+            self._group.create_array(
+                name,
+                chunks=(ci, *rest) if name != _IDS else (bi,),
+                shards=(si, *rest) if (si and name != _IDS) else None,
+                **spec,
+            )
+        if _WRITTEN not in existing:
+            self._group.create_array(
+                _WRITTEN,
+                shape=(self.n_blocks,),
+                chunks=(1,),
+                dtype="bool",
+                fill_value=False,
+                compressors=None,
+            )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def n_images(self) -> int:
+        """``N``, the number of images (crops) in the store."""
+        return self._n_images
+
+    def __len__(self) -> int:
+        return self._n_images
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Token grid ``(h, w)``."""
+        return self._grid
+
+    @property
+    def dim(self) -> int:
+        """Token width ``C``."""
+        return self._dim
+
+    @property
+    def label_shape(self) -> tuple[int, int]:
+        """``(H, W)`` of the stored labels."""
+        return self._label_shape
+
+    @property
+    def chunk_images(self) -> int:
+        """Images per zarr chunk (the unit of reading)."""
+        return self._chunk_images
+
+    @property
+    def block_images(self) -> int:
+        """Images per block, the unit of writing (the shard when sharded, else the chunk)."""
+        return int(self._shard_images or self._chunk_images)
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of blocks, ``ceil(N / block_images)``."""
+        return math.ceil(self._n_images / self.block_images)
+
+    @property
+    def has_flipped(self) -> bool:
+        """Whether the store holds ``tokens_flipped``."""
+        return self._has_flipped
+
+    @property
+    def provenance(self) -> dict:
+        """The provenance dict written at creation (JSON types: tuples are lists)."""
+        return dict(self._attrs.get("provenance", {}))
+
+    @property
+    def n_classes(self) -> int | None:
+        """``K`` from the provenance (None if unknown)."""
+        k = self._attrs.get("provenance", {}).get("n_classes")
+        return None if k is None else int(k)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """Class names from the provenance (None if unknown)."""
+        names = self._attrs.get("provenance", {}).get("class_names")
+        return None if names is None else list(names)
+
+    @property
+    def complete(self) -> bool:
+        """True once every block is written and the ``_SUCCESS`` marker exists."""
+        fs, root = _fs(self.path)
+        return bool(self._group.attrs.get("complete", False)) and fs.exists(
+            f"{root}/{SUCCESS_MARKER}"
+        )
+
+    @property
+    def ids(self) -> list[str]:
+        """The ``N`` sample ids in store order (``""`` for images not written yet)."""
+        if self._ids_cache is None or self.mode == "r+":
+            ids = [str(s) for s in self._arr(_IDS)[:].tolist()]
+            if self.mode == "r":
+                self._ids_cache = ids
+            return ids
+        return list(self._ids_cache)
+
+    def _arr(self, name: str):
+        """The zarr array ``name`` (opened once and cached)."""
+        arr = self._arrays.get(name)
+        if arr is None:
+            arr = self._arrays[name] = self._group[name]
+        return arr
+
+    def done_blocks(self) -> np.ndarray:
+        """bool array (n_blocks,): which blocks are completely written."""
+        if _WRITTEN not in self._arrays and _WRITTEN not in self._group:
+            return np.zeros(self.n_blocks, dtype=bool)  # creation was interrupted
+        return np.asarray(self._arr(_WRITTEN)[:], dtype=bool)
+
+    def block_range(self, b: int) -> tuple[int, int]:
+        """Image range ``[start, stop)`` of block ``b``."""
+        if not 0 <= b < self.n_blocks:
+            raise IndexError(f"{self.path}: block {b} out of range [0, {self.n_blocks})")
+        start = b * self.block_images
+        return start, min(start + self.block_images, self._n_images)
+
+    def __repr__(self) -> str:
+        p = self._attrs.get("provenance", {})
+        return (
+            f"FeatureStore({self.path!r}, n_images={self._n_images}, grid={self._grid}, "
+            f"dim={self._dim}, backbone={p.get('backbone')!r}, complete={self.complete})"
+        )
+
+    # ------------------------------------------------------------------ writing
+    def write_block(
+        self,
+        b: int,
+        tokens: np.ndarray,
+        labels: np.ndarray,
+        ids: Sequence[str],
+        tokens_flipped: np.ndarray | None = None,
+    ) -> None:
+        """Write block ``b`` completely, then mark it written.
+
+        Args:
+            b: block index in ``[0, n_blocks)``.
+            tokens: (m, h, w, C) float (cast to float16), ``m`` = size of block ``b``.
+            labels: (m, H, W) int, -1 = ignore.
+            ids: ``m`` sample ids.
+            tokens_flipped: (m, h, w, C) float, required iff the store has ``tokens_flipped``.
+        """
+        if self.mode != "r+":
+            raise ValueError(f"{self.path}: store is opened read-only (mode={self.mode!r})")
+        start, stop = self.block_range(b)
+        m = stop - start
+        exp_t = (m, *self._grid, self._dim)
+        exp_l = (m, *self._label_shape)
+        tokens = np.asarray(tokens)
+        labels = np.asarray(labels)
+        if tokens.shape != exp_t:
+            raise ValueError(f"{self.path}: block {b} tokens: expected {exp_t}, got {tokens.shape}")
+        if labels.shape != exp_l:
+            raise ValueError(f"{self.path}: block {b} labels: expected {exp_l}, got {labels.shape}")
+        if len(ids) != m:
+            raise ValueError(f"{self.path}: block {b} ids: expected {m}, got {len(ids)}")
+        if self._has_flipped != (tokens_flipped is not None):
+            raise ValueError(
+                f"{self.path}: tokens_flipped must be given iff the store was created with "
+                f"flipped=True (it was created with flipped={self._has_flipped})"
+            )
+        self._arr(_TOKENS)[start:stop] = tokens.astype(np.float16, copy=False)
+        if tokens_flipped is not None:
+            tokens_flipped = np.asarray(tokens_flipped)
+            if tokens_flipped.shape != exp_t:
+                raise ValueError(
+                    f"{self.path}: block {b} tokens_flipped: expected {exp_t}, got "
+                    f"{tokens_flipped.shape}"
+                )
+            self._arr(_FLIPPED)[start:stop] = tokens_flipped.astype(np.float16, copy=False)
+        ldtype = self._arr(_LABELS).dtype
+        self._arr(_LABELS)[start:stop] = labels.astype(ldtype, copy=False)
+        self._arr(_IDS)[start:stop] = np.asarray([str(i) for i in ids], dtype=object)
+        # The marker goes last: a block is "written" only once all of its data is.
+        self._arr(_WRITTEN)[b] = True
+
+    def mark_complete(self) -> None:
+        """Mark the store complete (attribute + ``_SUCCESS`` file); all blocks must be written."""
+        if self.mode != "r+":
+            raise ValueError(f"{self.path}: store is opened read-only (mode={self.mode!r})")
+        done = self.done_blocks()
+        if not done.all():
+            missing = np.flatnonzero(~done)[:10].tolist()
+            raise ValueError(
+                f"{self.path}: cannot mark complete, blocks {missing} "
+                f"({int((~done).sum())} in all) are not written"
+            )
+        self._group.attrs["complete"] = True
+        self._attrs["complete"] = True
+        fs, root = _fs(self.path)
+        fs.pipe_file(f"{root}/{SUCCESS_MARKER}", b"")
+
+    # ------------------------------------------------------------------ reading
+    def _resolve(self, idx: Index) -> tuple[slice | None, np.ndarray | None]:
+        """Index -> (contiguous slice, None) or (None, int64 array of indices)."""
+        n = self._n_images
+        if isinstance(idx, int | np.integer) and not isinstance(idx, bool):
+            i = int(idx)
+            if not -n <= i < n:
+                raise IndexError(f"{self.path}: image index {i} out of range [0, {n})")
+            i %= n
+            return slice(i, i + 1), None
+        if isinstance(idx, slice):
+            start, stop, step = idx.indices(n)
+            if step == 1:
+                return slice(start, max(start, stop)), None
+            return None, np.arange(start, stop, step, dtype=np.int64)
+        arr = np.asarray(idx)
+        if arr.dtype == bool:
+            if arr.shape != (n,):
+                raise ValueError(f"{self.path}: boolean index must have shape ({n},)")
+            return None, np.flatnonzero(arr)
+        if arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
+            raise ValueError(
+                f"{self.path}: index: expected an int, a slice or a 1-D int array, got "
+                f"{arr.dtype} array of shape {arr.shape}"
+            )
+        arr = arr.astype(np.int64)
+        if arr.size and (arr.min() < -n or arr.max() >= n):
+            raise IndexError(f"{self.path}: image index out of range [0, {n})")
+        return None, arr % n if arr.size else arr
+
+    def _read(self, name: str, idx: Index) -> np.ndarray:
+        arr = self._arr(name)
+        sl, ind = self._resolve(idx)
+        if sl is not None:
+            return arr[sl]
+        if ind.size == 0:
+            return np.empty((0, *arr.shape[1:]), dtype=arr.dtype)
+        uniq, inv = np.unique(ind, return_inverse=True)
+        if uniq[-1] - uniq[0] + 1 == uniq.size:
+            data = arr[int(uniq[0]) : int(uniq[-1]) + 1]
+        else:
+            data = arr.oindex[uniq]
+        return data[inv]
+
+    def tokens(self, idx: Index, flipped: bool = False) -> np.ndarray:
+        """Tokens of images ``idx``.
+
+        Args:
+            idx: int, slice, 1-D int array or (N,) bool mask.
+            flipped: read ``tokens_flipped`` (features of the flipped image, flipped back).
+
+        Returns:
+            float32 array (n, h, w, C); an int ``idx`` gives n = 1.
+        """
+        name = self._flipped_name() if flipped else _TOKENS
+        return _to_float32(self._read(name, idx))
+
+    def _flipped_name(self) -> str:
+        if not self._has_flipped:
+            raise ValueError(
+                f"{self.path}: store has no tokens_flipped; extract with flipped=True (CLI: "
+                f"--flipped) for the evaluation-mode flip average"
+            )
+        return _FLIPPED
+
+    def labels(self, idx: Index) -> np.ndarray:
+        """Labels of images ``idx``: int64 array (n, H, W), classes in ``[0, K)``, -1 = ignore."""
+        return self._read(_LABELS, idx).astype(np.int64)
+
+    def token_labels(self, idx: Index) -> np.ndarray:
+        """Labels pooled to the token grid: int64 array (n, h, w).
+
+        Per-cell majority over the valid pixels under each token, -1 where a cell has no valid
+        pixel (see :func:`pool_labels`; an approximation of a token's class).
+        """
+        return pool_labels(self._read(_LABELS, idx), self._grid, self.n_classes)
+
+    def _chunk_reader(
+        self, names: Sequence[str], start: int, stop: int, step: int
+    ) -> Iterator[tuple[int, int, list[np.ndarray]]]:
+        """Read ``names`` in ranges ``[s, s + step)`` with one range prefetched in a thread;
+        the first array (tokens) comes back as float32, the others as int64."""
+        ranges = [(s, min(s + step, stop)) for s in range(start, stop, step)]
+        if not ranges:
+            return
+
+        def read(r):
+            # converted here, in the prefetch thread, overlapping with the consumer
+            t = _to_float32(self._arr(names[0])[r[0] : r[1]])
+            return [t] + [self._arr(nm)[r[0] : r[1]].astype(np.int64) for nm in names[1:]]
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            fut = pool.submit(read, ranges[0])
+            for k, r in enumerate(ranges):
+                data = fut.result()
+                if k + 1 < len(ranges):
+                    fut = pool.submit(read, ranges[k + 1])
+                yield r[0], r[1], data
+
+    def iter_batches(
+        self,
+        batch_size: int,
+        progress: bool = False,
+        flipped: bool = False,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+        """Iterate over the store in order, lazily, chunk by chunk (the next read is prefetched).
+
+        Args:
+            batch_size: images per batch (the last batch may be smaller); independent of the
+                chunk size, so any batch size yields the same concatenated arrays.
+            progress: show a tqdm bar.
+            flipped: yield ``tokens_flipped`` in place of ``tokens``. For the evaluation-mode
+                flip average iterate ``zip(s.iter_batches(b), s.iter_batches(b, flipped=True))``.
+            start, stop: image range to iterate (default: all).
+
+        Yields:
+            ``(tokens float32 (b, h, w, C), labels int64 (b, H, W), ids list[str])``.
+        """
+        if not isinstance(batch_size, int | np.integer) or batch_size <= 0:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        stop = self._n_images if stop is None else min(int(stop), self._n_images)
+        start = max(0, int(start))
+        tok_name = self._flipped_name() if flipped else _TOKENS
+        ci = self._chunk_images
+        # Read whole chunks, at least one batch at a time, aligned to chunk boundaries.
+        step = ci * max(1, math.ceil(batch_size / ci))
+        first = (start // ci) * ci
+        ids_all = self.ids
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=max(0, stop - start), unit="img", desc="read store")
+        buf_t: list[np.ndarray] = []
+        buf_l: list[np.ndarray] = []
+        buffered = 0
+        pos = start  # first image index not yet yielded
+        try:
+            for s, e, (t, lab) in self._chunk_reader([tok_name, _LABELS], first, stop, step):
+                lo = max(s, start)
+                t, lab = t[lo - s :], lab[lo - s :]
+                buf_t.append(t)
+                buf_l.append(lab)
+                buffered += e - lo
+                while buffered >= batch_size or (e >= stop and buffered > 0):
+                    take = min(batch_size, buffered)
+                    bt = np.concatenate(buf_t) if len(buf_t) > 1 else buf_t[0]
+                    bl = np.concatenate(buf_l) if len(buf_l) > 1 else buf_l[0]
+                    yield (
+                        bt[:take],
+                        bl[:take],
+                        ids_all[pos : pos + take],
+                    )
+                    if bar is not None:
+                        bar.update(take)
+                    buffered -= take
+                    buf_t, buf_l = ([bt[take:]], [bl[take:]]) if buffered else ([], [])
+                    pos += take
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def sample_tokens(
+        self,
+        n: int,
+        seed: int = 0,
+        with_labels: bool = False,
+        images: int | Sequence[int] | np.ndarray | None = None,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """A seeded uniform sample of tokens, reading only the chunks that hold them.
+
+        Tokens are drawn uniformly without replacement from all ``h * w`` tokens of the chosen
+        images; only the chunks containing drawn tokens are read, one at a time, so memory
+        stays at one chunk plus the output.
+
+        Args:
+            n: number of tokens; if it exceeds the available tokens, all of them are returned
+                (in random order).
+            seed: random seed; the same seed gives the same tokens in the same order.
+            with_labels: also return each token's label (:meth:`token_labels` of its cell).
+            images: which images to draw from: ``None`` all; an int ``k``: ``k`` images chosen
+                at random with ``seed`` (the reference fits PCA on "the first 5,000 images" of a
+                shuffled cache, PROTOCOL §6.2); an index array: those images.
+
+        Returns:
+            float32 array (n, C) [, int64 array (n,) of token labels, -1 = no valid pixel].
+        """
+        if not isinstance(n, int | np.integer) or n < 0:
+            raise ValueError(f"n: expected a non-negative int, got {n!r}")
+        rng = np.random.default_rng(seed)
+        N = self._n_images
+        if images is None:
+            img_idx = np.arange(N, dtype=np.int64)
+        elif isinstance(images, int | np.integer):
+            if not 0 < int(images) <= N:
+                raise ValueError(f"images: expected an int in [1, {N}], got {images!r}")
+            img_idx = np.sort(rng.choice(N, size=int(images), replace=False)).astype(np.int64)
+        else:
+            _, img_idx = self._resolve(np.asarray(images))
+            if img_idx is None or img_idx.size == 0:
+                raise ValueError("images: expected a non-empty 1-D index array")
+            img_idx = np.unique(img_idx)
+        h, w = self._grid
+        hw = h * w
+        total = img_idx.size * hw
+        n = min(int(n), total)
+        flat = rng.choice(total, size=n, replace=False) if n < total else rng.permutation(total)
+        img = img_idx[flat // hw]
+        cell = flat % hw
+        out = np.empty((n, self._dim), dtype=np.float32)
+        lab_out = np.empty(n, dtype=np.int64) if with_labels else None
+        ci = self._chunk_images
+        chunk = img // ci
+        order = np.argsort(chunk, kind="stable")
+        bounds = np.flatnonzero(np.diff(chunk[order])) + 1
+        toks = self._arr(_TOKENS)
+        for pos in np.split(order, bounds):
+            if pos.size == 0:
+                continue
+            lo, hi = int(img[pos].min()), int(img[pos].max()) + 1
+            t = np.asarray(toks[lo:hi]).reshape(hi - lo, hw, self._dim)
+            out[pos] = t[img[pos] - lo, cell[pos]]
+            if lab_out is not None:
+                tl = pool_labels(self._arr(_LABELS)[lo:hi], self._grid, self.n_classes)
+                lab_out[pos] = tl.reshape(hi - lo, hw)[img[pos] - lo, cell[pos]]
+        if with_labels:
+            return out, lab_out
+        return out
+
+    # ------------------------------------------------------------------ summary
+    def size_bytes(self) -> int:
+        """Bytes the store occupies (sum of its files / objects)."""
+        fs, root = _fs(self.path)
+        return int(fs.du(root, total=True))
+
+    def info(self) -> dict:
+        """A JSON-able summary: sizes, layout, completeness, key provenance, bytes on disk."""
+        p = self.provenance
+        done = self.done_blocks()
+        return {
+            "path": self.path,
+            "n_images": self._n_images,
+            "grid": list(self._grid),
+            "dim": self._dim,
+            "label_shape": list(self._label_shape),
+            "complete": self.complete,
+            "blocks_written": int(done.sum()),
+            "n_blocks": int(done.size),
+            "chunk_images": self._chunk_images,
+            "shard_images": self._shard_images,
+            "flipped": self._has_flipped,
+            "dataset": p.get("dataset"),
+            "split": p.get("split"),
+            "backbone": p.get("backbone"),
+            "weights": p.get("weights"),
+            "weights_sha256": p.get("weights_sha256"),
+            "res": p.get("res"),
+            "crop": p.get("crop"),
+            "n_classes": self.n_classes,
+            "class_names": self.class_names,
+            "size_bytes": self.size_bytes(),
+        }

@@ -1,0 +1,332 @@
+"""extract(): correctness against the backbone, five-crop / flipped, resumability, refusal to mix,
+error messages, and the ``extract`` / ``info`` CLI."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stego_probe.backbones.base import Backbone
+from stego_probe.data.base import Sample, SegDataset
+from stego_probe.data.transforms import five_crop_sample, stego_transform
+from stego_probe.extract import extract
+from stego_probe.store import FeatureStore
+
+K = 3
+RES = 16
+
+
+class ToyDataset(SegDataset):
+    """Deterministic random RGB images of a few sizes, labels in [-1, K).
+
+    ``bad``: index whose label shape does not match its image; ``unreadable``: index whose image
+    file cannot be decoded."""
+
+    def __init__(self, n: int = 10, bad: int | None = None, unreadable: int | None = None):
+        super().__init__(
+            name="toy",
+            split="train",
+            n_classes=K,
+            class_names=["a", "b", "c"],
+            ids=[f"toy_{i}" for i in range(n)],
+        )
+        self.bad, self.unreadable = bad, unreadable
+
+    def load(self, i: int) -> Sample:
+        if i == self.unreadable:
+            Image.open(io.BytesIO(b"this is not an image")).convert("RGB")
+        rng = np.random.default_rng(100 + i)
+        h, w = (20, 24, 28)[i % 3], 28
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        lab = rng.integers(-1, K, (h, w))
+        if i == self.bad:
+            lab = lab[:-1]
+        return Sample(img, lab, self.ids[i])
+
+
+class ToyBackbone(Backbone):
+    """Fixed random patch embedding + tanh (not flip-symmetric), p = 4, C = 8.
+
+    ``fail_after``: raise after that many forward calls; ``hang_after``: block (until the
+    process is killed) after that many forward calls."""
+
+    name = "toy_backbone"
+    patch_size = 4
+    embed_dim = 8
+
+    def __init__(self, seed: int = 0, fail_after: int | None = None, hang_after: int | None = None):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.proj = torch.nn.Conv2d(3, 8, 4, 4)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.randn(8, 3, 4, 4, generator=g) * 0.3)
+            self.proj.bias.copy_(torch.randn(8, generator=g))
+        self.fail_after, self.hang_after, self.calls = fail_after, hang_after, 0
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("simulated crash")
+        if self.hang_after is not None and self.calls > self.hang_after:
+            time.sleep(600)
+        x = self.proj(images)
+        return torch.tanh(x) + 0.1 * x.cumsum(dim=-1)
+
+
+class OtherBackbone(ToyBackbone):
+    name = "other_backbone"
+
+
+def _tree(path) -> dict[str, bytes]:
+    root = Path(path)
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def _expected(backbone, samples, crop="center"):
+    tf = stego_transform(RES, crop=crop, mean=backbone.mean, std=backbone.std)
+    pairs = [tf(s) for s in samples]
+    x = torch.stack([p[0] for p in pairs])
+    feats = backbone(x).permute(0, 2, 3, 1).numpy()
+    flipped = backbone(x.flip(-1)).flip(-1).permute(0, 2, 3, 1).numpy()
+    return feats, np.stack([p[1].numpy() for p in pairs]), flipped
+
+
+def _run(path, ds=None, bb=None, **kw):
+    kw = {"res": RES, "batch_size": 2, "chunk_images": 4, "progress": False, **kw}
+    return extract(ds or ToyDataset(), bb or ToyBackbone(), path, **kw)
+
+
+def test_round_trip_matches_backbone(tmp_path):
+    ds, bb = ToyDataset(), ToyBackbone()
+    store = _run(tmp_path / "s", ds, bb, batch_size=3)
+    feats, labels, _ = _expected(bb, [ds[i] for i in range(len(ds))])
+    assert store.complete and store.n_images == len(ds) and store.ids == ds.ids
+    assert store.grid == (RES // 4, RES // 4) and store.dim == 8
+    assert store.label_shape == (RES, RES)
+    np.testing.assert_allclose(store.tokens(slice(None)), feats, rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(store.labels(slice(None)), labels)
+    assert (labels == -1).any()  # the ignore value survives the int16 storage
+    p = store.provenance
+    assert (p["dataset"], p["split"], p["backbone"], p["res"], p["crop"]) == (
+        "toy",
+        "train",
+        "toy_backbone",
+        RES,
+        "center",
+    )
+    assert p["n_classes"] == K and p["class_names"] == ["a", "b", "c"]
+    assert p["transform"]["mean"] == list(bb.mean)
+    assert "stego_probe_version" in p["package"]
+    # crop="none" is the square resize
+    square = _run(tmp_path / "sq", ds, bb, crop="none")
+    _, lab_none, _ = _expected(bb, [ds[i] for i in range(len(ds))], crop="none")
+    np.testing.assert_array_equal(square.labels(slice(None)), lab_none)
+
+
+def test_five_crop_and_flipped(tmp_path):
+    ds, bb = ToyDataset(3), ToyBackbone()
+    store = _run(tmp_path / "s", ds, bb, crop="five", flipped=True, chunk_images=4)
+    assert store.n_images == 15 and store.has_flipped
+    assert store.ids == [f"toy_{i}_c{k}" for i in range(3) for k in range(5)]
+    crops = [c for i in range(3) for c in five_crop_sample(ds[i], ratio=0.5)]
+    feats, labels, flipped = _expected(bb, crops)
+    np.testing.assert_allclose(store.tokens(slice(None)), feats, rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(store.labels(slice(None)), labels)
+    got_f = store.tokens(slice(None), flipped=True)
+    np.testing.assert_allclose(got_f, flipped, rtol=1e-3, atol=1e-3)
+    assert np.abs(got_f - store.tokens(slice(None))).max() > 0.1  # really the flipped image
+    assert store.provenance["crop"] == "five" and store.provenance["n_source_images"] == 3
+
+
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
+    ref = _run(tmp_path / "ref")
+    path = tmp_path / "s"
+    # batches of 2, blocks of 4: the 4th forward call (block 1, second batch) fails
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(path, bb=ToyBackbone(fail_after=3))
+    partial = FeatureStore.open(path, allow_incomplete=True)
+    assert not partial.complete
+    np.testing.assert_array_equal(partial.done_blocks(), [True, False, False])
+    with pytest.raises(ValueError, match="incomplete"):
+        FeatureStore.open(path)
+    bb = ToyBackbone()
+    resumed = _run(path, bb=bb)
+    assert bb.calls == 3  # only the 6 missing images were recomputed
+    assert resumed.complete
+    assert _tree(path) == _tree(ref.path)
+
+
+def test_resume_after_interrupted_creation(tmp_path):
+    import shutil
+
+    ref = _run(tmp_path / "ref")
+    path = tmp_path / "s"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(path, bb=ToyBackbone(fail_after=0))
+    # as if the run died while creating the arrays: only the group and some arrays exist
+    shutil.rmtree(path / "tokens")
+    shutil.rmtree(path / "written")
+    assert not FeatureStore.open(path, allow_incomplete=True).done_blocks().any()
+    assert _run(path).complete
+    assert _tree(path) == _tree(ref.path)
+
+
+def test_num_workers_and_memory_url_give_same_content(tmp_path):
+    ref = _run(tmp_path / "ref")
+    workers = _run(tmp_path / "w", num_workers=1)
+    assert _tree(workers.path) == _tree(ref.path)
+    url = f"memory://test_extract/{uuid.uuid4().hex}"
+    mem = _run(url)
+    assert mem.complete and FeatureStore.open(url).ids == ref.ids
+    np.testing.assert_array_equal(mem.tokens(slice(None)), ref.tokens(slice(None)))
+    np.testing.assert_array_equal(mem.labels(slice(None)), ref.labels(slice(None)))
+
+
+def slow_extract(path: str) -> None:
+    """Entry point of the SIGKILL test's child process: writes 3 of 6 blocks, then hangs."""
+    _run(path, ds=ToyDataset(12), bb=ToyBackbone(hang_after=3), chunk_images=2)
+
+
+def test_resume_after_sigkill(tmp_path):
+    path = tmp_path / "killed"
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        f"import test_extract; test_extract.slow_extract({str(path)!r})"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = open(tmp_path / "child.log", "wb")  # a file, not a pipe: the child never blocks
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=log)
+    markers = path / "written" / "c"
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = [f for f in markers.iterdir() if f.name.isdigit()] if markers.is_dir() else []
+            if len(done) >= 3:  # (not counting a marker's *.partial temp file)
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, (tmp_path / "child.log").read_text()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    partial = FeatureStore.open(path, allow_incomplete=True)
+    assert not partial.complete
+    np.testing.assert_array_equal(partial.done_blocks(), [True] * 3 + [False] * 3)
+    resumed = _run(path, ds=ToyDataset(12), chunk_images=2)
+    ref = _run(tmp_path / "ref", ds=ToyDataset(12), chunk_images=2)
+    assert resumed.complete
+    assert _tree(path) == _tree(ref.path)
+
+
+def test_mixing_refused_and_store_unchanged(tmp_path):
+    path = tmp_path / "s"
+    _run(path)
+    before = _tree(path)
+    with pytest.raises(ValueError, match="backbone: 'toy_backbone' != 'other_backbone'"):
+        _run(path, bb=OtherBackbone())
+    with pytest.raises(ValueError, match="res: 16 != 20"):
+        _run(path, res=20)
+    with pytest.raises(ValueError, match="crop: 'center' != 'five'"):
+        _run(path, crop="five")
+    with pytest.raises(ValueError, match="n_images: 10 != 4"):
+        _run(path, limit=4)
+    assert _tree(path) == before
+    # an incomplete store is protected the same way
+    part = tmp_path / "part"
+    with pytest.raises(RuntimeError):
+        _run(part, bb=ToyBackbone(fail_after=2))
+    before = _tree(part)
+    with pytest.raises(ValueError, match="flipped: False != True"):
+        _run(part, flipped=True)
+    assert _tree(part) == before
+
+
+def test_complete_store_is_reused_and_overwrite_recreates(tmp_path):
+    path = tmp_path / "s"
+    _run(path)
+    before = _tree(path)
+    idle = ToyBackbone(fail_after=0)  # any forward call would raise
+    store = _run(path, bb=idle)
+    assert idle.calls == 0 and store.complete and _tree(path) == before
+    other = _run(path, bb=ToyBackbone(seed=5), overwrite=True)
+    assert other.complete
+    assert not np.allclose(other.tokens(0), FeatureStore.open(tmp_path / "s").tokens(0) + 1)
+    assert _tree(path) != before
+
+
+def test_bad_label_names_the_sample_and_keeps_written_blocks(tmp_path):
+    ref = _run(tmp_path / "ref")
+    path = tmp_path / "s"
+    with pytest.raises(ValueError, match=r"'toy_6'.*label shape \(19, 28\)"):
+        _run(path, ds=ToyDataset(bad=6))
+    partial = FeatureStore.open(path, allow_incomplete=True)
+    np.testing.assert_array_equal(partial.done_blocks(), [True, False, False])
+    np.testing.assert_array_equal(partial.tokens(slice(0, 4)), ref.tokens(slice(0, 4)))
+    assert partial.ids[:4] == ref.ids[:4]
+    with pytest.raises(ValueError, match=r"'toy_2'.*UnidentifiedImageError"):
+        _run(tmp_path / "u", ds=ToyDataset(unreadable=2))
+
+
+def test_argument_errors(tmp_path):
+    with pytest.raises(ValueError, match="crop"):
+        _run(tmp_path / "a", crop="random")
+    with pytest.raises(ValueError, match="not divisible by the backbone's patch size 4"):
+        _run(tmp_path / "b", res=18)
+    with pytest.raises(ValueError, match="batch_size"):
+        _run(tmp_path / "c", batch_size=0)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_cli_extract_and_info(tmp_path, capsys):
+    from stego_probe.cli.main import main
+    from stego_probe.cli.store import parse_key_values
+
+    assert parse_key_values(["n_images=3", "size=[32, 48]", "x=abc"]) == {
+        "n_images": 3,
+        "size": [32, 48],
+        "x": "abc",
+    }
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_key_values(["oops"])
+    path = str(tmp_path / "cli")
+    common = ["extract", "--dataset", "synthetic", "--split", "val", "--backbone", "descriptor"]
+    args = common + ["--dataset-arg", "n_images=5", "--res", "32", "--limit", "3"]
+    args += ["--batch-size", "2", "--device", "cpu", "--no-progress", "--store", path]
+    assert main(args) == 0
+    store = FeatureStore.open(path)
+    assert store.n_images == 3 and store.grid == (4, 4) and store.complete
+    assert store.provenance["backbone"] == "descriptor"
+    assert store.provenance["limit"] == 3
+    from stego_probe.data import get_dataset
+
+    assert store.ids == get_dataset("synthetic", split="val", n_images=5).ids[:3]
+    capsys.readouterr()
+    assert main(["info", path]) == 0
+    out = capsys.readouterr().out
+    for needle in [
+        "images          3",
+        "grid            4x4",
+        "descriptor",
+        "complete        True",
+    ]:
+        assert needle in out
+    # a different resolution into the same store is refused with a readable error
+    bad = [a if a != "32" else "48" for a in args]
+    assert main(bad) == 1
+    assert "refusing to mix" in capsys.readouterr().err

@@ -1,0 +1,294 @@
+"""FeatureStore: layout, reading API, chunk invariance, label pooling, token sampling."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from stego_probe.store import FeatureStore, pool_labels
+
+N, H, W, C, LH, LW, K = 10, 3, 4, 5, 6, 8, 3
+
+
+def _data(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.standard_normal((N, H, W, C)).astype(np.float32) * 3
+    labels = rng.integers(-1, K, (N, LH, LW))
+    ids = [f"img_{i:03d}" for i in range(N)]
+    return tokens, labels, ids
+
+
+def _write(path, tokens, labels, ids, chunk_images=4, shard_images=None, flipped=None):
+    store = FeatureStore.create(
+        path,
+        n_images=len(ids),
+        grid=tokens.shape[1:3],
+        dim=tokens.shape[3],
+        label_shape=labels.shape[1:],
+        provenance={"n_classes": K, "class_names": ["a", "b", "c"], "backbone": "toy"},
+        chunk_images=chunk_images,
+        shard_images=shard_images,
+        flipped=flipped is not None,
+    )
+    for b in range(store.n_blocks):
+        s, e = store.block_range(b)
+        store.write_block(
+            b,
+            tokens[s:e],
+            labels[s:e],
+            ids[s:e],
+            None if flipped is None else flipped[s:e],
+        )
+    store.mark_complete()
+    return FeatureStore.open(path)
+
+
+def _mem_url() -> str:
+    return f"memory://test_store/{uuid.uuid4().hex}"
+
+
+def test_round_trip_and_indexing(tmp_path):
+    tokens, labels, ids = _data()
+    store = _write(tmp_path / "s", tokens, labels, ids)
+    fp16 = tokens.astype(np.float16).astype(np.float32)
+    assert store.complete and store.n_images == N and len(store) == N
+    assert store.grid == (H, W) and store.dim == C and store.label_shape == (LH, LW)
+    assert store.n_classes == K and store.class_names == ["a", "b", "c"]
+    assert store.ids == ids
+    all_t = store.tokens(slice(None))
+    assert all_t.dtype == np.float32 and all_t.shape == (N, H, W, C)
+    np.testing.assert_array_equal(all_t, fp16)
+    np.testing.assert_allclose(all_t, tokens, rtol=1e-3, atol=1e-3)
+    lab = store.labels(slice(None))
+    assert lab.dtype == np.int64
+    np.testing.assert_array_equal(lab, labels)
+    # int -> n = 1; negative ints; unsorted index arrays with repeats; strided slices; masks
+    np.testing.assert_array_equal(store.tokens(3), fp16[3:4])
+    np.testing.assert_array_equal(store.tokens(-1), fp16[-1:])
+    idx = np.array([7, 2, 7, 0, 9])
+    np.testing.assert_array_equal(store.tokens(idx), fp16[idx])
+    np.testing.assert_array_equal(store.labels(idx), labels[idx])
+    np.testing.assert_array_equal(store.tokens([1, 2, 3]), fp16[1:4])
+    np.testing.assert_array_equal(store.labels(slice(1, 9, 3)), labels[1:9:3])
+    mask = np.zeros(N, bool)
+    mask[[2, 5]] = True
+    np.testing.assert_array_equal(store.tokens(mask), fp16[mask])
+    assert store.tokens(np.array([], dtype=int)).shape == (0, H, W, C)
+    with pytest.raises(IndexError, match="out of range"):
+        store.tokens(N)
+    with pytest.raises(ValueError, match="no tokens_flipped"):
+        store.tokens(0, flipped=True)
+
+
+def test_flipped_tokens_stored_separately(tmp_path):
+    tokens, labels, ids = _data()
+    flipped = -tokens[:, :, ::-1] + 1
+    store = _write(tmp_path / "s", tokens, labels, ids, flipped=flipped)
+    assert store.has_flipped
+    np.testing.assert_array_equal(
+        store.tokens(slice(None), flipped=True), flipped.astype(np.float16).astype(np.float32)
+    )
+    both = [
+        (a[0], b[0])
+        for a, b in zip(store.iter_batches(3), store.iter_batches(3, flipped=True), strict=True)
+    ]
+    np.testing.assert_array_equal(np.concatenate([t for t, _ in both]), store.tokens(slice(None)))
+    np.testing.assert_array_equal(
+        np.concatenate([f for _, f in both]), store.tokens(slice(None), flipped=True)
+    )
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 4, 7, 64])
+def test_iter_batches_is_batch_size_invariant(tmp_path, batch_size):
+    tokens, labels, ids = _data(1)
+    store = _write(tmp_path / "s", tokens, labels, ids, chunk_images=4)
+    batches = list(store.iter_batches(batch_size))
+    assert [len(b[2]) for b in batches[:-1]] == [batch_size] * (len(batches) - 1)
+    assert all(t.dtype == np.float32 and lab.dtype == np.int64 for t, lab, _ in batches)
+    np.testing.assert_array_equal(
+        np.concatenate([b[0] for b in batches]), store.tokens(slice(None))
+    )
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), labels)
+    assert sum((b[2] for b in batches), []) == ids
+    # a sub-range that starts and stops inside chunks
+    part = list(store.iter_batches(batch_size, start=3, stop=9))
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in part]), labels[3:9])
+    assert sum((b[2] for b in part), []) == ids[3:9]
+
+
+@pytest.mark.parametrize("chunk_images,shard_images", [(1, None), (3, None), (32, None), (2, 4)])
+def test_layout_does_not_change_content(tmp_path, chunk_images, shard_images):
+    tokens, labels, ids = _data(2)
+    ref = _write(tmp_path / "ref", tokens, labels, ids, chunk_images=4)
+    other = _write(tmp_path / "o", tokens, labels, ids, chunk_images, shard_images)
+    assert other.block_images == (shard_images or chunk_images)
+    np.testing.assert_array_equal(other.tokens(slice(None)), ref.tokens(slice(None)))
+    np.testing.assert_array_equal(other.labels(slice(None)), ref.labels(slice(None)))
+    assert other.ids == ref.ids
+    for (t1, l1, i1), (t2, l2, i2) in zip(ref.iter_batches(3), other.iter_batches(3), strict=True):
+        np.testing.assert_array_equal(t1, t2)
+        np.testing.assert_array_equal(l1, l2)
+        assert i1 == i2
+
+
+def test_pool_labels_majority_hand_case():
+    # one 4x4 image, grid 2x2 -> 2x2-pixel cells
+    lab = np.array(
+        [
+            [0, 0, 1, -1],
+            [0, 2, -1, -1],
+            [2, 2, -1, -1],
+            [1, 1, -1, 7],  # 7 >= K: ignored like -1
+        ]
+    )[None]
+    out = pool_labels(lab, (2, 2), n_classes=3)
+    assert out.dtype == np.int64
+    # cell (0,0): 0,0,0,2 -> 0; cell (0,1): 1 (only valid pixel); cell (1,0): 2,2,1,1 tie -> 1
+    # (smaller id); cell (1,1): no valid pixel -> -1
+    np.testing.assert_array_equal(out, [[[0, 1], [1, -1]]])
+    # non-divisible grid: rows {0,1} -> 0 / {2} -> 1, columns {0} -> 0 / {1,2} -> 1
+    lab = np.array([[0, 1, 1], [0, 2, 2], [2, 2, 1]])[None]
+    np.testing.assert_array_equal(pool_labels(lab, (2, 2), 3), [[[0, 1], [2, 1]]])
+    # n_classes=None uses max + 1; identity grid gives the labels back
+    lab = np.array([[[3, -1], [0, 1]]])
+    np.testing.assert_array_equal(pool_labels(lab, (2, 2)), lab)
+    with pytest.raises(ValueError, match="grid"):
+        pool_labels(lab, (3, 2), 4)
+
+
+def test_token_labels_match_pooling(tmp_path):
+    tokens, labels, ids = _data(3)
+    store = _write(tmp_path / "s", tokens, labels, ids)
+    tl = store.token_labels(slice(None))
+    assert tl.shape == (N, H, W) and tl.dtype == np.int64
+    np.testing.assert_array_equal(tl, pool_labels(labels, (H, W), K))
+    np.testing.assert_array_equal(store.token_labels([4, 1]), tl[[4, 1]])
+
+
+def _position_coded(n=12, h=3, w=4, c=4):
+    """Tokens whose values encode (image, row, col) exactly in float16."""
+    t = np.zeros((n, h, w, c), np.float32)
+    t[..., 0] = np.arange(n)[:, None, None]
+    t[..., 1] = np.arange(h)[None, :, None]
+    t[..., 2] = np.arange(w)[None, None, :]
+    t[..., 3] = 0.5
+    return t
+
+
+def test_sample_tokens(tmp_path, monkeypatch):
+    tokens = _position_coded()
+    rng = np.random.default_rng(0)
+    labels = rng.integers(-1, K, (12, 6, 8))
+    ids = [str(i) for i in range(12)]
+    store = _write(tmp_path / "s", tokens, labels, ids, chunk_images=4)
+    tl = store.token_labels(slice(None))
+
+    x, y = store.sample_tokens(40, seed=1, with_labels=True)
+    assert x.shape == (40, 4) and x.dtype == np.float32 and y.dtype == np.int64
+    pos = x[:, :3].astype(int)
+    assert len({tuple(p) for p in pos}) == 40  # without replacement
+    np.testing.assert_array_equal(y, tl[pos[:, 0], pos[:, 1], pos[:, 2]])
+    # deterministic per seed, different across seeds
+    np.testing.assert_array_equal(store.sample_tokens(40, seed=1), x)
+    assert not np.array_equal(store.sample_tokens(40, seed=2), x)
+    # asking for more than exists returns every token exactly once
+    everything = store.sample_tokens(10_000, seed=0)
+    assert everything.shape == (12 * 3 * 4, 4)
+    assert len({tuple(p) for p in everything[:, :3].astype(int)}) == 12 * 12
+    # images=int: k random images; images=array: only those
+    sub = store.sample_tokens(10_000, seed=3, images=2)
+    assert len(np.unique(sub[:, 0])) == 2 and sub.shape[0] == 2 * 12
+    only = store.sample_tokens(5, seed=0, images=[5, 9])
+    assert set(np.unique(only[:, 0]).astype(int)) <= {5, 9}
+
+    # only the chunks holding drawn tokens are read
+    reads = []
+    real_arr = FeatureStore._arr
+
+    class Spy:
+        def __init__(self, arr):
+            self.arr = arr
+
+        def __getitem__(self, key):
+            reads.append(key)
+            return self.arr[key]
+
+    def spy_arr(self, name):
+        arr = real_arr(self, name)
+        return Spy(arr) if name == "tokens" else arr
+
+    monkeypatch.setattr(FeatureStore, "_arr", spy_arr)
+    got = store.sample_tokens(6, seed=0, images=[5])
+    assert set(got[:, 0].astype(int)) == {5}
+    assert reads and all(k.start >= 4 and k.stop <= 8 for k in reads)  # chunk 1 = images 4..7
+
+
+def test_incomplete_store(tmp_path):
+    tokens, labels, ids = _data()
+    path = tmp_path / "s"
+    store = FeatureStore.create(
+        path,
+        n_images=N,
+        grid=(H, W),
+        dim=C,
+        label_shape=(LH, LW),
+        provenance={"n_classes": K},
+        chunk_images=4,
+    )
+    store.write_block(1, tokens[4:8], labels[4:8], ids[4:8])
+    with pytest.raises(ValueError, match=r"incomplete \(1/3 blocks"):
+        FeatureStore.open(path)
+    with pytest.raises(ValueError, match=r"blocks \[0, 2\]"):
+        store.mark_complete()
+    partial = FeatureStore.open(path, allow_incomplete=True)
+    assert not partial.complete
+    np.testing.assert_array_equal(partial.done_blocks(), [False, True, False])
+    np.testing.assert_array_equal(partial.labels(slice(4, 8)), labels[4:8])
+    assert (partial.labels(0) == -1).all() and (partial.tokens(0) == 0).all()
+    assert partial.info()["blocks_written"] == 1
+
+
+def test_memory_url_store():
+    tokens, labels, ids = _data(4)
+    url = _mem_url()
+    store = _write(url, tokens, labels, ids, chunk_images=3)
+    assert store.path == url and FeatureStore.exists(url)
+    again = FeatureStore.open(url)
+    assert again.complete and again.ids == ids
+    np.testing.assert_array_equal(again.labels(slice(None)), labels)
+    np.testing.assert_array_equal(
+        again.tokens([9, 0]), tokens[[9, 0]].astype(np.float16).astype(np.float32)
+    )
+    info = again.info()
+    assert info["size_bytes"] >= N * H * W * C * 2  # float16 tokens, uncompressed
+    assert info["n_images"] == N and info["complete"]
+
+
+def test_create_and_open_errors(tmp_path):
+    tokens, labels, ids = _data()
+    with pytest.raises(FileNotFoundError, match="no feature store"):
+        FeatureStore.open(tmp_path / "missing")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    kw = dict(n_images=N, grid=(H, W), dim=C, label_shape=(LH, LW), provenance={})
+    with pytest.raises(ValueError, match="not an empty directory"):
+        FeatureStore.create(other, **kw)
+    assert (other / "notes.txt").read_text() == "keep me"
+    path = tmp_path / "s"
+    _write(path, tokens, labels, ids)
+    with pytest.raises(FileExistsError, match="exists already"):
+        FeatureStore.create(path, **kw)
+    fresh = FeatureStore.create(path, overwrite=True, chunk_images=4, **kw)
+    assert not fresh.done_blocks().any() and not fresh.complete
+    with pytest.raises(ValueError, match="tokens: expected"):
+        fresh.write_block(0, tokens[:3], labels[:4], ids[:4])
+    with pytest.raises(ValueError, match="ids: expected 4"):
+        fresh.write_block(0, tokens[:4], labels[:4], ids[:3])
+    with pytest.raises(ValueError, match="shard_images"):
+        FeatureStore.create(tmp_path / "x", chunk_images=4, shard_images=6, **kw)
+    read_only = FeatureStore.open(path, allow_incomplete=True)
+    with pytest.raises(ValueError, match="read-only"):
+        read_only.write_block(0, tokens[:4], labels[:4], ids[:4])
