@@ -293,7 +293,7 @@ def fit_projection(
         proj = get_projection(point.method, point.dim, random_state=point.seed, **kwargs)
     if point.method == "stego":
         # Checkpoint selection by validation cluster mIoU (the paper protocol, PROTOCOL §3.4).
-        proj.set_params(progress=False)
+        proj.set_params(progress=False, device=_torch_device(config))
         proj.fit(train_store, val_store=val_store)
     else:
         proj.fit(train_store)
@@ -329,6 +329,20 @@ def _context(config: SweepConfig, store, point: Point) -> dict:
     }
 
 
+def _torch_device(config: SweepConfig) -> str:
+    from stego_probe.backbones import resolve_device
+
+    return str(resolve_device(config.device))
+
+
+def _probe_kwargs(config: SweepConfig) -> dict:
+    """Per-probe kwargs with the sweep's device for the torch-trained probes."""
+    out = {k: dict(v) for k, v in config.probe_kwargs.items()}
+    for name in ("cluster", "linear"):
+        out.setdefault(name, {}).setdefault("device", _torch_device(config))
+    return out
+
+
 def run_point(config: SweepConfig, point: Point, train_store, val_store, cache_dir) -> list[dict]:
     """Evaluate one sweep point and return its tidy rows (probe metrics + distinctness)."""
     from stego_probe.evaluate import evaluate_stores
@@ -344,7 +358,7 @@ def run_point(config: SweepConfig, point: Point, train_store, val_store, cache_d
         mode=config.mode,
         flip=config.flip,
         seed=point.seed,
-        probe_kwargs=config.probe_kwargs,
+        probe_kwargs=_probe_kwargs(config),
         batch_size=config.batch_size,
         progress=False,
     )
@@ -446,9 +460,11 @@ def _run_ray(config, todo, train_path, val_path, cache_dir, results, progress) -
         raise ImportError(
             "executor='ray' needs Ray: pip install 'stego-probe[ray]' (or use --executor local)"
         ) from e
+    import torch
     from tqdm.auto import tqdm
 
-    @ray.remote
+    # Ray hides GPUs from tasks that do not ask for one.
+    @ray.remote(num_gpus=1 if torch.cuda.is_available() else 0)
     def task(cfg, point):
         from stego_probe.store import FeatureStore
 
