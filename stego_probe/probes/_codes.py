@@ -1,0 +1,239 @@
+"""Small helpers shared by the probes: code layout, checks, normalisation, chunking.
+
+Probes accept *codes* in two layouts:
+
+* image layout ``(N, D, h, w)`` (torch convention; per-token outputs come back as ``(N, h, w)``),
+* token layout ``(M, D)`` (sklearn / FAISS convention; per-token outputs come back as ``(M,)``).
+
+Both numpy arrays and torch tensors (any device, any float dtype) are accepted. Everything that
+reaches FAISS is float32 and C-contiguous, which is what FAISS requires.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+
+def to_numpy(x, name: str = "codes") -> np.ndarray:
+    """Return ``x`` (numpy array, torch tensor or array-like) as a numpy array without copying
+    when possible. Torch tensors are detached and moved to the CPU.
+
+    Args:
+        x: array-like of any shape and dtype.
+        name: argument name used in error messages.
+
+    Returns:
+        np.ndarray with the shape of ``x``.
+    """
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":
+            x = x.float()
+        return x.numpy()
+    try:
+        return np.asarray(x)
+    except Exception as e:
+        raise ValueError(f"{name}: expected an array or tensor, got {type(x).__name__}") from e
+
+
+def check_finite(x: np.ndarray, name: str = "codes") -> np.ndarray:
+    """Raise ``ValueError`` naming ``name`` if ``x`` contains NaN or +-inf; return ``x``.
+
+    Args:
+        x: float array of any shape.
+        name: argument name used in the error message.
+    """
+    if x.dtype.kind in "fc" and not np.isfinite(x).all():
+        n_nan = int(np.isnan(x).sum())
+        n_inf = int(np.isinf(x).sum())
+        raise ValueError(
+            f"{name}: expected finite values, found {n_nan} NaN and {n_inf} inf entries "
+            f"(shape {tuple(x.shape)})"
+        )
+    return x
+
+
+def flatten_codes(codes, name: str = "codes") -> tuple[np.ndarray, tuple[int, ...]]:
+    """Bring codes to the token layout ``(M, D)`` float32 C-contiguous, checking them.
+
+    Args:
+        codes: ``(N, D, h, w)`` or ``(M, D)`` numpy array / torch tensor of real numbers.
+        name: argument name used in error messages.
+
+    Returns:
+        ``(flat, lead_shape)``: ``flat`` is ``(M, D)`` float32 C-contiguous with
+        ``M = N*h*w`` (token order: image, row, column); ``lead_shape`` is ``(N, h, w)`` or
+        ``(M,)``, the shape per-token outputs should be reshaped to.
+
+    Raises:
+        ValueError: wrong number of dimensions, non-numeric dtype, zero width, NaN or inf.
+
+    Examples:
+        >>> flat, lead = flatten_codes(np.zeros((2, 5, 3, 4)))
+        >>> flat.shape, lead
+        ((24, 5), (2, 3, 4))
+    """
+    x = to_numpy(codes, name)
+    if x.dtype.kind not in "fiub":
+        raise ValueError(f"{name}: expected a real-valued array, got dtype {x.dtype}")
+    if x.ndim == 4:
+        n, d, h, w = x.shape
+        lead = (n, h, w)
+        x = x.transpose(0, 2, 3, 1).reshape(-1, d)
+    elif x.ndim == 2:
+        lead = (x.shape[0],)
+    else:
+        raise ValueError(
+            f"{name}: expected shape (N, D, h, w) or (M, D), got {tuple(x.shape)} ({x.ndim}-D)"
+        )
+    if x.shape[1] == 0:
+        raise ValueError(f"{name}: code width D must be >= 1, got shape {tuple(x.shape)}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    check_finite(x, name)
+    return x, lead
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12, copy: bool = True) -> np.ndarray:
+    """L2-normalise the rows of a token matrix, like ``torch.nn.functional.normalize``.
+
+    Rows with norm below ``eps`` are divided by ``eps`` (so all-zero rows stay zero).
+
+    Args:
+        x: ``(M, D)`` float array.
+        eps: lower bound of the divisor.
+        copy: if False and ``x`` is float32 C-contiguous, normalise in place.
+
+    Returns:
+        ``(M, D)`` float32 C-contiguous array with unit-norm (or zero) rows.
+    """
+    if copy:
+        out = np.array(x, dtype=np.float32, order="C", copy=True)
+    else:
+        out = np.ascontiguousarray(x, dtype=np.float32)
+    if out.ndim != 2:
+        raise ValueError(f"l2_normalize: expected a (M, D) array, got shape {out.shape}")
+    norms = np.sqrt(np.einsum("ij,ij->i", out, out, dtype=np.float64))
+    out /= np.maximum(norms, eps).astype(np.float32)[:, None]
+    return out
+
+
+def iter_chunks(x: np.ndarray, chunk_size: int) -> Iterator[tuple[slice, np.ndarray]]:
+    """Iterate over row blocks of ``x``.
+
+    Args:
+        x: array with a leading axis of length ``M``.
+        chunk_size: number of rows per block (>= 1).
+
+    Yields:
+        ``(rows, block)`` with ``rows`` a slice into the leading axis and ``block = x[rows]``
+        (a view).
+    """
+    chunk_size = int(chunk_size)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
+    for start in range(0, len(x), chunk_size):
+        rows = slice(start, min(start + chunk_size, len(x)))
+        yield rows, x[rows]
+
+
+def is_array_like(x) -> bool:
+    """True for numpy arrays and torch tensors (single inputs), False for other iterables."""
+    return isinstance(x, np.ndarray) or (hasattr(x, "detach") and hasattr(x, "shape"))
+
+
+def lead_shape(codes, name: str = "codes") -> tuple[int, ...]:
+    """Shape of per-token outputs for ``codes``: ``(N, h, w)`` for ``(N, D, h, w)``, ``(M,)``
+    for ``(M, D)``. Raises ``ValueError`` for any other number of dimensions."""
+    shape = tuple(int(s) for s in codes.shape)
+    if len(shape) == 4:
+        return (shape[0], shape[2], shape[3])
+    if len(shape) == 2:
+        return (shape[0],)
+    raise ValueError(f"{name}: expected shape (N, D, h, w) or (M, D), got {shape}")
+
+
+def _array_blocks(x, chunk_size: int, name: str) -> Iterator[np.ndarray]:
+    """Flattened ``(m, D)`` float32 blocks of one array, cut *before* flattening so that a large
+    (e.g. float16) array is never copied as a whole."""
+    if x.ndim == 4:
+        per_image = max(1, int(x.shape[2]) * int(x.shape[3]))
+        step = max(1, chunk_size // per_image)
+        for start in range(0, x.shape[0], step):
+            flat, _ = flatten_codes(x[start : start + step], name)
+            for _, chunk in iter_chunks(flat, chunk_size):
+                yield chunk
+    else:
+        lead_shape(x, name)
+        for start in range(0, x.shape[0], chunk_size):
+            flat, _ = flatten_codes(x[start : start + chunk_size], name)
+            yield flat
+
+
+def iter_code_chunks(source, chunk_size: int = 1_000_000, name: str = "codes") -> Iterator:
+    """Yield checked ``(m, D)`` float32 token blocks from an array or from an iterable of arrays.
+
+    This is how probes read out-of-core data: pass a generator of code blocks (each ``(M_i, D)``
+    or ``(N_i, D, h, w)``) instead of one array. Blocks are cut to at most ``chunk_size``
+    tokens (an image-layout block is cut between images, so a block holds at least one image).
+    Token order is preserved (image, row, column).
+
+    Args:
+        source: a ``(N, D, h, w)`` / ``(M, D)`` array or tensor, or an iterable of them.
+        chunk_size: maximum number of tokens per yielded block (one image at least).
+        name: argument name used in error messages.
+
+    Yields:
+        ``(m, D)`` float32 C-contiguous arrays; the width ``D`` is checked to be the same for
+        all blocks, and every block is checked for NaN / inf.
+    """
+    chunk_size = int(chunk_size)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
+    single = is_array_like(source)
+    if not single and not isinstance(source, Iterable):
+        raise ValueError(
+            f"{name}: expected an array, a tensor or an iterable of them, got {type(source).__name__}"
+        )
+    blocks: Iterable = [source] if single else source
+    width = None
+    for i, block in enumerate(blocks):
+        label = name if single else f"{name}[{i}]"
+        x = to_numpy(block, label)
+        for chunk in _array_blocks(x, chunk_size, label):
+            if width is None:
+                width = chunk.shape[1]
+            elif chunk.shape[1] != width:
+                raise ValueError(
+                    f"{label}: code width {chunk.shape[1]} differs from the first block's {width}"
+                )
+            yield chunk
+
+
+def upsample_codes(codes, size: tuple[int, int]):
+    """Bilinearly upsample image-layout codes to label resolution (``align_corners=False``).
+
+    This is the evaluation upsampling of the protocol (code first, then probe): linear probes
+    commute with it, cluster probes do not.
+
+    Args:
+        codes: ``(N, D, h, w)`` numpy array or torch tensor.
+        size: target ``(H, W)``.
+
+    Returns:
+        ``(N, D, H, W)`` float32 numpy array (the input itself, as float32, if already that size).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    x = to_numpy(codes, "codes")
+    if x.ndim != 4:
+        raise ValueError(f"codes: expected shape (N, D, h, w) to upsample, got {x.shape}")
+    size = (int(size[0]), int(size[1]))
+    if tuple(x.shape[2:]) == size:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    with torch.no_grad():
+        out = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+    return out.numpy()

@@ -1,0 +1,557 @@
+"""k-means probe on frozen codes with FAISS (stego_probe's own protocol, PROTOCOL §4.2).
+
+Unlike the reference's ``ClusterLookup`` (online spherical k-means by Adam, §4.1), this probe runs
+Lloyd iterations with FAISS on a seeded uniform subsample of training tokens:
+
+* cosine metric: tokens are L2-normalised *before* clustering and ``spherical=True`` renormalises
+  the centroids after each update (FAISS does not normalise inputs, quirk Q43);
+* ``max_points_per_centroid`` is set to ``ceil(n / K')`` so FAISS never silently trains on a
+  subset (its default of 256 would use only 6,912 points for K' = 27);
+* ``nredo`` restarts are run one by one, so the per-iteration objective of *every* restart is
+  kept (``objective_per_redo_``) and the best restart is chosen by its final objective;
+* prediction and confusion accumulation stream over chunks, so nothing of size N is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from stego_probe.metrics import ConfusionAccumulator
+from stego_probe.probes._codes import (
+    is_array_like,
+    iter_code_chunks,
+    l2_normalize,
+    lead_shape,
+    to_numpy,
+    upsample_codes,
+)
+
+METRICS = ("cosine", "euclidean")
+INITS = ("k-means++", "random")
+#: k-means++ seeding reads at most this many tokens per cluster (see ``_seed_centroids``).
+SEEDING_POINTS_PER_CLUSTER = 1000
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def gpu_available() -> int:
+    """Number of GPUs this FAISS build can use (0 on ``faiss-cpu``)."""
+    faiss = _faiss()
+    if not hasattr(faiss, "StandardGpuResources"):
+        return 0
+    return int(faiss.get_num_gpus())
+
+
+def _resolve_gpu(gpu) -> int | bool:
+    """``gpu`` parameter -> value for ``faiss.Kmeans(gpu=...)`` (False or a number of GPUs)."""
+    if gpu == "auto":
+        n = gpu_available()
+        return n if n > 0 else False
+    if gpu is None or gpu is False or gpu == 0:
+        return False
+    n = gpu_available()
+    if n == 0:
+        raise ValueError(
+            f"gpu={gpu!r}, but this FAISS build sees no GPU (install the 'gpu' extra in place of "
+            "faiss-cpu, or use gpu='auto' / False)"
+        )
+    if gpu is True or gpu == -1:
+        return n
+    if isinstance(gpu, int) and 0 < gpu <= n:
+        return gpu
+    raise ValueError(f"gpu: expected 'auto', a bool, -1 or a GPU count in [1, {n}], got {gpu!r}")
+
+
+def _seeds(random_state, n: int) -> list[int]:
+    """``n`` 31-bit seeds derived from an int / None / numpy random state."""
+    if isinstance(random_state, np.random.Generator):
+        random_state = int(random_state.integers(2**31 - 1))
+    elif isinstance(random_state, np.random.RandomState):
+        random_state = int(random_state.randint(2**31 - 1))
+    words = np.random.SeedSequence(random_state).generate_state(n)
+    return [int(w) & 0x7FFFFFFF for w in words]
+
+
+def kmeans_plusplus(
+    x: np.ndarray, k: int, seed: int, n_local_trials: int | None = None
+) -> np.ndarray:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007, with local trials).
+
+    Each new centre is the best of ``n_local_trials`` candidates drawn with probability
+    proportional to the squared distance to the nearest centre chosen so far (the candidate
+    that most reduces the total squared distance wins). Cost: ``O(n k t D)`` with BLAS.
+
+    Args:
+        x: ``(n, D)`` float32 tokens (already L2-normalised for cosine k-means).
+        k: number of centres, ``1 <= k <= n``.
+        seed: random seed.
+        n_local_trials: candidates per centre; default ``2 + int(log(k))``.
+
+    Returns:
+        ``(k, D)`` float32 centres, rows of ``x``.
+    """
+    rng = np.random.default_rng(seed)
+    n, d = x.shape
+    t = 2 + int(np.log(k)) if n_local_trials is None else int(n_local_trials)
+    sq = np.einsum("ij,ij->i", x, x)
+
+    def sqdist(idx: np.ndarray) -> np.ndarray:  # (n, len(idx))
+        c = x[idx]
+        return np.maximum(sq[:, None] - 2.0 * (x @ c.T) + sq[idx][None, :], 0.0)
+
+    chosen = [int(rng.integers(n))]
+    closest = sqdist(np.array(chosen))[:, 0].astype(np.float64)
+    for _ in range(1, k):
+        cum = np.cumsum(closest)
+        if cum[-1] <= 0:  # every point coincides with a centre: pick uniformly
+            cand = rng.integers(n, size=t)
+        else:
+            cand = np.minimum(np.searchsorted(cum, rng.random(t) * cum[-1]), n - 1)
+        trial = np.minimum(closest[:, None], sqdist(cand))
+        best = int(np.argmin(trial.sum(axis=0)))
+        chosen.append(int(cand[best]))
+        closest = trial[:, best]
+    return np.ascontiguousarray(x[np.array(chosen)], dtype=np.float32)
+
+
+def n_iter_until_converged(objective: np.ndarray, tol: float) -> int:
+    """Number of iterations up to and including the first whose objective changed by a
+    relative amount ``<= tol`` (FAISS's ``early_stop_threshold`` rule).
+
+    Args:
+        objective: ``(T,)`` per-iteration objective (either direction).
+        tol: relative tolerance.
+
+    Returns:
+        ``i + 1`` for the smallest ``i >= 1`` with ``|obj[i] - obj[i-1]| <= tol * |obj[i-1]|``,
+        or ``T`` if there is none.
+    """
+    obj = np.asarray(objective, dtype=np.float64)
+    for i in range(1, len(obj)):
+        if abs(obj[i] - obj[i - 1]) <= tol * abs(obj[i - 1]):
+            return i + 1
+    return len(obj)
+
+
+class KMeansProbe(BaseEstimator):
+    """FAISS k-means probe: ``fit`` on training codes, ``predict`` cluster ids.
+
+    Args:
+        n_clusters: ``K'`` (``K`` in the paper's protocol, ``E = 0``).
+        n_train: size of the uniform token subsample used for clustering (all tokens if fewer).
+        niter: maximum Lloyd iterations per restart (see ``tol``).
+        nredo: number of restarts; the best final objective wins.
+        metric: ``"cosine"`` (normalised tokens, spherical k-means, inner-product assignment)
+            or ``"euclidean"`` (raw tokens, squared-L2 k-means).
+        random_state: int / None / numpy random state; seeds both the subsample and FAISS.
+        gpu: ``"auto"`` (use all GPUs if the FAISS build has them), ``False``, ``True`` / -1
+            (all GPUs, error if none) or a number of GPUs.
+        chunk_size: tokens per block when reading and predicting.
+        tol: a restart stops after the first iteration whose objective changed by a relative
+            amount ``<= tol`` (FAISS ``early_stop_threshold``); ``0`` runs until the objective
+            no longer changes at all or ``niter`` is reached.
+        init: ``"k-means++"`` (greedy k-means++ seeding, :func:`kmeans_plusplus`, as in
+            scikit-learn, on a uniform subsample of at most 1000 tokens per cluster; the
+            default) or ``"random"`` (FAISS's default: ``K'`` random
+            training points). Random seeding often puts two centroids into one well-separated
+            group, from which Lloyd iterations cannot recover.
+        verbose: FAISS progress output.
+
+    Attributes (after ``fit``):
+        cluster_centers_: ``(K', D)`` float32 (unit norm for cosine).
+        objective_: ``(T,)`` float64 per-iteration objective of the chosen restart (FAISS
+            ``km.obj``): sum of inner products (rises) for cosine, sum of squared distances
+            (falls) for euclidean. Each value is measured *before* that iteration's update.
+        objective_per_redo_: list of ``nredo`` such arrays, one per restart.
+        best_redo_: index of the chosen restart.
+        inertia_: objective of the final centroids on the training subsample (same units).
+        n_iter_: iterations run by the chosen restart (:func:`n_iter_until_converged` of
+            ``objective_``, which equals ``len(objective_)`` when FAISS stopped early).
+        n_train_used_: tokens actually clustered; n_tokens_seen_: tokens the sample came from.
+        max_points_per_centroid_: the value passed to FAISS (``ceil(n_train_used_ / K')``).
+        n_features_in_: ``D``. gpu_: the resolved GPU setting.
+
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> codes = rng.normal(size=(4, 8, 5, 5)).astype(np.float32)  # (N, D, h, w)
+        >>> probe = KMeansProbe(n_clusters=3, niter=5, nredo=1).fit(codes)
+        >>> probe.predict(codes).shape, probe.n_train_used_
+        ((4, 5, 5), 100)
+    """
+
+    def __init__(
+        self,
+        n_clusters: int,
+        n_train: int = 1_000_000,
+        niter: int = 100,
+        nredo: int = 3,
+        metric: str = "cosine",
+        random_state=0,
+        gpu="auto",
+        chunk_size: int = 1_000_000,
+        tol: float = 1e-4,
+        init: str = "k-means++",
+        verbose: bool = False,
+    ):
+        self.n_clusters = n_clusters
+        self.n_train = n_train
+        self.niter = niter
+        self.nredo = nredo
+        self.metric = metric
+        self.random_state = random_state
+        self.gpu = gpu
+        self.chunk_size = chunk_size
+        self.tol = tol
+        self.init = init
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ fitting
+    def _check_params(self) -> None:
+        for name in ("n_clusters", "n_train", "niter", "nredo", "chunk_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if self.metric not in METRICS:
+            raise ValueError(f"metric: expected one of {METRICS}, got {self.metric!r}")
+        if not isinstance(self.tol, int | float) or not self.tol >= 0:
+            raise ValueError(f"tol: expected a number >= 0, got {self.tol!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init: expected one of {INITS}, got {self.init!r}")
+
+    def _subsample(self, codes, seed: int) -> tuple[np.ndarray, int]:
+        """Uniform sample without replacement of ``n_train`` tokens from an array or a stream.
+
+        Every token gets an i.i.d. uniform key and the ``n_train`` smallest keys are kept, so
+        the sample is the same whether the tokens arrive as one array or in chunks; the kept
+        tokens are returned in their original order.
+        """
+        rng = np.random.default_rng(seed)
+        xs: list[np.ndarray] = []
+        keys = np.empty(0)
+        index = np.empty(0, dtype=np.int64)
+        seen = 0
+        for chunk in iter_code_chunks(codes, self.chunk_size, "codes"):
+            m = len(chunk)
+            xs.append(chunk)
+            keys = np.concatenate([keys, rng.random(m)])
+            index = np.concatenate([index, np.arange(seen, seen + m)])
+            seen += m
+            if len(keys) > self.n_train:
+                x = np.concatenate(xs)
+                keep = np.sort(np.argpartition(keys, self.n_train - 1)[: self.n_train])
+                xs, keys, index = [x[keep]], keys[keep], index[keep]
+        if seen == 0:
+            raise ValueError("codes: no tokens to fit on (empty array or empty iterable)")
+        # ``index`` stays increasing (chunks arrive in order, ``keep`` is sorted), so the sample
+        # is already in token order; concatenate always copies, so the caller's array is never
+        # normalised in place later.
+        return np.concatenate(xs), seen
+
+    def fit(self, codes, labels=None) -> KMeansProbe:
+        """Cluster a uniform subsample of the training tokens.
+
+        Args:
+            codes: ``(N, D, h, w)`` or ``(M, D)`` array / tensor, or an iterable of such blocks
+                (out-of-core data; read once).
+            labels: ignored (unsupervised); accepted for the common probe interface.
+
+        Returns:
+            self.
+        """
+        self._check_params()
+        faiss = _faiss()
+        seeds = _seeds(self.random_state, self.nredo + 1)
+        x, seen = self._subsample(codes, seeds[0])
+        n, d = x.shape
+        k = int(self.n_clusters)
+        if n < k:
+            raise ValueError(f"codes: {n} tokens cannot make {k} clusters (need n >= n_clusters)")
+        if self.metric == "cosine":
+            x = l2_normalize(x, copy=False)
+        self.gpu_ = _resolve_gpu(self.gpu)
+        self.max_points_per_centroid_ = math.ceil(n / k)
+        spherical = self.metric == "cosine"
+        objectives, centers = [], []
+        for r in range(int(self.nredo)):
+            km = faiss.Kmeans(
+                d,
+                k,
+                niter=int(self.niter),
+                nredo=1,
+                seed=seeds[r + 1],
+                spherical=spherical,
+                max_points_per_centroid=self.max_points_per_centroid_,
+                min_points_per_centroid=1,
+                verbose=bool(self.verbose),
+                gpu=self.gpu_,
+            )
+            if hasattr(km.cp, "early_stop_threshold"):  # FAISS >= 1.9-ish; else niter always
+                km.cp.early_stop_threshold = float(self.tol)
+            if self.init == "k-means++":
+                km.train(x, init_centroids=self._seed_centroids(x, k, seeds[r + 1]))
+            else:
+                km.train(x)
+            objectives.append(np.asarray(km.obj, dtype=np.float64).copy())
+            centers.append(np.array(km.centroids, dtype=np.float32))
+        finals = np.array([o[-1] for o in objectives])
+        self.best_redo_ = int(np.argmax(finals) if spherical else np.argmin(finals))
+        c = centers[self.best_redo_]
+        self.cluster_centers_ = l2_normalize(c) if spherical else np.ascontiguousarray(c)
+        self.objective_ = objectives[self.best_redo_]
+        self.objective_per_redo_ = objectives
+        self.n_iter_ = n_iter_until_converged(self.objective_, float(self.tol))
+        self.n_train_used_ = n
+        self.n_tokens_seen_ = seen
+        self.n_features_in_ = d
+        score, _ = self._search(x)
+        self.inertia_ = float(score.sum(dtype=np.float64))
+        return self
+
+    @staticmethod
+    def _seed_centroids(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+        """k-means++ seeds from at most ``SEEDING_POINTS_PER_CLUSTER * k`` tokens of ``x``.
+
+        Seeding costs one pass over its input per centre; a uniform subsample of 1000 tokens
+        per centre keeps every sizeable group represented while making the seeding cheap
+        next to the Lloyd iterations, which always use all of ``x``.
+        """
+        m = SEEDING_POINTS_PER_CLUSTER * k
+        if len(x) > m:
+            rows = np.sort(np.random.default_rng(seed).choice(len(x), m, replace=False))
+            x = np.ascontiguousarray(x[rows])
+        return kmeans_plusplus(x, k, seed)
+
+    # --------------------------------------------------------------- prediction
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "cluster_centers_"):
+            raise ValueError("KMeansProbe is not fitted: call fit(codes) first")
+
+    def _index(self):
+        faiss = _faiss()
+        d = self.cluster_centers_.shape[1]
+        index = faiss.IndexFlatIP(d) if self.metric == "cosine" else faiss.IndexFlatL2(d)
+        if self.gpu_:
+            index = faiss.index_cpu_to_all_gpus(index, ngpu=int(self.gpu_))
+        index.add(self.cluster_centers_)
+        return index
+
+    def _search(self, x: np.ndarray, index=None) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest centroid of ``(m, D)`` float32 tokens: (score (m,), id (m,) int64).
+
+        For cosine the argmax of the inner product does not depend on the token's norm, so
+        tokens are not normalised here; the score is the raw inner product.
+        """
+        if x.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"codes: expected code width D={self.n_features_in_}, got {x.shape[1]}"
+            )
+        index = self._index() if index is None else index
+        score, ids = index.search(x, 1)
+        return score[:, 0], ids[:, 0].astype(np.int64)
+
+    def predict_stream(self, codes) -> Iterator[np.ndarray]:
+        """Predict block by block: yields ``(m,)`` int64 cluster ids per token block.
+
+        Args:
+            codes: array / tensor or an iterable of blocks, as in :meth:`fit`.
+        """
+        self._check_fitted()
+        index = self._index()
+        for chunk in iter_code_chunks(codes, self.chunk_size, "codes"):
+            yield self._search(chunk, index)[1]
+
+    def _upsampled_blocks(self, codes, size) -> Iterator[np.ndarray]:
+        """``(n, D, H, W)`` float32 blocks of image-layout codes upsampled to ``size``, a few
+        images at a time (about ``chunk_size`` pixels per block)."""
+        x = to_numpy(codes, "codes")
+        if x.ndim != 4:
+            raise ValueError(f"codes: size= needs image-layout codes (N, D, h, w), got {x.shape}")
+        size = (int(size[0]), int(size[1]))
+        step = max(1, int(self.chunk_size) // max(1, size[0] * size[1]))
+        for start in range(0, x.shape[0], step):
+            yield upsample_codes(x[start : start + step], size)
+
+    def _predict_upsampled(self, codes, size, index=None) -> Iterator[np.ndarray]:
+        index = self._index() if index is None else index
+        for block in self._upsampled_blocks(codes, size):
+            flat = np.ascontiguousarray(block.transpose(0, 2, 3, 1).reshape(-1, block.shape[1]))
+            yield self._search(flat, index)[1].reshape(len(block), *block.shape[2:])
+
+    def predict(self, codes, size=None) -> np.ndarray:
+        """Cluster id of every token (or pixel, with ``size``).
+
+        Args:
+            codes: ``(N, D, h, w)`` or ``(M, D)`` array / tensor, or an iterable of blocks.
+            size: optional ``(H, W)``: upsample image-layout codes bilinearly
+                (``align_corners=False``) to this size first, a few images at a time, and
+                assign every pixel (PROTOCOL §4.2: code first, then assignment).
+
+        Returns:
+            int64 ``(N, h, w)`` / ``(N, H, W)`` / ``(M,)`` matching the input layout; for an
+            iterable, the ``(M_total,)`` concatenation (use :meth:`predict_stream` to avoid
+            holding it).
+        """
+        self._check_fitted()
+        if size is not None:
+            return np.concatenate(list(self._predict_upsampled(codes, size)))
+        parts = list(self.predict_stream(codes))
+        out = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        if is_array_like(codes):
+            out = out.reshape(lead_shape(codes))
+        return out
+
+    def log_probs(self, codes, alpha: float = 2.0, size=None) -> np.ndarray:
+        """Soft assignment ``log_softmax(alpha * s)`` for the CRF (§4.4, §5).
+
+        ``s`` is the cosine similarity to the centroids (cosine metric) or minus the squared
+        distance (euclidean).
+
+        Args:
+            codes: ``(N, D, h, w)`` or ``(M, D)`` array / tensor.
+            alpha: inverse temperature (the reference uses 2).
+            size: optional ``(H, W)`` to upsample image-layout codes to first (as in
+                :meth:`predict`).
+
+        Returns:
+            float32 ``(N, K', h, w)`` / ``(N, K', H, W)`` or ``(M, K')``.
+        """
+        self._check_fitted()
+        if size is not None:
+            blocks = self._upsampled_blocks(codes, size)
+            return np.concatenate([self.log_probs(b, alpha=alpha) for b in blocks])
+        x = to_numpy(codes, "codes")
+        lead = lead_shape(x)
+        parts = []
+        for chunk in iter_code_chunks(x, self.chunk_size, "codes"):
+            if chunk.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"codes: expected code width D={self.n_features_in_}, got {chunk.shape[1]}"
+                )
+            if self.metric == "cosine":
+                s = l2_normalize(chunk) @ self.cluster_centers_.T
+            else:
+                c = self.cluster_centers_
+                s = -((chunk**2).sum(1, keepdims=True) - 2 * chunk @ c.T + (c**2).sum(1)[None, :])
+            z = alpha * s.astype(np.float64)
+            z -= z.max(axis=1, keepdims=True)
+            z -= np.log(np.exp(z).sum(axis=1, keepdims=True))
+            parts.append(z.astype(np.float32))
+        out = np.concatenate(parts)
+        if len(lead) == 3:
+            n, h, w = lead
+            return np.ascontiguousarray(out.reshape(n, h, w, -1).transpose(0, 3, 1, 2))
+        return out
+
+    # ------------------------------------------------------------------ scoring
+    def assign_confusion(self, codes, labels, accumulator: ConfusionAccumulator):
+        """Predict and add to a confusion matrix without keeping the predictions.
+
+        Image-layout codes whose grid differs from the label resolution are upsampled
+        bilinearly (``align_corners=False``) to the labels' ``(H, W)`` first, a few images at a
+        time (PROTOCOL §4.2 Assignment: code first, then assignment).
+
+        Args:
+            codes: ``(N, D, h, w)`` with labels ``(N, H, W)``, or ``(M, D)`` with labels ``(M,)``.
+            labels: int array; values outside ``[0, K)`` are ignored.
+            accumulator: a :class:`~stego_probe.metrics.ConfusionAccumulator` with
+                ``n_clusters == self.n_clusters``.
+
+        Returns:
+            the accumulator (updated in place).
+        """
+        self._check_fitted()
+        if accumulator.n_clusters != self.n_clusters:
+            raise ValueError(
+                f"accumulator: has n_clusters={accumulator.n_clusters}, the probe {self.n_clusters}"
+            )
+        x = to_numpy(codes, "codes")
+        y = np.asarray(to_numpy(labels, "labels"))
+        if x.ndim == 2:
+            if y.shape != (x.shape[0],):
+                raise ValueError(
+                    f"labels: expected shape ({x.shape[0]},) for codes of shape {x.shape}, "
+                    f"got {y.shape}"
+                )
+            for rows_pred, start in self._row_blocks(x):
+                accumulator.update(rows_pred, y[start : start + len(rows_pred)])
+            return accumulator
+        if x.ndim != 4 or y.ndim != 3 or y.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"codes {x.shape} / labels {y.shape}: expected (N, D, h, w) with (N, H, W)"
+            )
+        start = 0
+        for pred in self._predict_upsampled(x, y.shape[1:]):
+            accumulator.update(pred, y[start : start + len(pred)])
+            start += len(pred)
+        return accumulator
+
+    def _row_blocks(self, x: np.ndarray):
+        index = self._index()
+        start = 0
+        for chunk in iter_code_chunks(x, self.chunk_size, "codes"):
+            yield self._search(chunk, index)[1], start
+            start += len(chunk)
+
+    def assign_confusion_stream(
+        self, batches: Iterable, accumulator: ConfusionAccumulator
+    ) -> ConfusionAccumulator:
+        """:meth:`assign_confusion` over an iterable of ``(codes, labels)`` batches."""
+        for codes, labels in batches:
+            self.assign_confusion(codes, labels, accumulator)
+        return accumulator
+
+    # -------------------------------------------------------------- persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Write parameters and learned state to ``path`` (a ``.npz`` file)."""
+        self._check_fitted()
+        params = dict(self.get_params())
+        if not isinstance(params["random_state"], int | type(None)):
+            params["random_state"] = None
+        state = {
+            "best_redo_": self.best_redo_,
+            "n_iter_": self.n_iter_,
+            "n_train_used_": self.n_train_used_,
+            "n_tokens_seen_": self.n_tokens_seen_,
+            "n_features_in_": self.n_features_in_,
+            "max_points_per_centroid_": self.max_points_per_centroid_,
+            "inertia_": self.inertia_,
+        }
+        arrays = {f"objective_redo_{i}": o for i, o in enumerate(self.objective_per_redo_)}
+        with open(Path(path), "wb") as f:
+            np.savez(
+                f,
+                cluster_centers_=self.cluster_centers_,
+                meta=np.array(json.dumps({"params": params, "state": state})),
+                **arrays,
+            )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, gpu="auto") -> KMeansProbe:
+        """Read a probe written by :meth:`save` (``gpu`` is re-resolved on this machine)."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"k-means probe file {path} does not exist")
+        with np.load(path, allow_pickle=False) as z:
+            if "meta" not in z or "cluster_centers_" not in z:
+                raise ValueError(f"{path}: not a KMeansProbe file (missing meta/centroids)")
+            meta = json.loads(str(z["meta"]))
+            probe = cls(**{**meta["params"], "gpu": gpu})
+            probe.cluster_centers_ = np.ascontiguousarray(z["cluster_centers_"], np.float32)
+            n_redo = sum(1 for key in z.files if key.startswith("objective_redo_"))
+            probe.objective_per_redo_ = [z[f"objective_redo_{i}"] for i in range(n_redo)]
+        for key, value in meta["state"].items():
+            setattr(probe, key, value)
+        probe.objective_ = probe.objective_per_redo_[probe.best_redo_]
+        probe.gpu_ = _resolve_gpu(gpu)
+        return probe
