@@ -17,7 +17,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stego_probe.sweep import Point, SweepConfig, load_config, run_sweep, summary_table
+from stego_probe.sweep import (
+    Point,
+    SweepConfig,
+    ensure_stores,
+    load_config,
+    run_sweep,
+    set_num_threads,
+    summary_table,
+)
 
 #: Overrides that shrink the demo to a smoke test (used by the tests and ``--quick``).
 QUICK = {
@@ -103,7 +111,7 @@ def extra_figures(
     """The qualitative grid and the DINO-vs-STEGO 2-D feature map of the demo."""
     from stego_probe.evaluate import dataset_for_store, store_images
     from stego_probe.plots import embedding_2d, plot_embedding_map, plot_qualitative, save_figure
-    from stego_probe.sweep import ensure_stores, fit_projection, val_code_sample
+    from stego_probe.sweep import fit_projection, val_code_sample
 
     train_store, val_store = ensure_stores(config, out_dir, progress=False)
     cache = Path(out_dir) / "projections"
@@ -150,6 +158,7 @@ def run_demo(
     weights: str | None = None,
     quick: bool = False,
     progress: bool = True,
+    threads: int | None = 1,
 ) -> pd.DataFrame:
     """Run the demo end to end and print a summary; returns the results table.
 
@@ -159,6 +168,7 @@ def run_demo(
         backbone, weights: use another backbone (e.g. ``dino_vits8`` and its ``.pth`` file).
         quick: a tiny configuration (seconds; used by the tests).
         progress: progress bars.
+        threads: CPU threads for the analysis after extraction (None: library defaults).
     """
     from stego_probe.plots import plot_all
 
@@ -168,6 +178,9 @@ def run_demo(
         f"stego-probe demo: {config.dataset} scenes, backbone {config.backbone}, "
         f"methods {config.methods}, dims {config.dims}, seeds {config.seeds}"
     )
+    ensure_stores(config, out, progress=progress)
+    # The demo's stores are small: one thread is much faster than two spin-waiting ones.
+    set_num_threads(threads)
     df = run_sweep(config, out, progress=progress)
     paths = plot_all(df, figures, published=False, fmt="png")
     paths += extra_figures(config, df, out, figures)

@@ -95,6 +95,24 @@ def _probe_list(probes) -> list[str]:
     return out
 
 
+def _prefitted_probes(probes) -> dict:
+    """``{canonical name: probe}`` for the fitted probes of a ``probes`` mapping (values that
+    are None are fitted as usual; a plain list / string has no fitted probes)."""
+    if not isinstance(probes, Mapping):
+        return {}
+    out = {}
+    for key, probe in probes.items():
+        if probe is None:
+            continue
+        if not callable(getattr(probe, "predict", None)):
+            raise ValueError(
+                f"probes[{key!r}]: expected a fitted probe (with predict) or None, got "
+                f"{type(probe).__name__}"
+            )
+        out[PROBE_ALIASES[str(key).strip().lower()]] = probe
+    return out
+
+
 def _check_mode(mode: str, flip: bool, crf: bool) -> str:
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {list(MODES)}, got {mode!r}")
@@ -542,6 +560,24 @@ def store_images(store, dataset) -> Callable[[np.ndarray, list[str]], np.ndarray
     return images
 
 
+#: Training stores up to this many bytes (float32 tokens + int64 labels) are read into memory
+#: once for probe training instead of once per mini-batch; larger ones are streamed.
+IN_MEMORY_BYTES = 256 * 2**20
+
+
+def _batch_readers(store, token_mode: bool):
+    """``(tokens_of(idx), labels_of(idx))`` for mini-batches of ``store``, cached if small."""
+    labels_fn = store.token_labels if token_mode else store.labels
+    h, w = store.grid
+    H, W = (h, w) if token_mode else tuple(store.label_shape)
+    size = store.n_images * (h * w * store.dim * 4 + H * W * 8)
+    if size > IN_MEMORY_BYTES:
+        return store.tokens, labels_fn
+    everything = np.arange(store.n_images)
+    tokens, labels = store.tokens(everything), labels_fn(everything)
+    return (lambda idx: tokens[np.asarray(idx)]), (lambda idx: labels[np.asarray(idx)])
+
+
 def _train_stream_probes(
     names, train_store, project, n_classes, seed, token_mode, kwargs, progress
 ):
@@ -560,16 +596,16 @@ def _train_stream_probes(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=sum(s for s, _ in groups), desc="train probes", unit="step")
+    tokens_of, labels_of = _batch_readers(train_store, token_mode)
     try:
         for (steps, batch_size), members in groups.items():
             for idx in minibatch_stream(train_store.n_images, batch_size, steps, seed):
                 codes = check_finite(
-                    project(train_store.tokens(idx)), f"train store {train_store.path} codes"
+                    project(tokens_of(idx)), f"train store {train_store.path} codes"
                 )
                 for name in members:
                     if name == "linear":
-                        tl = train_store.token_labels if token_mode else train_store.labels
-                        probes[name].partial_fit(codes, tl(idx))
+                        probes[name].partial_fit(codes, labels_of(idx))
                     else:
                         probes[name].partial_fit(codes)
                 if bar is not None:
@@ -584,7 +620,7 @@ def evaluate_stores(
     train_store,
     val_store,
     *,
-    probes: Sequence[str] | str = PROBES,
+    probes: Sequence[str] | str | Mapping = PROBES,
     projection=None,
     method: str | None = None,
     mode: str = "pixel",
@@ -607,7 +643,10 @@ def evaluate_stores(
     Args:
         train_store, val_store: :class:`~stego_probe.store.FeatureStore` s or their paths;
             same backbone, weights, dataset and class count.
-        probes: any of ``"kmeans"``, ``"cluster"``, ``"linear"``.
+        probes: any of ``"kmeans"``, ``"cluster"``, ``"linear"``; or a mapping from those names
+            to already fitted probes, which are evaluated as they are (no training; e.g. a
+            released STEGO checkpoint's own probes, ``dict(zip(("cluster", "linear"),
+            head.probes()))``), a ``None`` value meaning "fit this one as usual".
         projection: a fitted projection (``transform_tokens`` / ``transform``) applied to the
             tokens of both stores, or None for the raw features (the DINO baseline).
         method: value of the ``method`` column (default ``projection.method_name`` or
@@ -641,6 +680,7 @@ def evaluate_stores(
             ``flip=True``, no valid validation pixel, bad arguments.
     """
     names = _probe_list(probes)
+    prefitted = _prefitted_probes(probes)
     mode_col = _check_mode(mode, flip, crf)
     token_mode = mode == "token"
     train_store = _open_store(train_store, "train_store")
@@ -662,15 +702,15 @@ def evaluate_stores(
             kwargs[n] = {"steps": steps, "batch_size": train_batch_size, **kwargs[n]}
 
     # -- fit ------------------------------------------------------------------------------------
-    fitted = {}
-    if "kmeans" in names:
+    fitted = dict(prefitted)
+    if "kmeans" in names and "kmeans" not in prefitted:
         kw = {"n_train": int(n_train), **kwargs["kmeans"]}
         sample = train_store.sample_tokens(int(kw["n_train"]), seed=seed)
         codes = check_finite(project(sample), f"train store {train_store.path} codes")
         fitted["kmeans"] = make_probe("kmeans", n_classes, seed, **kw).fit(codes)
     fitted.update(
         _train_stream_probes(
-            [n for n in names if n != "kmeans"],
+            [n for n in names if n != "kmeans" and n not in prefitted],
             train_store,
             project,
             n_classes,
