@@ -314,6 +314,9 @@ def extract(
     """
     if crop not in CROPS:
         raise ValueError(f"crop: expected one of {list(CROPS)}, got {crop!r}")
+    if crop == "five" and getattr(dataset, "name", "") == "potsdam3":
+        # The reference silently ignores crops for Potsdam (quirk Q24); we refuse them.
+        raise ValueError("crop: potsdam3 is used without cropping (PROTOCOL §2.3); use 'center'")
     for name, v in (("res", res), ("batch_size", batch_size)):
         if not isinstance(v, int | np.integer) or isinstance(v, bool) or v <= 0:
             raise ValueError(f"{name}: expected a positive int, got {v!r}")

@@ -330,3 +330,15 @@ def test_cli_extract_and_info(tmp_path, capsys):
     bad = [a if a != "32" else "48" for a in args]
     assert main(bad) == 1
     assert "refusing to mix" in capsys.readouterr().err
+
+
+def test_five_crop_is_refused_for_potsdam(tmp_path):
+    from data_fixtures import write_potsdam
+
+    from stego_probe.data import get_dataset
+
+    write_potsdam(tmp_path / "data")
+    ds = get_dataset("potsdam3", root=tmp_path / "data", split="train")
+    with pytest.raises(ValueError, match="potsdam3 is used without cropping"):
+        extract(ds, ToyBackbone(), str(tmp_path / "store"), res=8, crop="five", progress=False)
+    assert not (tmp_path / "store").exists()

@@ -256,3 +256,28 @@ def test_inputs_are_not_modified():
     probe.log_probs(x)
     probe.predict(x)
     np.testing.assert_array_equal(x, before)
+
+
+def test_both_faiss_wheels_installed_is_an_error(monkeypatch):
+    from importlib import metadata
+
+    from stego_probe.probes.kmeans import check_single_faiss
+
+    class Dist:
+        def __init__(self, name):
+            self.metadata = {"Name": name}
+
+    monkeypatch.setattr(
+        metadata,
+        "distributions",
+        lambda: [Dist("faiss-cpu"), Dist("faiss_gpu_cu12"), Dist("numpy")],
+    )
+    check_single_faiss.cache_clear()
+    try:
+        with pytest.raises(ImportError, match="faiss-cpu and faiss-gpu-cu12"):
+            check_single_faiss()
+        monkeypatch.setattr(metadata, "distributions", lambda: [Dist("faiss-cpu")])
+        check_single_faiss.cache_clear()
+        check_single_faiss()  # one wheel: fine
+    finally:
+        check_single_faiss.cache_clear()

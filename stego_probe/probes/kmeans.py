@@ -14,6 +14,7 @@ Lloyd iterations with FAISS on a seeded uniform subsample of training tokens:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -40,9 +41,34 @@ SEEDING_POINTS_PER_CLUSTER = 1000
 
 
 def _faiss():
+    check_single_faiss()
     import faiss
 
     return faiss
+
+
+@functools.cache
+def check_single_faiss() -> None:
+    """Raise ``ImportError`` if both ``faiss-cpu`` and a ``faiss-gpu*`` wheel are installed.
+
+    Both provide the same ``faiss`` module and overwrite each other's files, which gives
+    confusing failures (facebookresearch/faiss#2892). ``pip install stego-probe[gpu]`` adds
+    ``faiss-gpu-cu12``; uninstall ``faiss-cpu`` afterwards (see docs/scaling.md).
+    """
+    from importlib import metadata
+
+    names = set()
+    for dist in metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name.startswith("faiss-"):
+            names.add(name)
+    gpu = sorted(n for n in names if n.startswith("faiss-gpu"))
+    if "faiss-cpu" in names and gpu:
+        raise ImportError(
+            f"both faiss-cpu and {', '.join(gpu)} are installed; they provide the same `faiss` "
+            "module. Keep one: `pip uninstall -y faiss-cpu " + " ".join(gpu) + "` and then "
+            f"`pip install {gpu[0]}` (GPU) or `pip install faiss-cpu` (CPU)"
+        )
 
 
 def gpu_available() -> int:
