@@ -51,6 +51,7 @@ COMPAT_KEYS = (
     "crop",
     "transform",
     "flipped",
+    "token_dtype",
     "grid",
     "dim",
     "label_shape",
@@ -215,6 +216,7 @@ def store_provenance(
     limit: int | None,
     n_source_images: int,
     transform_info: dict,
+    token_dtype: str = "float16",
 ) -> dict:
     """The provenance dict written into a store (JSON types; see ``docs/store.md``)."""
     ds = dict(dataset.provenance)
@@ -244,6 +246,7 @@ def store_provenance(
         "five_crop_ratio": FIVE_CROP_RATIO if crop == "five" else None,
         "transform": transform_info,
         "flipped": bool(flipped),
+        "token_dtype": token_dtype,
         "grid": grid,
         "dim": int(bb.get("embed_dim", backbone.embed_dim)),
         "label_shape": [int(res), int(res)],
@@ -277,6 +280,7 @@ def extract(
     limit: int | None = None,
     chunk_images: int = 32,
     shard_images: int | None = None,
+    token_dtype: str = "float16",
     overwrite: bool = False,
 ) -> FeatureStore:
     """Extract the backbone's patch tokens of every image of ``dataset`` into a store.
@@ -298,6 +302,7 @@ def extract(
         num_workers: DataLoader worker processes for decoding / transforms (0: in-process).
         progress: tqdm progress bar.
         limit: use only the first ``limit`` images of ``dataset`` (recorded in provenance).
+        token_dtype: ``"float16"`` (default) or ``"float32"`` (parity runs, PROTOCOL §2.7).
         chunk_images, shard_images: store layout for a new store (see
             :meth:`FeatureStore.create`); an existing store keeps its own.
         overwrite: delete an existing store at ``store_path`` and extract again.
@@ -359,6 +364,7 @@ def extract(
         limit=limit,
         n_source_images=len(dataset),
         transform_info=transform_info,
+        token_dtype=token_dtype,
     )
     n_images = prov["n_images"]
     grid = tuple(prov["grid"])
@@ -383,6 +389,7 @@ def extract(
             chunk_images=chunk_images,
             shard_images=shard_images,
             flipped=flipped,
+            token_dtype=token_dtype,
             overwrite=overwrite,
         )
 
@@ -426,6 +433,7 @@ def _run(
     batches = _batches(store, blocks, batch_size)
     h, w = store.grid
     C = store.dim
+    token_dtype = store.provenance.get("token_dtype", "float16")
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -451,8 +459,8 @@ def _run(
             if b != cur_block:
                 m = stop - start
                 buf = {
-                    "tok": np.empty((m, h, w, C), np.float16),
-                    "tokf": np.empty((m, h, w, C), np.float16) if flipped else None,
+                    "tok": np.empty((m, h, w, C), token_dtype),
+                    "tokf": np.empty((m, h, w, C), token_dtype) if flipped else None,
                     "lab": np.full((m, res, res), IGNORE, np.int64),
                     "ids": [""] * m,
                     "filled": 0,
@@ -466,10 +474,14 @@ def _run(
                     f"{tuple(x.shape)}, got {tuple(feats.shape)}"
                 )
             lo, hi = js[0] - start, js[-1] - start + 1
-            buf["tok"][lo:hi] = feats.permute(0, 2, 3, 1).to(torch.float16).cpu().numpy()
+            buf["tok"][lo:hi] = (
+                feats.permute(0, 2, 3, 1).to(getattr(torch, token_dtype)).cpu().numpy()
+            )
             if flipped:
                 ff = backbone(x.flip(-1)).flip(-1)
-                buf["tokf"][lo:hi] = ff.permute(0, 2, 3, 1).to(torch.float16).cpu().numpy()
+                buf["tokf"][lo:hi] = (
+                    ff.permute(0, 2, 3, 1).to(getattr(torch, token_dtype)).cpu().numpy()
+                )
             buf["lab"][lo:hi] = labels.numpy()
             buf["ids"][lo:hi] = ids
             buf["filled"] += hi - lo

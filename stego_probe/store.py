@@ -230,6 +230,7 @@ class FeatureStore:
         shard_images: int | None = None,
         flipped: bool = False,
         compress_tokens: bool = False,
+        token_dtype: str = "float16",
         overwrite: bool = False,
     ) -> FeatureStore:
         """Create an empty store with all arrays pre-allocated (nothing is marked written).
@@ -249,6 +250,8 @@ class FeatureStore:
             flipped: also allocate ``tokens_flipped``.
             compress_tokens: zstd-compress tokens (float features barely compress; off by
                 default because it costs time for ~10% space).
+            token_dtype: ``"float16"`` (default; half the disk) or ``"float32"`` (parity runs,
+                PROTOCOL §2.7).
             overwrite: replace an existing feature store at ``path``.
 
         Returns:
@@ -264,6 +267,8 @@ class FeatureStore:
         for name, v in (("n_images", n_images), ("dim", dim), ("chunk_images", chunk_images)):
             if not isinstance(v, int | np.integer) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        if token_dtype not in ("float16", "float32"):
+            raise ValueError(f"token_dtype: expected 'float16' or 'float32', got {token_dtype!r}")
         grid = tuple(int(g) for g in grid)
         label_shape = tuple(int(s) for s in label_shape)
         if len(grid) != 2 or min(grid) <= 0:
@@ -307,6 +312,7 @@ class FeatureStore:
             "shard_images": None if shard_images is None else int(shard_images),
             "flipped": bool(flipped),
             "compress_tokens": bool(compress_tokens),
+            "token_dtype": token_dtype,
             "label_dtype": "int16" if n_classes is None or n_classes <= 32766 else "int32",
         }
         attrs = {
@@ -371,7 +377,12 @@ class FeatureStore:
         bi = self.block_images
         tok_comp = ZstdCodec(level=1) if self._compress_tokens else None
         specs = {
-            _TOKENS: dict(shape=(n, h, w, c), dtype="float16", compressors=tok_comp, fill_value=0),
+            _TOKENS: dict(
+                shape=(n, h, w, c),
+                dtype=self._attrs["layout"].get("token_dtype", "float16"),
+                compressors=tok_comp,
+                fill_value=0,
+            ),
             _LABELS: dict(
                 shape=(n, *self._label_shape),
                 dtype=self._attrs["layout"].get("label_dtype", "int16"),
@@ -545,7 +556,8 @@ class FeatureStore:
                 f"{self.path}: tokens_flipped must be given iff the store was created with "
                 f"flipped=True (it was created with flipped={self._has_flipped})"
             )
-        self._arr(_TOKENS)[start:stop] = tokens.astype(np.float16, copy=False)
+        tdtype = self._arr(_TOKENS).dtype
+        self._arr(_TOKENS)[start:stop] = tokens.astype(tdtype, copy=False)
         if tokens_flipped is not None:
             tokens_flipped = np.asarray(tokens_flipped)
             if tokens_flipped.shape != exp_t:
@@ -553,7 +565,7 @@ class FeatureStore:
                     f"{self.path}: block {b} tokens_flipped: expected {exp_t}, got "
                     f"{tokens_flipped.shape}"
                 )
-            self._arr(_FLIPPED)[start:stop] = tokens_flipped.astype(np.float16, copy=False)
+            self._arr(_FLIPPED)[start:stop] = tokens_flipped.astype(tdtype, copy=False)
         ldtype = self._arr(_LABELS).dtype
         self._arr(_LABELS)[start:stop] = labels.astype(ldtype, copy=False)
         self._arr(_IDS)[start:stop] = np.asarray([str(i) for i in ids], dtype=object)

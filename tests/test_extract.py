@@ -342,3 +342,15 @@ def test_five_crop_is_refused_for_potsdam(tmp_path):
     with pytest.raises(ValueError, match="potsdam3 is used without cropping"):
         extract(ds, ToyBackbone(), str(tmp_path / "store"), res=8, crop="five", progress=False)
     assert not (tmp_path / "store").exists()
+
+
+def test_float32_tokens_are_exact_and_cannot_be_mixed_with_float16(tmp_path):
+    ds, bb = ToyDataset(), ToyBackbone()
+    store = _run(tmp_path / "s", ds, bb, token_dtype="float32")
+    feats, _, _ = _expected(bb, [ds[i] for i in range(len(ds))])
+    # float32 storage is bit-exact, float16 storage is not
+    np.testing.assert_array_equal(store.tokens(slice(None)), feats)
+    half = _run(tmp_path / "h", ds, bb)
+    assert np.abs(half.tokens(slice(None)) - feats).max() > 0
+    with pytest.raises(ValueError, match="token_dtype"):
+        _run(tmp_path / "s", ds, bb, token_dtype="float16")

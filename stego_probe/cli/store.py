@@ -46,6 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also store tokens of the flipped images (evaluation-mode flip average)",
     )
+    p.add_argument(
+        "--float32",
+        action="store_true",
+        help="store tokens as float32 (parity runs; default float16, half the disk)",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (16)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (0)")
@@ -103,6 +108,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=device,
         flipped=args.flipped,
+        token_dtype="float32" if args.float32 else "float16",
         num_workers=args.num_workers,
         progress=not args.no_progress,
         limit=args.limit,
