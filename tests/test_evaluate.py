@@ -295,4 +295,70 @@ def test_cli_evaluate_appends_rows(stores, tmp_path, capsys):
     assert len(read_results(out)) == 2 * n
 
 
+# ------------------------------------------------------------------ pre-fitted probes
+
+
+def test_prefitted_probes_are_evaluated_as_given(stores):
+    train, val, _ = stores
+    kw = dict(probe_kwargs=FAST, progress=False, batch_size=4)
+    frame, fitted = evaluate_stores(
+        train, val, probes="kmeans,cluster,linear", seed=0, return_probes=True, **kw
+    )
+    # a refit with another seed and a single step would give other probes; given ones are kept
+    again, used = evaluate_stores(
+        train, val, probes=fitted, seed=7, steps=1, return_probes=True, **kw
+    )
+    assert all(used[n] is fitted[n] for n in fitted)
+    pd.testing.assert_series_equal(frame["value"], again["value"])
+    # None = fit this one as usual (same seed -> same k-means), the others are taken as given
+    mixed = evaluate_stores(train, val, probes={"kmeans": None, "linear": fitted["linear"]}, **kw)
+    assert list(dict.fromkeys(mixed["probe"])) == ["kmeans", "linear"]
+    ref = frame[frame["probe"].isin(["kmeans", "linear"])].reset_index(drop=True)
+    pd.testing.assert_series_equal(mixed["value"], ref["value"])
+    with pytest.raises(ValueError, match=r"probes\['cluster'\]: expected a fitted probe"):
+        evaluate_stores(train, val, probes={"cluster": "centroids.npy"}, **kw)
+
+
+def test_released_checkpoint_probes_on_stores_eval_mode(tmp_path):
+    """A released STEGO checkpoint (head + its own probes) evaluated in eval mode on stores of
+    the checkpoint's dataset: the reference name 'potsdam' is accepted for 'potsdam3'."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from stego_fixtures import write_fake_checkpoint
+
+    from stego_probe.projections.stego.checkpoint import import_checkpoint
+
+    codes, _, pix = onehot_data(n=8, d=6)
+    vcodes, _, vpix = onehot_data(n=6, d=6, seed=1)
+    flipped = np.random.default_rng(3).normal(size=vcodes.shape).astype(np.float16)
+    prov = dict(dataset="potsdam3", backbone="dino_vits8")
+    train = make_store(tmp_path / "train", codes, pix, **prov)
+    val = make_store(tmp_path / "val", vcodes, vpix, flipped=flipped, split="val", **prov)
+    write_fake_checkpoint(tmp_path / "potsdam_test.ckpt", in_dim=6, dim=4, n_classes=K)
+    with pytest.warns(UserWarning, match="pickle"):
+        head, hparams = import_checkpoint(tmp_path / "potsdam_test.ckpt")
+    assert head.provenance_["fit_data"]["dataset"] == "potsdam3"
+    assert head.provenance_["fit_data"]["reference_dataset"] == "potsdam"
+    cluster, linear = head.probes()
+    frame = evaluate_stores(
+        train, val, probes={"cluster": cluster, "linear": linear}, projection=head,
+        method="stego_released", flip=True, progress=False, batch_size=4,
+    )  # fmt: skip
+    assert set(frame["method"]) == {"stego_released"} and set(frame["mode"]) == {"eval"}
+    assert set(frame["dim"]) == {4}
+    # by hand: c = (head(x) + head(flipped tokens)) / 2, upsampled, the checkpoint's probes
+    x = vcodes.astype(np.float16).astype(np.float32)
+    c = 0.5 * (head.transform(x) + head.transform(flipped.astype(np.float32)))
+    c = np.asarray(c, dtype=np.float32)
+    for name, probe, match in (("cluster", cluster, "hungarian"), ("linear", linear, "identity")):
+        acc = ConfusionAccumulator(K, K)
+        acc.update(predict_batch(name, probe, c, vpix.shape[1:]), vpix)
+        want = acc.scores(match=match)
+        got = frame[(frame.probe == name)].set_index("metric")["value"]
+        assert got["miou"] == pytest.approx(want["miou"], abs=1e-4)
+        assert got["accuracy"] == pytest.approx(want["accuracy"], abs=1e-4)
+
+
 torch.set_num_threads(1)

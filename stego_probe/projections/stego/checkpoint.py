@@ -65,6 +65,10 @@ CFG_TO_PARAMS = {
     "projection_type": "projection_type",
 }
 
+#: ``dataset_name`` of the reference config -> stego_probe dataset name (the released files say
+#: ``cocostuff27``, ``cityscapes`` and ``potsdam``); other names are kept as they are.
+DATASETS = {"cocostuff27": "cocostuff27", "cityscapes": "cityscapes27", "potsdam": "potsdam3"}
+
 #: ``(model_type, dino_patch_size)`` of the reference config -> stego_probe backbone name.
 BACKBONES = {
     ("vit_small", 8): "dino_vits8",
@@ -295,7 +299,10 @@ def import_checkpoint(
                 "checkpoint": str(path),
                 "checkpoint_sha256": sha,
                 "backbone": backbone,
-                "dataset": cfg.get("dataset_name"),
+                # stego_probe's name, so that evaluate_stores' provenance check accepts
+                # stores of the same dataset (the reference name is kept alongside)
+                "dataset": DATASETS.get(cfg.get("dataset_name"), cfg.get("dataset_name")),
+                "reference_dataset": cfg.get("dataset_name"),
                 "crop": cfg.get("crop_type"),
                 "res": cfg.get("res"),
                 "embedded_vit_sha256": _tensors_sha256(sd, "net.model."),

@@ -1,0 +1,414 @@
+"""Shared plumbing of the experiment scripts: the start banner, common arguments, per-dataset
+sweep configs and shared feature stores.
+
+Like facebookresearch/dino's scripts, every experiment prints the git SHA of the checkout and its
+sorted arguments before it starts, so a log says exactly what produced it. Nothing here analyses
+data: each helper turns command-line arguments into library calls (:mod:`stego_probe.sweep`,
+:mod:`stego_probe.extract`, :mod:`stego_probe.published`).
+
+Imports of torch / the library happen inside the functions, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: The paper's datasets, in Figure 4's column order.
+PAPER_DATASETS = ("cocostuff27", "cityscapes27", "potsdam3")
+
+#: File names of the released STEGO checkpoints (mhamilton723/STEGO download_models.py).
+RELEASED_CHECKPOINTS = {
+    "cocostuff27": "cocostuff27_vit_base_5.ckpt",
+    "cityscapes27": "cityscapes_vit_base_1.ckpt",
+    "potsdam3": "potsdam_test.ckpt",
+}
+RELEASED_URL = "https://marhamilresearch4.blob.core.windows.net/stego-public/saved_models/"
+
+#: Probes of Table 2, in row order (the reference cluster probe first).
+PROBE_ORDER = ("cluster", "linear", "kmeans")
+
+#: Default folder of the Figure 4 sweeps; the other scripts share its feature stores.
+SWEEP_ROOT = "runs/figure4"
+
+
+# ---------------------------------------------------------------------------------- banner
+
+
+def begin(args: argparse.Namespace, name: str) -> None:
+    """Print the experiment name, the git SHA and the sorted arguments (one per line), then
+    apply ``--threads``."""
+    from stego_probe import __version__
+    from stego_probe.provenance import git_sha
+    from stego_probe.sweep import set_num_threads
+
+    print(f"{name} (stego_probe {__version__})")
+    print(f"git:\n  {git_sha(Path(__file__).resolve().parent) or 'unknown (not a git checkout)'}")
+    print("\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())))
+    print(flush=True)
+    set_num_threads(args.threads)
+
+
+# ---------------------------------------------------------------------------------- arguments
+
+
+def csv_list(text: str) -> list[str]:
+    """``"a,b, c"`` -> ``["a", "b", "c"]``."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def int_list(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``."""
+    try:
+        return [int(t) for t in csv_list(text)]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+
+
+def datasets_arg(text: str) -> list[str]:
+    """``--datasets``: a comma list of preset names (the paper's three by default)."""
+    names = csv_list(text)
+    if not names:
+        raise argparse.ArgumentTypeError("--datasets: expected at least one dataset")
+    return names
+
+
+def json_dict(text: str) -> dict:
+    """A JSON object given on the command line (or ``@file.json``)."""
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}: {e}") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def make_parser(
+    name: str, description: str, *, sweep: bool = False, figures: bool = True
+) -> argparse.ArgumentParser:
+    """The arguments every experiment shares (defaults = the paper protocol, PROTOCOL §7.1).
+
+    Args:
+        name: the experiment (default ``--out runs/<name>`` and ``--figures figures/<name>``).
+        description: what the script reproduces.
+        sweep: also add the sweep-grid options (``--methods``, ``--dims``, ``--probes``,
+            ``--mode``, ``--executor``).
+        figures: add ``--figures`` and ``--fmt``.
+    """
+    p = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    g = p.add_argument_group("data and backbone (defaults: the paper, PROTOCOL §7.1)")
+    g.add_argument(
+        "--datasets",
+        type=datasets_arg,
+        default=list(PAPER_DATASETS),
+        help="comma list of presets: cocostuff27, cityscapes27, potsdam3 (default: all three)",
+    )
+    g.add_argument(
+        "--data-root",
+        default=None,
+        help="folder holding cocostuff/, cityscapes/, potsdam/ (as prepared for STEGO)",
+    )
+    g.add_argument(
+        "--backbone",
+        default=None,
+        help="override the presets' backbones (ViT-B/8 for CocoStuff / Cityscapes, ViT-S/8 "
+        "300 ep for Potsdam), e.g. dinov2_vitb14",
+    )
+    g.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="local weight file: PATH for every dataset, or BACKBONE=PATH / DATASET=PATH "
+        "(repeatable); default: the torch hub cache, else the official URL",
+    )
+    g.add_argument(
+        "--backbone-kwargs",
+        type=json_dict,
+        default={},
+        metavar="JSON",
+        help='extra get_backbone() arguments, e.g. \'{"model_kwargs": {"depth": 2}}\'',
+    )
+    g.add_argument("--train-res", type=int, default=None, help="train store input side (224)")
+    g.add_argument("--val-res", type=int, default=None, help="val store input side (320)")
+    g.add_argument(
+        "--limit", type=int, default=None, help="use only the first N images of each split"
+    )
+    g.add_argument("--batch-size", type=int, default=None, help="extraction / eval batch")
+    g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda:N")
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="limit torch / FAISS CPU threads (default: theirs); 1 is fastest for small stores "
+        "on a shared CPU",
+    )
+
+    g = p.add_argument_group("protocol overrides")
+    g.add_argument("--seeds", type=int_list, default=None, help="comma list (preset: 0,1,2)")
+    g.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps of the cluster / linear probes and of the STEGO head "
+        "(preset: 7000; Potsdam 5000)",
+    )
+    g.add_argument(
+        "--overrides",
+        type=json_dict,
+        default={},
+        metavar="JSON",
+        help="sweep-config fields merged into every preset (nested dicts merged key by key), "
+        'e.g. \'{"probe_kwargs": {"kmeans": {"n_train": 100000}}}\' or @file.json',
+    )
+    if sweep:
+        g = p.add_argument_group("sweep grid")
+        g.add_argument("--methods", type=csv_list, default=None, help="dino,pca,rp,stego")
+        g.add_argument("--dims", type=int_list, default=None, help="D values (preset's)")
+        g.add_argument("--probes", type=csv_list, default=None, help="kmeans,linear,cluster")
+        g.add_argument(
+            "--mode", choices=["pixel", "token"], default=None, help="pixel (paper) or token"
+        )
+        g.add_argument("--executor", choices=["local", "ray"], default="local")
+
+    g = p.add_argument_group("outputs")
+    g.add_argument("--out", default=f"runs/{name}", help=f"run folder (runs/{name})")
+    if figures:
+        g.add_argument(
+            "--figures", default=f"figures/{name}", help=f"figure folder (figures/{name})"
+        )
+        g.add_argument("--fmt", choices=["pdf", "png", "svg"], default="pdf", help="figure format")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def weights_for(entries: list[str], dataset: str, backbone: str) -> str | None:
+    """The weight file for ``dataset`` / ``backbone`` from ``--weights`` entries."""
+    plain, named = None, {}
+    for entry in entries:
+        key, sep, path = entry.partition("=")
+        if sep and key and not Path(entry).exists():
+            named[key] = path
+        else:
+            plain = entry
+    return named.get(dataset) or named.get(backbone) or plain
+
+
+# ---------------------------------------------------------------------------------- configs
+
+
+def merge(base: dict, over: dict) -> dict:
+    """``base`` updated with ``over``; nested dicts are merged key by key (copies, no aliasing)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = json.loads(json.dumps(value)) if isinstance(value, dict | list) else value
+    return out
+
+
+def dataset_config(args: argparse.Namespace, dataset: str):
+    """The sweep config of one dataset: its preset + the command-line overrides.
+
+    Precedence: preset < explicit flags (``--backbone``, ``--steps`` ...) < ``--overrides`` JSON.
+
+    Returns:
+        a validated :class:`stego_probe.sweep.SweepConfig`.
+    """
+    from stego_probe.backbones.registry import resolve_device
+    from stego_probe.sweep import load_config
+
+    base = load_config(dataset)
+    backbone = args.backbone or base.backbone
+    device = str(resolve_device(args.device))
+    over: dict = {
+        "data_root": args.data_root,
+        "backbone": args.backbone,
+        "weights": weights_for(args.weights, dataset, backbone),
+        "backbone_kwargs": args.backbone_kwargs or None,
+        "seeds": args.seeds,
+        "batch_size": args.batch_size,
+        "device": device,
+        "train": {"res": args.train_res, "limit": args.limit},
+        "val": {"res": args.val_res, "limit": args.limit},
+        # a concrete torch device for the torch-trained probes (table2.py calls evaluate_stores
+        # directly) and the STEGO trainer
+        "probe_kwargs": {"cluster": {"device": device}, "linear": {"device": device}},
+        "method_kwargs": {"stego": {"device": device}},
+    }
+    for key in ("methods", "dims", "probes", "mode"):
+        if getattr(args, key, None) is not None:
+            over[key] = getattr(args, key)
+    if args.steps is not None:
+        over["probe_kwargs"]["cluster"]["steps"] = args.steps
+        over["probe_kwargs"]["linear"]["steps"] = args.steps
+        over["method_kwargs"]["stego"]["steps"] = args.steps
+    over["train"] = {k: v for k, v in over["train"].items() if v is not None}
+    over["val"] = {k: v for k, v in over["val"].items() if v is not None}
+    over = merge(over, args.overrides or {})
+    return load_config(dataset, over)
+
+
+# ---------------------------------------------------------------------------------- stores
+
+
+def shared_store(
+    config,
+    root: str | Path,
+    which: str,
+    *,
+    flipped: bool = False,
+    cache: dict | None = None,
+    progress: bool = True,
+):
+    """Open the ``train`` / ``val`` store of a dataset, extracting it if missing (resumable).
+
+    The path is the one :func:`stego_probe.sweep.run_sweep` uses for a sweep run in
+    ``<root>/<config.name>`` (``.../stores/<tag>``), so the scripts share the stores of the
+    Figure 4 sweep instead of extracting the 0.3 TB CocoStuff train store twice. A val store
+    with the flipped tokens of the "eval" mode (PROTOCOL §4.4) gets a ``_flipped`` suffix.
+
+    Args:
+        config: the dataset's sweep config (:func:`dataset_config`).
+        root: folder of the per-dataset sweep folders (``runs/figure4`` by default).
+        which: ``"train"`` or ``"val"``.
+        flipped: extract ``tokens_flipped`` as well (val store of the "eval" mode).
+        cache: dict reused across calls to build the backbone only once per dataset.
+        progress: tqdm bars.
+    """
+    from stego_probe.store import FeatureStore
+    from stego_probe.sweep import store_path
+
+    path = store_path(config, Path(root) / config.name, which) + ("_flipped" if flipped else "")
+    if FeatureStore.exists(path) and FeatureStore.open(path, allow_incomplete=True).complete:
+        return FeatureStore.open(path)
+    from stego_probe.backbones import get_backbone
+    from stego_probe.data import get_dataset
+    from stego_probe.extract import extract
+
+    spec = getattr(config, which)
+    cache = {} if cache is None else cache
+    if "backbone" not in cache:
+        cache["backbone"] = get_backbone(
+            config.backbone, weights=config.weights, device=config.device, **config.backbone_kwargs
+        )
+    dataset = get_dataset(
+        config.dataset, root=config.data_root, split=spec.split, **config.dataset_kwargs
+    )
+    return extract(
+        dataset,
+        cache["backbone"],
+        path,
+        res=spec.res,
+        crop=spec.crop,
+        batch_size=config.batch_size,
+        device=config.device,
+        flipped=flipped,
+        limit=spec.limit,
+        progress=progress,
+    )
+
+
+# ---------------------------------------------------------------------------------- results
+
+
+def read_tables(paths) -> pd.DataFrame:
+    """Concatenate results CSVs (:func:`stego_probe.results.read_results`)."""
+    import pandas as pd
+
+    from stego_probe.results import read_results
+
+    frames = [read_results(p) for p in paths]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def compare_with_published(df: pd.DataFrame) -> pd.DataFrame:
+    """Table 2 layout: our accuracy / mIoU next to the published numbers.
+
+    Args:
+        df: results rows (``accuracy`` / ``miou`` of the ``cluster``, ``linear``, ``kmeans``
+            probes are used; repeated runs of one seed count once, the last wins).
+
+    Returns:
+        one row per (dataset, method, dim, probe, crf, mode) with ``acc`` and ``miou`` (mean
+        over seeds), ``seeds`` (how many), ``target_acc`` / ``target_miou`` (the released
+        checkpoints' evaluation logs, :func:`stego_probe.published.regression_targets`) and
+        ``fig4_miou`` (the paper's Figure 4, digitised; DINO and the released STEGO); NaN where
+        there is no published number.
+    """
+    import pandas as pd
+
+    from stego_probe.published import DIGITISED_SOURCE, load_published, regression_targets
+
+    keys = ["dataset", "method", "dim", "probe", "crf", "mode"]
+    sel = df[df["metric"].isin(["accuracy", "miou"]) & df["probe"].isin(PROBE_ORDER)].copy()
+    sel["crf"] = sel["crf"].map(lambda v: str(v).strip().lower() in ("true", "1"))
+    sel = sel.drop_duplicates(keys + ["metric", "seed"], keep="last")
+    ours = sel.pivot_table(index=keys, columns="metric", values="value", aggfunc="mean")
+    ours = ours.rename(columns={"accuracy": "acc"}).reindex(columns=["acc", "miou"])
+    ours["seeds"] = sel.groupby(keys)["seed"].nunique()
+    ours = ours.reset_index()
+    on = ["dataset", "method", "probe", "crf"]
+    target = regression_targets().pivot_table(index=on, columns="metric", values="value")
+    target = target.rename(columns={"accuracy": "target_acc", "miou": "target_miou"})
+    fig4 = load_published(source=DIGITISED_SOURCE)
+    fig4 = fig4[fig4["metric"] == "miou"].groupby(on)["value"].mean().rename("fig4_miou")
+    table = ours.merge(target.reset_index(), on=on, how="left")
+    table = table.merge(fig4.reset_index(), on=on, how="left")
+    for col in ("target_acc", "target_miou", "fig4_miou"):
+        if col not in table.columns:
+            table[col] = float("nan")
+    order = {
+        "dataset": {d: i for i, d in enumerate(PAPER_DATASETS)},
+        "method": {"stego_released": 0, "dino": 1},
+        "probe": {p: i for i, p in enumerate(PROBE_ORDER)},
+    }
+    table = table.sort_values(
+        keys, key=lambda c: c.map(order[c.name]).fillna(99) if c.name in order else c
+    )
+    cols = keys + ["acc", "miou", "seeds", "target_acc", "target_miou", "fig4_miou"]
+    return pd.DataFrame(table[cols]).reset_index(drop=True)
+
+
+def run_sweeps(args: argparse.Namespace, root: str | Path) -> pd.DataFrame:
+    """Run (or resume) the sweep of every ``--datasets`` preset in ``<root>/<dataset>``.
+
+    Returns:
+        all datasets' results rows.
+    """
+    import pandas as pd
+
+    from stego_probe.sweep import run_sweep, summary_table
+
+    frames = []
+    for dataset in args.datasets:
+        config = dataset_config(args, dataset)
+        out = Path(root) / config.name
+        print(f"== {dataset}: sweep in {out} (methods {config.methods}, dims {config.dims})")
+        df = run_sweep(config, out, executor=args.executor, progress=not args.no_progress)
+        table = summary_table(df)
+        if not table.empty:
+            print(f"mIoU (%) mean ± std over seeds, {dataset}:\n{table.to_string()}\n")
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def run(main, argv=None) -> int:
+    """Call ``main(argv)``; print bad-input errors (builtin exceptions) without a traceback."""
+    try:
+        return int(main(argv) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
