@@ -1,0 +1,135 @@
+"""Tests of the offline demo: the CLI end to end, and the class-aligned qualitative predictions.
+
+The demo is run once per module through ``stego-probe demo --quick`` (about 10 s on one core).
+"""
+
+import contextlib
+import io
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stego_probe import demo
+from stego_probe.cli.main import main
+from stego_probe.metrics import confusion_matrix
+from stego_probe.results import read_results
+from stego_probe.store import FeatureStore
+
+FIGURES = [
+    "pca_cum_variance",
+    "all_datasets_miou",
+    "all_datasets_acc",
+    "distinctness_over_dims",
+    "kmeans_convergence",
+    "qualitative",
+    "feature_map",
+]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    out, fig = tmp / "run", tmp / "fig"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["demo", "--quick", "--out", str(out), "--figures", str(fig), "--no-progress"])
+    return {"rc": rc, "out": out, "fig": fig, "stdout": buf.getvalue()}
+
+
+def test_demo_cli_writes_results_figures_and_summary(demo_run):
+    assert demo_run["rc"] == 0
+    out, fig, text = demo_run["out"], demo_run["fig"], demo_run["stdout"]
+    # --quick selected the QUICK overrides
+    config = json.loads((out / "config.json").read_text())
+    assert config["dims"] == demo.QUICK["dims"] and config["seeds"] == demo.QUICK["seeds"]
+    assert config["dataset_kwargs"] == demo.QUICK["dataset_kwargs"]
+    assert config["backbone"] == "descriptor"
+    df = read_results(out / "results.csv")
+    assert set(df["method"]) == {"dino", "pca", "rp", "stego"}
+    assert {"kmeans", "linear", "none"} <= set(df["probe"])
+    for name in FIGURES:
+        path = fig / f"{name}.png"
+        assert path.exists(), name
+        with Image.open(path) as im:
+            assert im.format == "PNG" and min(im.size) > 100
+    # the printed summary: mIoU / accuracy tables, distinctness, where things are
+    for words in (
+        "miou (%) on the synthetic val split",
+        "accuracy (%) on the synthetic val split",
+        "cluster distinctness",
+        f"results: {out / 'results.csv'}",
+        str(fig / "qualitative.png"),
+    ):
+        assert words in text
+    miou = df[
+        (df["metric"] == "miou")
+        & (df["method"] == "stego")
+        & (df["dim"] == demo.QUICK["dims"][0])
+        & (df["probe"] == "kmeans")
+    ]
+    assert f"{miou['value'].item():5.1f}" in text
+
+
+def stores(out: Path):
+    (train,) = (out / "stores").glob("synthetic_train_*")
+    (val,) = (out / "stores").glob("synthetic_val_*")
+    return FeatureStore.open(train), FeatureStore.open(val)
+
+
+def test_class_aligned_predictions(demo_run):
+    from stego_probe.evaluate import make_probe, predict_batch
+    from stego_probe.projections import get_projection
+
+    train, val = stores(demo_run["out"])
+    k = int(val.n_classes)
+    proj = get_projection("dino", None).fit(train)
+    idx = np.arange(val.n_images)
+    pred = demo.class_aligned_predictions(train, val, proj, idx, seed=0, n_train=3000)
+    labels = val.labels(idx)
+    assert pred.shape == labels.shape and pred.dtype == np.int64
+    assert pred.min() >= 0 and pred.max() < k  # K clusters for K classes: all matched
+
+    # 1. the predictions are a one-to-one relabelling of the k-means clusters
+    sample = train.sample_tokens(3000, seed=0)
+    probe = make_probe("kmeans", k, 0).fit(np.ascontiguousarray(proj.transform(sample)))
+    codes = np.asarray(proj.transform_tokens(val.tokens(idx)), dtype=np.float32)
+    raw = predict_batch("kmeans", probe, codes, tuple(val.label_shape))
+    pairs = set(zip(raw.ravel().tolist(), pred.ravel().tolist()))
+    assert len(pairs) == len({c for c, _ in pairs}) == len({p for _, p in pairs})
+
+    # 2. ... chosen to put the most pixels on the diagonal: no permutation of the classes
+    # does better (the Hungarian optimum over the whole split, checked by brute force)
+    ok = (labels >= 0) & (labels < k)
+    M = confusion_matrix(pred[ok], labels[ok], k, k)
+    best = max(sum(M[i, p[i]] for i in range(k)) for p in itertools.permutations(range(k)))
+    assert np.trace(M) == best
+    rng = np.random.default_rng(0)
+    shuffled = rng.permutation(k)
+    while (shuffled == np.arange(k)).all():
+        shuffled = rng.permutation(k)
+    assert np.trace(confusion_matrix(shuffled[pred[ok]], labels[ok], k, k)) <= np.trace(M)
+
+    # 3. the matching is global: a subset of images gets the same colours as in the full split
+    sub = demo.class_aligned_predictions(train, val, proj, [3, 0], seed=0, n_train=3000)
+    np.testing.assert_array_equal(sub, pred[[3, 0]])
+
+
+def test_best_dim():
+    import pandas as pd
+
+    rows = [
+        ("stego", 3, 0, "kmeans", "miou", 10.0),
+        ("stego", 3, 1, "kmeans", "miou", 30.0),  # mean 20
+        ("stego", 12, 0, "kmeans", "miou", 25.0),  # mean 25: best for kmeans
+        ("stego", 3, 0, "linear", "miou", 90.0),
+        ("stego", 12, 0, "kmeans", "accuracy", 1.0),
+        ("pca", 6, 0, "kmeans", "miou", 99.0),
+    ]
+    df = pd.DataFrame(rows, columns=["method", "dim", "seed", "probe", "metric", "value"])
+    assert demo.best_dim(df, "stego") == 12
+    assert demo.best_dim(df, "stego", "linear") == 3
+    assert demo.best_dim(df, "rp") is None
