@@ -66,7 +66,7 @@ def best_dim(df: pd.DataFrame, method: str, probe: str = "kmeans") -> int | None
 
 
 def class_aligned_predictions(
-    train_store, val_store, projection, indices, seed: int = 0, n_train: int = 50_000
+    train_store, val_store, projection, indices, seed: int = 0, kmeans_kwargs: dict | None = None
 ) -> np.ndarray:
     """k-means predictions on some val images, relabelled to classes by Hungarian matching.
 
@@ -78,7 +78,8 @@ def class_aligned_predictions(
         projection: a fitted projection (``Identity`` for the raw features).
         indices: val image indices to predict.
         seed: k-means seed.
-        n_train: training tokens for k-means.
+        kmeans_kwargs: :class:`~stego_probe.probes.kmeans.KMeansProbe` arguments (``n_train``,
+            ``niter``, ``nredo`` ...), as the sweep's ``probe_kwargs["kmeans"]``.
 
     Returns:
         int64 (len(indices), H, W) class ids (-1 where a cluster matched no class).
@@ -90,9 +91,10 @@ def class_aligned_predictions(
         return np.asarray(projection.transform_tokens(tokens), dtype=np.float32)
 
     k = int(val_store.n_classes)
-    sample = train_store.sample_tokens(n_train, seed=seed)
+    kw = {"n_train": 50_000, **(kmeans_kwargs or {})}
+    sample = train_store.sample_tokens(int(kw["n_train"]), seed=seed)
     sample = np.asarray(projection.transform(sample))
-    probe = make_probe("kmeans", k, seed).fit(np.ascontiguousarray(sample, dtype=np.float32))
+    probe = make_probe("kmeans", k, seed, **kw).fit(np.ascontiguousarray(sample, dtype=np.float32))
     size = tuple(val_store.label_shape)
     acc = ConfusionAccumulator(k, k)
     for tokens, labels, _ in val_store.iter_batches(16):
@@ -128,7 +130,14 @@ def extra_figures(
         idx, [val_store.ids[i] for i in idx]
     )
     preds = {
-        name: class_aligned_predictions(train_store, val_store, proj, idx, seed=seed)
+        name: class_aligned_predictions(
+            train_store,
+            val_store,
+            proj,
+            idx,
+            seed=seed,
+            kmeans_kwargs=config.probe_kwargs.get("kmeans"),
+        )
         for name, proj in methods.items()
     }
     names = val_store.class_names

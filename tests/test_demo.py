@@ -88,7 +88,9 @@ def test_class_aligned_predictions(demo_run):
     k = int(val.n_classes)
     proj = get_projection("dino", None).fit(train)
     idx = np.arange(val.n_images)
-    pred = demo.class_aligned_predictions(train, val, proj, idx, seed=0, n_train=3000)
+    pred = demo.class_aligned_predictions(
+        train, val, proj, idx, seed=0, kmeans_kwargs={"n_train": 3000}
+    )
     labels = val.labels(idx)
     assert pred.shape == labels.shape and pred.dtype == np.int64
     assert pred.min() >= 0 and pred.max() < k  # K clusters for K classes: all matched
@@ -114,7 +116,9 @@ def test_class_aligned_predictions(demo_run):
     assert np.trace(confusion_matrix(shuffled[pred[ok]], labels[ok], k, k)) <= np.trace(M)
 
     # 3. the matching is global: a subset of images gets the same colours as in the full split
-    sub = demo.class_aligned_predictions(train, val, proj, [3, 0], seed=0, n_train=3000)
+    sub = demo.class_aligned_predictions(
+        train, val, proj, [3, 0], seed=0, kmeans_kwargs={"n_train": 3000}
+    )
     np.testing.assert_array_equal(sub, pred[[3, 0]])
 
 

@@ -14,9 +14,12 @@ def register(sub) -> None:
             "Re-running resumes where it stopped."
         ),
     )
-    p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     p.add_argument(
-        "--figures", default="figures/demo", help="figure folder (default: figures/demo)"
+        "--out", help="run folder (default: runs/demo, or runs/demo-<backbone> with --backbone)"
+    )
+    p.add_argument(
+        "--figures",
+        help="figure folder (default: figures/demo, or figures/demo-<backbone> with --backbone)",
     )
     p.add_argument(
         "--backbone", help="backbone registry name, e.g. dino_vits8 (default: descriptor)"
@@ -30,9 +33,11 @@ def register(sub) -> None:
 def run(args) -> int:
     from stego_probe.demo import run_demo
 
+    # A run folder holds one configuration: another backbone gets its own folders by default.
+    suffix = f"-{args.backbone.replace(':', '-')}" if args.backbone else ""
     run_demo(
-        out=args.out,
-        figures=args.figures,
+        out=args.out or f"runs/demo{suffix}",
+        figures=args.figures or f"figures/demo{suffix}",
         backbone=args.backbone,
         weights=args.weights,
         quick=args.quick,
