@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from stego_probe.data.base import Sample, SegDataset
-from stego_probe.data.io import read_image, read_label_png, require_dir
+from stego_probe.data.io import check_same_size, read_image, read_label_png, require_dir
 from stego_probe.data.transforms import five_crop_sample
 from stego_probe.labels import check_labels
 from stego_probe.provenance import check_compatible, package_info
@@ -132,11 +132,7 @@ class CroppedDataset(SegDataset):
         """Crop ``i``: image RGB, label int64 (H, W) = stored value - 1."""
         image = read_image(self._images[i])
         raw = read_label_png(self._labels[i])
-        if raw.shape != (image.height, image.width):
-            raise ValueError(
-                f"label size does not match image size: {self._labels[i]} has shape {raw.shape}"
-                f" (H, W) but {self._images[i]} is {image.height}x{image.width} (H x W)"
-            )
+        check_same_size(image, raw, str(self._images[i]), str(self._labels[i]))
         label = check_labels(raw - 1, self.n_classes, source=str(self._labels[i]))
         return Sample(image, label, self.ids[i])
 

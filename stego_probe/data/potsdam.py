@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from stego_probe.data.base import Sample, SegDataset
-from stego_probe.data.io import read_list, read_mat, require_dir
+from stego_probe.data.io import check_same_size, read_list, read_mat, require_dir
 from stego_probe.labels import IGNORE
 
 logger = logging.getLogger(__name__)
@@ -163,11 +163,7 @@ class Potsdam3(SegDataset):
             label = np.full((image.height, image.width), IGNORE, dtype=np.int64)
             return Sample(image, label, sid)
         raw = read_mat(gt_path, "gt")
-        if raw.shape != (image.height, image.width):
-            raise ValueError(
-                f"label size does not match image size: {gt_path} has shape {raw.shape} (H, W) "
-                f"but {img_path} is {image.height}x{image.width} (H x W)"
-            )
+        check_same_size(image, raw, str(img_path), str(gt_path))
         label, n_unmapped = potsdam_label_map(raw, self.unmapped, str(gt_path))
         if n_unmapped:
             logger.warning(

@@ -37,6 +37,7 @@ import hashlib
 import inspect
 import json
 import os
+import pickle
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -638,3 +639,58 @@ class Projection(TransformerMixin, BaseEstimator):
         obj._load_extra_state(extra)
         obj.provenance_ = json.loads(payload["provenance"])
         return obj
+
+
+class SampledEmbedding(Projection):
+    """Base of the non-linear embeddings fitted on a seeded token sample (UMAP, h-NNE).
+
+    The fitted third-party model lives in the attribute named by ``_model_attr`` (e.g.
+    ``"umap_"``); it is applied with its ``transform`` to the standardised tokens and saved
+    pickled into a uint8 array (``<_model_attr>pickle``), so only load files you trust.
+    Subclasses set ``_model_attr``, ``_model_name`` (used in messages) and ``_import_model`` (a
+    static method importing the optional package), and in ``_fit`` call
+    :meth:`_sample_statistics` on the token sample, fit the model on the matrix it returns and
+    set ``fitted_n_components_``.
+    """
+
+    _array_attrs = ("mean_", "scale_")
+    _meta_attrs = ("n_features_in_", "fitted_n_components_")
+    #: attribute holding the fitted model.
+    _model_attr: ClassVar[str] = "model_"
+    #: the model's name in messages.
+    _model_name: ClassVar[str] = "the model"
+
+    @staticmethod
+    def _import_model() -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _sample_statistics(self, x: np.ndarray, where: str) -> np.ndarray:
+        """Set ``mean_`` / ``scale_`` (the sample's per-channel mean / population std, guarded)
+        and ``n_features_in_`` from the ``(n, C)`` sample ``x``; return the float32 matrix to fit
+        the model on (``x`` standardised with them, or ``x`` itself with ``standardize=None``)."""
+        mean = x.astype(np.float64).mean(axis=0)
+        self.mean_ = mean
+        self.scale_ = guard_scale(x.astype(np.float64).std(axis=0), mean, where)
+        self.n_features_in_ = int(x.shape[1])
+        z = x if self.standardize is None else (x - mean) / self.scale_
+        return np.asarray(z, dtype=np.float32)
+
+    def _transform_2d(self, x: torch.Tensor) -> torch.Tensor:
+        if self.n_components != self.fitted_n_components_:
+            raise ValueError(
+                f"{type(self).__name__} was fitted with "
+                f"n_components={self.fitted_n_components_}, now {self.n_components}; "
+                f"{self._model_name} must be refitted for another D"
+            )
+        z = self._standardize(x).cpu().numpy()
+        y = np.asarray(getattr(self, self._model_attr).transform(z), dtype=np.float32)
+        return torch.from_numpy(y).to(x.device)
+
+    def _extra_state(self) -> dict[str, np.ndarray]:
+        model = pickle.dumps(getattr(self, self._model_attr))
+        return {f"{self._model_attr}pickle": np.frombuffer(model, dtype=np.uint8).copy()}
+
+    def _load_extra_state(self, state: dict[str, np.ndarray]) -> None:
+        self._import_model()
+        model = pickle.loads(state[f"{self._model_attr}pickle"].tobytes())
+        setattr(self, self._model_attr, model)

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import inspect
-import pickle
 from typing import Any
 
-import numpy as np
-import torch
-
-from stego_probe.projections.base import Projection, guard_scale
+from stego_probe.projections.base import SampledEmbedding
 
 
 def _import_hnne() -> Any:
@@ -23,7 +19,7 @@ def _import_hnne() -> Any:
     return hnne
 
 
-class HNNEProjection(Projection):
+class HNNEProjection(SampledEmbedding):
     """Hierarchical nearest-neighbour embedding (h-NNE) fitted on a seeded token sample.
 
     The reference (Appendix Figure 2, Cityscapes) fits ``hnne.HNNE(dim=D, metric="cosine")`` on
@@ -56,8 +52,9 @@ class HNNEProjection(Projection):
     """
 
     method = "hnne"
-    _array_attrs = ("mean_", "scale_")
-    _meta_attrs = ("n_features_in_", "fitted_n_components_")
+    _model_attr = "hnne_"
+    _model_name = "h-NNE"
+    _import_model = staticmethod(_import_hnne)
 
     def __init__(
         self,
@@ -96,29 +93,8 @@ class HNNEProjection(Projection):
         if self.n_components is None:
             raise ValueError("HNNEProjection: n_components is required")
         x = self._sample(source, self.n_samples)
-        mean = x.astype(np.float64).mean(axis=0)
-        self.mean_ = mean
-        self.scale_ = guard_scale(x.astype(np.float64).std(axis=0), mean, "h-NNE fit sample")
-        self.n_features_in_ = int(x.shape[1])
-        z = x if self.standardize is None else (x - mean) / self.scale_
+        z = self._sample_statistics(x, "h-NNE fit sample")
         model = self._make_model(hnne)
-        model.fit(np.asarray(z, dtype=np.float32))
+        model.fit(z)
         self.hnne_ = model
         self.fitted_n_components_ = int(self.n_components)
-
-    def _transform_2d(self, x: torch.Tensor) -> torch.Tensor:
-        if self.n_components != self.fitted_n_components_:
-            raise ValueError(
-                f"HNNEProjection was fitted with n_components={self.fitted_n_components_}, "
-                f"now {self.n_components}; h-NNE must be refitted for another D"
-            )
-        z = self._standardize(x).cpu().numpy()
-        y = np.asarray(self.hnne_.transform(z), dtype=np.float32)
-        return torch.from_numpy(y).to(x.device)
-
-    def _extra_state(self) -> dict[str, np.ndarray]:
-        return {"hnne_pickle": np.frombuffer(pickle.dumps(self.hnne_), dtype=np.uint8).copy()}
-
-    def _load_extra_state(self, state: dict[str, np.ndarray]) -> None:
-        _import_hnne()
-        self.hnne_ = pickle.loads(state["hnne_pickle"].tobytes())

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
-import numpy as np
-import torch
-
-from stego_probe.projections.base import Projection, guard_scale
+from stego_probe.projections.base import SampledEmbedding
 
 
 def _import_umap() -> Any:
@@ -21,7 +17,7 @@ def _import_umap() -> Any:
     return umap
 
 
-class UMAPProjection(Projection):
+class UMAPProjection(SampledEmbedding):
     """UMAP fitted on ``n_samples`` seeded tokens, applied with ``umap.UMAP.transform``.
 
     The reference fits UMAP on 10,000 random standardised tokens with ``n_neighbors=15,
@@ -52,8 +48,9 @@ class UMAPProjection(Projection):
     """
 
     method = "umap"
-    _array_attrs = ("mean_", "scale_")
-    _meta_attrs = ("n_features_in_", "fitted_n_components_")
+    _model_attr = "umap_"
+    _model_name = "UMAP"
+    _import_model = staticmethod(_import_umap)
 
     def __init__(
         self,
@@ -90,11 +87,7 @@ class UMAPProjection(Projection):
                 f"UMAPProjection: {x.shape[0]} fit tokens is not more than "
                 f"n_neighbors={self.n_neighbors}"
             )
-        mean = x.astype(np.float64).mean(axis=0)
-        self.mean_ = mean
-        self.scale_ = guard_scale(x.astype(np.float64).std(axis=0), mean, "UMAP fit sample")
-        self.n_features_in_ = int(x.shape[1])
-        z = x if self.standardize is None else (x - mean) / self.scale_
+        z = self._sample_statistics(x, "UMAP fit sample")
         self.umap_ = umap.UMAP(
             n_components=int(self.n_components),
             n_neighbors=self.n_neighbors,
@@ -104,22 +97,5 @@ class UMAPProjection(Projection):
             random_state=self.random_state,
             n_jobs=1 if self.random_state is not None else -1,
             transform_seed=self.random_state if self.random_state is not None else 42,
-        ).fit(np.asarray(z, dtype=np.float32))
+        ).fit(z)
         self.fitted_n_components_ = int(self.n_components)
-
-    def _transform_2d(self, x: torch.Tensor) -> torch.Tensor:
-        if self.n_components != self.fitted_n_components_:
-            raise ValueError(
-                f"UMAPProjection was fitted with n_components={self.fitted_n_components_}, "
-                f"now {self.n_components}; UMAP must be refitted for another D"
-            )
-        z = self._standardize(x).cpu().numpy()
-        y = np.asarray(self.umap_.transform(z), dtype=np.float32)
-        return torch.from_numpy(y).to(x.device)
-
-    def _extra_state(self) -> dict[str, np.ndarray]:
-        return {"umap_pickle": np.frombuffer(pickle.dumps(self.umap_), dtype=np.uint8).copy()}
-
-    def _load_extra_state(self, state: dict[str, np.ndarray]) -> None:
-        _import_umap()
-        self.umap_ = pickle.loads(state["umap_pickle"].tobytes())
