@@ -208,17 +208,6 @@ def weights_for(entries: list[str], dataset: str, backbone: str) -> str | None:
 # ---------------------------------------------------------------------------------- configs
 
 
-def merge(base: dict, over: dict) -> dict:
-    """``base`` updated with ``over``; nested dicts are merged key by key (copies, no aliasing)."""
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = json.loads(json.dumps(value)) if isinstance(value, dict | list) else value
-    return out
-
-
 def dataset_config(args: argparse.Namespace, dataset: str):
     """The sweep config of one dataset: its preset + the command-line overrides.
 
@@ -228,7 +217,7 @@ def dataset_config(args: argparse.Namespace, dataset: str):
         a validated :class:`stego_probe.sweep.SweepConfig`.
     """
     from stego_probe.backbones.registry import resolve_device
-    from stego_probe.sweep import load_config
+    from stego_probe.sweep import load_config, merge_dicts
 
     base = load_config(dataset)
     backbone = args.backbone or base.backbone
@@ -257,7 +246,7 @@ def dataset_config(args: argparse.Namespace, dataset: str):
         over["method_kwargs"]["stego"]["steps"] = args.steps
     over["train"] = {k: v for k, v in over["train"].items() if v is not None}
     over["val"] = {k: v for k, v in over["val"].items() if v is not None}
-    over = merge(over, args.overrides or {})
+    over = merge_dicts(over, args.overrides or {})
     return load_config(dataset, over)
 
 
@@ -288,37 +277,10 @@ def shared_store(
         cache: dict reused across calls to build the backbone only once per dataset.
         progress: tqdm bars.
     """
-    from stego_probe.store import FeatureStore
-    from stego_probe.sweep import store_path
+    from stego_probe.sweep import open_or_extract, store_path
 
     path = store_path(config, Path(root) / config.name, which) + ("_flipped" if flipped else "")
-    if FeatureStore.exists(path) and FeatureStore.open(path, allow_incomplete=True).complete:
-        return FeatureStore.open(path)
-    from stego_probe.backbones import get_backbone
-    from stego_probe.data import get_dataset
-    from stego_probe.extract import extract
-
-    spec = getattr(config, which)
-    cache = {} if cache is None else cache
-    if "backbone" not in cache:
-        cache["backbone"] = get_backbone(
-            config.backbone, weights=config.weights, device=config.device, **config.backbone_kwargs
-        )
-    dataset = get_dataset(
-        config.dataset, root=config.data_root, split=spec.split, **config.dataset_kwargs
-    )
-    return extract(
-        dataset,
-        cache["backbone"],
-        path,
-        res=spec.res,
-        crop=spec.crop,
-        batch_size=config.batch_size,
-        device=config.device,
-        flipped=flipped,
-        limit=spec.limit,
-        progress=progress,
-    )
+    return open_or_extract(config, which, path, flipped=flipped, cache=cache, progress=progress)
 
 
 # ---------------------------------------------------------------------------------- results

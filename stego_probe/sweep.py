@@ -148,7 +148,7 @@ def load_config(preset: str | os.PathLike, overrides: dict | None = None) -> Swe
         )
     if not isinstance(data, dict):
         raise ValueError(f"sweep preset {preset}: expected a YAML mapping")
-    data = _merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+    data = merge_dicts(data, {k: v for k, v in (overrides or {}).items() if v is not None})
     fields = set(SweepConfig.__dataclass_fields__)
     unknown = set(data) - fields
     if unknown:
@@ -165,11 +165,12 @@ def load_config(preset: str | os.PathLike, overrides: dict | None = None) -> Swe
     return SweepConfig(**data).validate()
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge_dicts(base: dict, over: dict) -> dict:
+    """``base`` updated with ``over``; nested dicts merged key by key (deep copies)."""
     out = copy.deepcopy(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = merge_dicts(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -189,50 +190,80 @@ def store_path(config: SweepConfig, out_dir: str | os.PathLike, which: str) -> s
     return str(Path(out_dir) / "stores" / tag)
 
 
+def open_or_extract(
+    config: SweepConfig,
+    which: str,
+    path: str | os.PathLike,
+    *,
+    flipped: bool = False,
+    cache: dict | None = None,
+    progress: bool = True,
+):
+    """Open the ``train`` / ``val`` store of ``config`` at ``path``, extracting it if missing.
+
+    A complete store is opened as is; a missing or incomplete one is (re)extracted resumably
+    with :func:`stego_probe.extract.extract`, which refuses to mix inputs.
+
+    Args:
+        config: the sweep (dataset, backbone, the ``train`` / ``val`` :class:`StoreSpec`).
+        which: ``"train"`` or ``"val"``.
+        path: store location (local path or fsspec URL).
+        flipped: also extract ``tokens_flipped`` (the "eval" mode's flip average).
+        cache: a dict reused across calls so the backbone is built only once.
+        progress: tqdm bars.
+
+    Returns:
+        a complete :class:`stego_probe.store.FeatureStore`.
+    """
+    from stego_probe.store import FeatureStore
+
+    if FeatureStore.exists(path) and FeatureStore.open(path, allow_incomplete=True).complete:
+        return FeatureStore.open(path)
+    from stego_probe.backbones import get_backbone
+    from stego_probe.data import get_dataset
+    from stego_probe.extract import extract
+
+    spec: StoreSpec = getattr(config, which)
+    cache = {} if cache is None else cache
+    if "backbone" not in cache:
+        cache["backbone"] = get_backbone(
+            config.backbone, weights=config.weights, device=config.device, **config.backbone_kwargs
+        )
+    dataset = get_dataset(
+        config.dataset, root=config.data_root, split=spec.split, **config.dataset_kwargs
+    )
+    return extract(
+        dataset,
+        cache["backbone"],
+        str(path),
+        res=spec.res,
+        crop=spec.crop,
+        batch_size=config.batch_size,
+        device=config.device,
+        flipped=flipped,
+        limit=spec.limit,
+        progress=progress,
+    )
+
+
 def ensure_stores(config: SweepConfig, out_dir: str | os.PathLike, progress: bool = True):
     """Open the sweep's train and val stores, extracting whichever is missing or incomplete.
 
     Returns:
         ``(train_store, val_store)`` as :class:`stego_probe.store.FeatureStore`.
     """
-    from stego_probe.backbones import get_backbone
-    from stego_probe.data import get_dataset
-    from stego_probe.extract import extract
-    from stego_probe.store import FeatureStore
-
-    stores = []
-    backbone = None
-    for which in ("train", "val"):
-        spec: StoreSpec = getattr(config, which)
-        path = store_path(config, out_dir, which)
-        if FeatureStore.exists(path) and FeatureStore.open(path, allow_incomplete=True).complete:
-            stores.append(FeatureStore.open(path))
-            continue
-        dataset = get_dataset(
-            config.dataset, root=config.data_root, split=spec.split, **config.dataset_kwargs
+    cache: dict = {}
+    return tuple(
+        open_or_extract(
+            config,
+            which,
+            store_path(config, out_dir, which),
+            flipped=config.flip and which == "val",
+            cache=cache,
+            progress=progress,
         )
-        if backbone is None:
-            backbone = get_backbone(
-                config.backbone,
-                weights=config.weights,
-                device=config.device,
-                **config.backbone_kwargs,
-            )
-        stores.append(
-            extract(
-                dataset,
-                backbone,
-                path,
-                res=spec.res,
-                crop=spec.crop,
-                batch_size=config.batch_size,
-                device=config.device,
-                flipped=config.flip and which == "val",
-                limit=spec.limit,
-                progress=progress,
-            )
-        )
-    return stores[0], stores[1]
+        for which in ("train", "val")
+    )
 
 
 # --------------------------------------------------------------------------------------- points
