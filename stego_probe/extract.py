@@ -373,7 +373,13 @@ def extract(
     store = None
     if FeatureStore.exists(path) and not overwrite:
         existing = FeatureStore.open(path, mode="r", allow_incomplete=True)
-        check_compatible(existing.provenance, prov, COMPAT_KEYS, what=f"feature store {path}")
+        try:
+            check_compatible(existing.provenance, prov, COMPAT_KEYS, what=f"feature store {path}")
+        except ValueError as e:
+            raise ValueError(
+                f"{e}. The existing store is kept: write to another store path, or pass "
+                "overwrite=True (`extract --overwrite`) to replace it"
+            ) from e
         if existing.complete:
             return existing
         _remove_partial_files(path)

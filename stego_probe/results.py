@@ -81,7 +81,16 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"results table {path} does not exist")
-    df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory; expected a results CSV file")
+    try:
+        df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"{path}: not a readable stego_probe results table (expected a CSV with columns "
+            f"{', '.join(RESULT_COLUMNS[:3])}, ...): {msg}"
+        ) from e
     missing = [c for c in RESULT_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: not a stego_probe results table, missing columns {missing}")

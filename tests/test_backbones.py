@@ -300,6 +300,32 @@ def test_key_mismatch_is_reported(tmp_path, dino_ckpt):
         get_backbone("dino_vits8", weights=tmp_path / "list.pth", model_kwargs=TINY)
 
 
+def test_unreadable_weight_files_give_one_line_errors(tmp_path, capsys):
+    from stego_probe.cli.main import main
+
+    files = {
+        "random.pth": bytes(range(256)) * 8,  # torch's weights-only error is a paragraph
+        "notes.pth": b"hello\n",
+        "bad.safetensors": b"x",
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError) as info:
+            read_state_dict(tmp_path / name)
+        msg = str(info.value)
+        assert len(msg.splitlines()) == 1 and "weights_only" not in msg, msg
+        assert f"could not read weight file '{tmp_path / name}': expected a PyTorch state" in msg
+    store = tmp_path / "store"
+    argv = ["extract", "--dataset", "synthetic", "--split", "val", "--res", "16", "--limit", "1",
+            "--no-progress", "--store", str(store), "--backbone", "dino_vits8"]  # fmt: skip
+    for name in ("random.pth", "missing.pth"):
+        assert main(argv + ["--weights", str(tmp_path / name)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(tmp_path / name) in err, err
+    assert "does not exist" in err
+    assert not store.exists()
+
+
 def test_timm_name_with_weights_file(dino_ckpt, dino_bb):
     path, _ = dino_ckpt
     bb = get_backbone(

@@ -383,6 +383,25 @@ def test_cli_datasets_and_prepare_crops(tmp_path, capsys):
     assert "unknown dataset" in capsys.readouterr().err
 
 
+def test_cli_prepare_crops_of_a_folder_dataset(tmp_path, capsys):
+    write_folder(tmp_path, split="train", size=(12, 16))
+    argv = ["prepare-crops", "--dataset", "folder", "--data-root", str(tmp_path), "--no-progress"]
+    # the folder dataset needs n_classes: the error says so, and nothing is written
+    assert cli_main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "n_classes=K" in err
+    assert not (tmp_path / "cropped").exists()
+    assert cli_main(argv + ["--dataset-arg", "n_classes=4"]) == 0
+    assert "wrote 20 crops of folder/train" in capsys.readouterr().out
+    assert len(list((tmp_path / "cropped" / "folder_five_crop_0.5" / "img" / "train").iterdir()))
+    # an option the dataset does not take is named, with the ones it does
+    assert cli_main(argv + ["--dataset-arg", "n_class=4"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "dataset 'folder': unknown option(s) n_class" in err and "n_classes" in err
+    with pytest.raises(ValueError, match=r"unknown option\(s\) colour; its options are: n_images"):
+        get_dataset("synthetic", split="val", colour="red")
+
+
 # ----------------------------------------------------------------------------- synthetic
 
 

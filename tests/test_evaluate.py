@@ -1,5 +1,7 @@
 """Tests of the evaluation pipeline (arrays, stores, CLI)."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -293,6 +295,43 @@ def test_cli_evaluate_appends_rows(stores, tmp_path, capsys):
     assert main(argv[:2] + [str(tmp_path / "missing")] + argv[3:]) == 1
     assert "no feature store" in capsys.readouterr().err
     assert len(read_results(out)) == 2 * n
+
+
+def _snapshot(path):
+    """{relative path: bytes} of every file under ``path`` (to check nothing was touched)."""
+    return {q.relative_to(path): q.read_bytes() for q in sorted(path.rglob("*")) if q.is_file()}
+
+
+def test_cli_evaluate_bad_input_is_one_clear_line(stores, tmp_path, capsys):
+    train, val, (_, _, vcodes, vpix, _) = stores
+    base = ["evaluate", "--train-store", str(train.path), "--val-store", str(val.path),
+            "--probe", "kmeans", "--niter", "2", "--nredo", "1", "--no-progress"]  # fmt: skip
+    before, res = _snapshot(Path(train.path)), str(tmp_path / "r.csv")
+
+    def err(argv):
+        assert main(argv) == 1
+        msg = capsys.readouterr().err.strip()
+        assert len(msg.splitlines()) == 1 and "Traceback" not in msg
+        return msg
+
+    # a missing store names the option and the path
+    msg = err(base[:3] + ["--val-store", str(tmp_path / "nope"), *base[5:], "--out", res])
+    assert "--val-store" in msg and "nope" in msg and "no feature store" in msg
+    # a val store of another backbone is refused, naming both stores and the difference
+    other = make_store(tmp_path / "other", vcodes, vpix, backbone="other_vit", split="val")
+    msg = err(base[:3] + ["--val-store", str(other.path), *base[5:], "--out", res])
+    assert "refusing to mix" in msg and "'toy_backbone' != 'other_vit'" in msg
+    # an --out that is not a results table fails before any work and is left as it was
+    for name, content in (("binary.csv", bytes(range(256)) * 4), ("notes.csv", b"a,b\n1,2\n")):
+        bad = tmp_path / name
+        bad.write_bytes(content)
+        msg = err(base + ["--out", str(bad)])
+        assert str(bad) in msg and "results table" in msg
+        assert bad.read_bytes() == content
+    msg = err(base + ["--out", str(tmp_path)])
+    assert "is a directory" in msg
+    assert not (tmp_path / "r.csv").exists()
+    assert _snapshot(Path(train.path)) == before
 
 
 # ------------------------------------------------------------------ pre-fitted probes

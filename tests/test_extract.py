@@ -332,6 +332,50 @@ def test_cli_extract_and_info(tmp_path, capsys):
     assert "refusing to mix" in capsys.readouterr().err
 
 
+def test_cli_extract_bad_input_is_one_clear_line(tmp_path, capsys):
+    from stego_probe.backbones import register_backbone, unregister_backbone
+    from stego_probe.cli.main import main
+
+    def err(argv):
+        assert main(argv) == 1
+        msg = capsys.readouterr().err.strip()
+        assert len(msg.splitlines()) == 1 and "Traceback" not in msg, msg
+        return msg
+
+    path = tmp_path / "store"
+    argv = ["extract", "--dataset", "synthetic", "--split", "val", "--dataset-arg", "n_images=2",
+            "--res", "16", "--no-progress", "--store", str(path)]  # fmt: skip
+    assert main(argv + ["--backbone", "descriptor"]) == 0
+    capsys.readouterr()
+    before = _tree(path)
+    register_backbone("ux_other", lambda **kw: OtherBackbone(), patch_size=4, embed_dim=8)
+    try:
+        msg = err(argv + ["--backbone", "ux_other"])
+    finally:
+        unregister_backbone("ux_other")
+    assert f"refusing to mix incompatible feature store {path}" in msg
+    assert "backbone: 'descriptor' != 'other_backbone'" in msg and "--overwrite" in msg
+    other = argv[:8] + ["48"] + argv[9:]  # another --res
+    assert "res: 16 != 48" in err(other + ["--backbone", "descriptor"])
+    assert _tree(path) == before
+    bad = {
+        "unknown dataset 'nope'": ["--dataset", "nope"],
+        "unknown backbone 'nope'": ["--backbone", "nope"],
+        "not divisible by the backbone's patch size 8": ["--res", "20"],
+        "batch_size: expected a positive int, got -2": ["--batch-size", "-2"],
+        "dataset 'synthetic': unknown option(s) colour": ["--dataset-arg", "colour=red"],
+    }
+    if not torch.cuda.is_available():
+        bad["--device cuda: CUDA is not available"] = ["--device", "cuda"]
+    fresh = [a if a != str(path) else str(tmp_path / "fresh") for a in argv]
+    for needle, extra in bad.items():
+        assert needle in err(fresh + ["--backbone", "descriptor", *extra])
+    nodata = ["cocostuff27", "--data-root", str(tmp_path / "nodata")]
+    coco = fresh[:2] + nodata + fresh[3:5] + fresh[7:]  # without --dataset-arg
+    assert str(tmp_path / "nodata" / "cocostuff") in err(coco + ["--backbone", "descriptor"])
+    assert not (tmp_path / "fresh").exists()
+
+
 def test_five_crop_is_refused_for_potsdam(tmp_path):
     from data_fixtures import write_potsdam
 

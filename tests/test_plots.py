@@ -543,3 +543,31 @@ def test_cli_figures(tmp_path, capsys):
     args = parser.parse_args(["figures", str(empty), "--out", str(tmp_path / "e")])
     with pytest.raises(ValueError, match="no rows"):
         args.func(args)
+
+
+def test_cli_figures_bad_input_is_one_clear_line(tmp_path, capsys):
+    from stego_probe.cli.main import main
+
+    good = tmp_path / "results.csv"
+    sweep_table(datasets=("potsdam3",), probes=("cluster",)).to_csv(good, index=False)
+    kept = good.read_bytes()
+    cases = {
+        "missing.csv": (None, "does not exist"),
+        "broken.csv": (b'dataset,method\n"unterminated\n', "not a readable stego_probe results"),
+        "empty.csv": (b"", "not a readable stego_probe results"),
+        "binary.csv": (bytes(range(256)) * 4, "not a readable stego_probe results"),
+        "other.csv": (b"a,b\n1,2\n", "missing columns"),
+    }
+    for name, (content, needle) in cases.items():
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        assert main(["figures", str(path), "--out", str(tmp_path / "figs")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(path) in err and needle in err, err
+    assert main(["figures", str(tmp_path), "--out", str(tmp_path / "figs")]) == 1
+    assert "is a directory" in capsys.readouterr().err
+    # --out naming an existing file: refused, the file is untouched
+    assert main(["figures", str(good), "--out", str(good)]) == 1
+    assert "--out" in capsys.readouterr().err and good.read_bytes() == kept
+    assert not (tmp_path / "figs").exists()

@@ -527,3 +527,64 @@ def test_cli_import_and_train(tmp_path, capsys, toy):
     assert head.dim == 5 and head.n_steps_completed_ == 4 and math.isfinite(head.best_step_)
     assert len(list((tmp_path / "knn").glob("knn_*.npz"))) == 1
     assert main(args[:5] + ["--preset", "nope"] + args[7:]) == 1  # clean error, no traceback
+
+
+def _write_store(path, src, **prov):
+    from stego_probe.store import FeatureStore
+
+    fs = FeatureStore.create(
+        path,
+        n_images=src.n_images,
+        grid=src.grid,
+        dim=src.dim,
+        label_shape=src.label_shape,
+        provenance={**src.provenance, **prov},
+        chunk_images=src.n_images,
+    )
+    fs.write_block(0, src._t, src._l, src.ids)
+    fs.mark_complete()
+    return fs
+
+
+def test_cli_bad_input_is_one_clear_line(tmp_path, capsys, toy):
+    from stego_probe.cli.main import main
+
+    def err(argv):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            assert main(argv) == 1
+        msg = capsys.readouterr().err.strip()
+        assert len(msg.splitlines()) == 1 and "Traceback" not in msg, msg
+        return msg
+
+    # import-checkpoint on files that are not checkpoints: the file is named, nothing written
+    for name, content in (("random.ckpt", bytes(range(256)) * 8), ("notes.ckpt", b"hello\n")):
+        path = tmp_path / name
+        path.write_bytes(content)
+        msg = err(["import-checkpoint", str(path), "--out", str(tmp_path / "imp")])
+        assert f"{path}: not a PyTorch checkpoint" in msg
+    assert not (tmp_path / "imp").exists()
+    taken = tmp_path / "taken.txt"
+    taken.write_text("keep")
+    ckpt = tmp_path / "fake.ckpt"
+    write_fake_checkpoint(ckpt)
+    assert "--out" in err(["import-checkpoint", str(ckpt), "--out", str(taken)])
+    assert taken.read_text() == "keep"
+
+    train, val, _, _ = toy
+    _write_store(tmp_path / "train", train)
+    _write_store(tmp_path / "other_val", val, backbone="other", split="val")
+    args = ["train-stego", "--train-store", str(tmp_path / "train"), "--preset", "synthetic",
+            "--steps", "2", "--batch-size", "8", "--no-progress"]  # fmt: skip
+    out = str(tmp_path / "h.pt")
+    # a val store of another backbone is refused before training
+    msg = err(args + ["--val-store", str(tmp_path / "other_val"), "--out", out])
+    assert "refusing to mix" in msg and "'fake' != 'other'" in msg
+    assert "--val-store" in err(args + ["--val-store", str(tmp_path / "nope"), "--out", out])
+    # --out naming a directory (here the training store) is refused before training
+    before = sorted((tmp_path / "train").rglob("*"))
+    assert "is a directory" in err(args + ["--out", str(tmp_path / "train")])
+    assert sorted((tmp_path / "train").rglob("*")) == before
+    if not torch.cuda.is_available():
+        assert "CUDA is not available" in err(args + ["--device", "cuda", "--out", out])
+    assert not (tmp_path / "h.pt").exists()

@@ -215,13 +215,29 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     training checkpoints, is allowed).
     """
     path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return unwrap_state_dict(load_file(str(path), device="cpu"), os.fspath(path))
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path), device="cpu")
+        else:
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"could not read weight file {os.fspath(path)!r}: {e}") from e
+        raise ValueError(
+            f"could not read weight file {os.fspath(path)!r}: expected a PyTorch state dict "
+            f"(.pth / .pt / .bin) or a .safetensors file ({_load_error_summary(e)})"
+        ) from e
     return unwrap_state_dict(obj, os.fspath(path))
+
+
+def _load_error_summary(e: Exception, limit: int = 300) -> str:
+    """One line saying why a weight file could not be read (torch's weights-only error is a
+    paragraph; the useful part is the unpickler's reason)."""
+    text = str(e)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].split("Check the documentation", 1)[0]
+    text = " ".join(text.split())
+    text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

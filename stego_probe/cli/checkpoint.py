@@ -53,12 +53,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: preset)")
     p.add_argument("--batch-size", type=int, default=None, help="images per step (preset)")
     p.add_argument("--seed", type=int, default=0, help="random_state (0)")
-    p.add_argument("--val-every", type=int, default=None, help="validation cadence (100)")
+    p.add_argument(
+        "--val-every", type=int, default=None, help="validation cadence in steps (preset: 100)"
+    )
     p.add_argument(
         "--select",
         choices=["best_val_cluster_miou", "last"],
         default="best_val_cluster_miou",
-        help="state used by the saved head (both are stored)",
+        help="state used by the saved head (both are stored; default best_val_cluster_miou, "
+        "the last state without --val-store)",
     )
     p.add_argument("--knn-cache", default=None, help="directory caching KNN tables")
     p.add_argument(
@@ -75,9 +78,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _cmd_import(args: argparse.Namespace) -> int:
     from stego_probe.projections.stego.checkpoint import format_hyperparameters, import_checkpoint
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a directory; expected an output folder")
     head, hparams = import_checkpoint(args.ckpt, unpickler=args.unpickler)
     print(format_hyperparameters(hparams))
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     head.save(out / "stego_head.pt")
     (out / "hyperparameters.json").write_text(json.dumps(hparams, indent=2, sort_keys=True))
@@ -89,12 +94,18 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from stego_probe.cli.store import cli_device, open_store
+    from stego_probe.evaluate import check_stores
     from stego_probe.projections.stego import StegoHead, compute_knns
     from stego_probe.projections.stego.train import knn_table_size
-    from stego_probe.store import FeatureStore
 
-    train = FeatureStore.open(args.train_store)
-    val = FeatureStore.open(args.val_store) if args.val_store else None
+    if Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: is a directory; expected a head file path (.pt)")
+    cli_device(args.device)
+    train = open_store(args.train_store, "--train-store")
+    val = open_store(args.val_store, "--val-store") if args.val_store else None
+    if val is not None:
+        check_stores(train, val)  # same backbone / weights / dataset / classes
     head = StegoHead(
         n_components=args.dim,
         preset=args.preset,

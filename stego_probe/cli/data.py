@@ -8,7 +8,14 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``datasets`` and ``prepare-crops`` subcommands."""
-    p = subparsers.add_parser("datasets", help="list the registered datasets")
+    p = subparsers.add_parser(
+        "datasets",
+        help="list the registered datasets",
+        description=(
+            "Print every registered dataset name with a one-line description. Nothing is "
+            "downloaded: see docs/datasets.md for the layout each one expects under --data-root."
+        ),
+    )
     p.set_defaults(func=_cmd_datasets)
 
     p = subparsers.add_parser(
@@ -23,6 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True, help="registry name, e.g. cocostuff27")
     p.add_argument("--data-root", required=True, help="data root holding the dataset")
     p.add_argument("--split", default="train", help="split to crop (default: train)")
+    p.add_argument(
+        "--dataset-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra dataset option, as in `extract` (repeatable; e.g. n_classes=5 for folder)",
+    )
     p.add_argument("--ratio", type=float, default=0.5, help="crop side / image side (0.5)")
     p.add_argument(
         "--storage",
@@ -45,10 +59,12 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare_crops(args: argparse.Namespace) -> int:
+    from stego_probe.cli.store import parse_key_values
     from stego_probe.data import get_dataset
     from stego_probe.data.crops import prepare_crops
 
-    dataset = get_dataset(args.dataset, root=args.data_root, split=args.split)
+    kwargs = parse_key_values(args.dataset_arg)
+    dataset = get_dataset(args.dataset, root=args.data_root, split=args.split, **kwargs)
     out = prepare_crops(
         dataset,
         args.data_root,

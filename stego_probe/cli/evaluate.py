@@ -7,6 +7,7 @@ results CSV with :func:`stego_probe.results.append_csv`.
 from __future__ import annotations
 
 import argparse
+import os
 
 from stego_probe.evaluate import PROBES
 
@@ -78,17 +79,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from stego_probe.cli.store import open_store
     from stego_probe.evaluate import dataset_for_store, evaluate_stores, store_images
-    from stego_probe.results import append_csv
-    from stego_probe.store import FeatureStore
+    from stego_probe.results import append_csv, read_results
 
+    if os.path.exists(args.out):
+        read_results(args.out)  # a --out that is not a results table fails before the work
     probes = ",".join(args.probe) if args.probe else ",".join(PROBES)
     kmeans_kw = {"niter": args.niter, "nredo": args.nredo}
     cluster_kw = {}
     if args.n_clusters is not None:
         kmeans_kw["n_clusters"] = cluster_kw["n_clusters"] = args.n_clusters
-    train = FeatureStore.open(args.train_store)
-    val = FeatureStore.open(args.val_store)
+    train = open_store(args.train_store, "--train-store")
+    val = open_store(args.val_store, "--val-store")
     images = None
     if args.crf:
         from stego_probe.cli.store import parse_key_values

@@ -24,7 +24,13 @@ def register(subparsers) -> None:
         default=True,
         help="overlay the published (digitised) points on Figure 4 and the appendix figures",
     )
-    p.add_argument("--format", choices=["pdf", "png", "svg"], default="pdf", dest="fmt")
+    p.add_argument(
+        "--format",
+        choices=["pdf", "png", "svg"],
+        default="pdf",
+        dest="fmt",
+        help="file format of the figures (default: pdf)",
+    )
     p.add_argument(
         "--figure-provenance",
         choices=["recorded", "paper"],
@@ -36,9 +42,13 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
+    from pathlib import Path
+
     from stego_probe.plots import plot_all
     from stego_probe.results import read_results
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: exists and is not a directory; expected a folder")
     df = read_results(args.results)
     paths = plot_all(
         df,

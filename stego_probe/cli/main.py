@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError, ImportError) as e:
+    except (ValueError, OSError, KeyError, RuntimeError, ImportError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"stego-probe {args.command}: error: {msg}", file=sys.stderr)
         return 1

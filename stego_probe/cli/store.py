@@ -63,7 +63,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--store", required=True, help="store directory or fsspec URL")
     p.set_defaults(func=_cmd_extract)
 
-    p = subparsers.add_parser("info", help="summarise a feature store")
+    p = subparsers.add_parser(
+        "info",
+        help="summarise a feature store",
+        description=(
+            "Print what a feature store holds (dataset / split, images, token grid and width, "
+            "label shape, completeness, backbone, weights sha256, resolution, crop, classes, "
+            "size on disk). Reads only; incomplete stores are summarised too."
+        ),
+    )
     p.add_argument("store", help="store directory or fsspec URL")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_info)
@@ -89,15 +97,41 @@ def parse_key_values(items: list[str], option: str = "--dataset-arg") -> dict:
     return out
 
 
+def open_store(path: str, option: str):
+    """:meth:`FeatureStore.open` whose errors name the command-line option (``--val-store``)."""
+    from stego_probe.store import FeatureStore
+
+    try:
+        return FeatureStore.open(path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{option}: {e}") from e
+    except ValueError as e:
+        raise ValueError(f"{option}: {e}") from e
+
+
+def cli_device(device: str, option: str = "--device"):
+    """``--device`` value -> ``torch.device``; a CUDA device on a machine without CUDA is a
+    ``ValueError`` naming the option (instead of torch's driver message)."""
+    import torch
+
+    from stego_probe.backbones.registry import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"{option} {device}: CUDA is not available on this machine; use {option} cpu or auto"
+        )
+    return dev
+
+
 def _cmd_extract(args: argparse.Namespace) -> int:
     from stego_probe.backbones import get_backbone
-    from stego_probe.backbones.registry import resolve_device
     from stego_probe.data import get_dataset
     from stego_probe.extract import extract
 
     kwargs = parse_key_values(args.dataset_arg)
     dataset = get_dataset(args.dataset, root=args.data_root, split=args.split, **kwargs)
-    device = resolve_device(args.device)
+    device = cli_device(args.device)
     backbone = get_backbone(args.backbone, weights=args.weights, device=device)
     store = extract(
         dataset,

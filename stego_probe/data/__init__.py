@@ -13,6 +13,7 @@ See ``docs/datasets.md`` for the layouts, label maps and transforms.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 
@@ -89,7 +90,30 @@ def get_dataset(
         (3, 6, dtype('int64'))
     """
     _check_name(name)
-    return _REGISTRY[name][0](root=root, split=split, **kw)
+    factory = _REGISTRY[name][0]
+    _check_options(name, factory, kw)
+    return factory(root=root, split=split, **kw)
+
+
+def _check_options(name: str, factory: Callable[..., SegDataset], kw: dict) -> None:
+    """``ValueError`` naming the dataset's options for a keyword ``factory`` does not take."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins / C callables
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [
+        k
+        for k, p in params.items()
+        if k not in ("root", "split") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    unknown = sorted(set(kw) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"dataset {name!r}: unknown option(s) {', '.join(unknown)}; "
+            f"its options are: {', '.join(accepted) or 'none'}"
+        )
 
 
 def _register_builtins() -> None:

@@ -185,10 +185,19 @@ def load_lightning_checkpoint(path: str | os.PathLike, unpickler: str = "auto") 
         UserWarning,
         stacklevel=2,
     )
-    if unpickler == "stub" or (unpickler == "auto" and not have_omegaconf):
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_stub_pickle)
-    else:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    kw = {"pickle_module": _stub_pickle}
+    if unpickler == "omegaconf" or (unpickler == "auto" and have_omegaconf):
+        kw = {}
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, **kw)
+    except ImportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ValueError(
+            f"{path}: not a PyTorch checkpoint (expected a released STEGO .ckpt file); "
+            f"torch.load failed with {type(e).__name__}: {reason[:200]}"
+        ) from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict' entry)")
     return ckpt
