@@ -43,7 +43,12 @@ def register(sub) -> None:
     p.add_argument("--probes", type=_strs, help="comma list of kmeans,linear,cluster")
     p.add_argument("--mode", choices=["pixel", "token"], help="pixel (reference) or token (fast)")
     p.add_argument("--device", help="auto, cpu or cuda")
-    p.add_argument("--executor", choices=["local", "ray"], default="local")
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local loop (default) or one Ray task per point (pip install 'stego-probe[ray]')",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
