@@ -499,10 +499,32 @@ def _draw_metric_panel(ax, agg: pd.DataFrame, palette, legend: dict, figure_prov
             legend[label] = (order + (0.25 if off_mode else 0.0), cont)
 
 
-def _finish_legend(fig, legend: dict, **kw):
+def _raw_features_name(df: pd.DataFrame | None) -> str | None:
+    """Legend name of the ``dino`` (identity) series when its backbone is not a DINO.
+
+    The ``dino`` method means "the backbone's raw features"; with another backbone (the demo's
+    ``descriptor``, a DINOv2, a user extractor) calling it "DINO" would be wrong.
+    """
+    if df is None or "backbone" not in df or "method" not in df:
+        return None
+    names = sorted({str(b) for b in df.loc[df["method"] == "dino", "backbone"].dropna()} - {""})
+    if not names or all(n.startswith("dino_") for n in names):
+        return None
+    return "raw " + " / ".join(names) + " features"
+
+
+def _finish_legend(fig, legend: dict, df: pd.DataFrame | None = None, **kw):
     items = sorted(legend.items(), key=lambda kv: (kv[1][0], kv[0]))
     handles = [h for _, (_, h) in items]
     labels = [lab for lab, _ in items]
+    raw = _raw_features_name(df)
+    if raw:
+        labels = [
+            raw + lab[len("DINO (ours)") :]
+            if lab.startswith("DINO (ours)")
+            else (raw + lab[len("DINO") :] if lab.startswith("DINO") else lab)
+            for lab in labels
+        ]
     return fig.legend(handles, labels, **kw)
 
 
@@ -591,7 +613,7 @@ def plot_metric_over_dims(
         ncol = 3 if width >= 9 else 2
         bottom = _legend_rect_bottom(len(legend), ncol, height)
         fig.tight_layout(rect=[0, bottom, 1, 1], h_pad=1, w_pad=1)
-        _finish_legend(fig, legend, loc="lower center", ncol=ncol)
+        _finish_legend(fig, legend, df, loc="lower center", ncol=ncol)
     return fig
 
 
@@ -651,7 +673,7 @@ def plot_hnne_appendix(
                 ax.set_xlabel(_XLABEL)
         _format_dim_axis(axs.ravel(), all_dims)
         fig.tight_layout(rect=[0, 0, 0.7192, 1], h_pad=1, w_pad=1)
-        _finish_legend(fig, legend, loc="center right", ncol=1)
+        _finish_legend(fig, legend, df, loc="center right", ncol=1)
     return fig
 
 
@@ -811,7 +833,7 @@ def _plot_metrics_grid(
         ncol = min(4, max(1, len(legend)))
         bottom = _legend_rect_bottom(len(legend), ncol, height)
         fig.tight_layout(rect=[0, bottom, 1, 1], h_pad=1, w_pad=1)
-        _finish_legend(fig, legend, loc="lower center", ncol=ncol)
+        _finish_legend(fig, legend, df, loc="lower center", ncol=ncol)
     return fig
 
 

@@ -571,3 +571,14 @@ def test_cli_figures_bad_input_is_one_clear_line(tmp_path, capsys):
     assert main(["figures", str(good), "--out", str(good)]) == 1
     assert "--out" in capsys.readouterr().err and good.read_bytes() == kept
     assert not (tmp_path / "figs").exists()
+
+
+def test_raw_features_of_a_non_dino_backbone_are_not_called_dino():
+    df = sweep_table()
+    df["backbone"] = "descriptor"
+    texts = _legend_texts(plots.plot_metric_over_dims(df, "miou"))
+    assert "raw descriptor features w/o CRF [val]" in texts
+    assert not any(t.startswith("DINO") for t in texts)
+    df["backbone"] = "dino_vitb8"
+    texts = _legend_texts(plots.plot_metric_over_dims(df, "miou"))
+    assert "DINO (ours) w/o CRF [val]" in texts
