@@ -341,6 +341,24 @@ def test_positive_ranks_respect_self_exclusion(toy, monkeypatch):
             assert j != i and j in nns[i, :7]
 
 
+def test_knn_dropout_parity_reaches_the_knn_table(toy, monkeypatch):
+    from stego_probe.projections.stego import train as train_mod
+
+    store = toy[0]
+    calls = []
+    real = train_mod.compute_knns
+    monkeypatch.setattr(
+        train_mod, "compute_knns", lambda *a, **kw: calls.append(kw) or real(*a, **kw)
+    )
+    _fit(store, None, 1, select="last", knn_dropout=0.1)
+    _fit(store, None, 1, select="last")
+    assert [c["dropout"] for c in calls] == [0.1, 0.0]
+    # dropout on the pooled features changes the neighbours; eval mode is deterministic
+    with_dropout = real(store, 8, dropout=0.5, random_state=0)
+    assert not np.array_equal(with_dropout, real(store, 8))
+    np.testing.assert_array_equal(real(store, 8), real(store, 8))
+
+
 def test_save_load_roundtrip(tmp_path, trained):
     path = trained.save(tmp_path / "head.pt")
     back = StegoHead.load(path)

@@ -69,6 +69,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="reference KNN table keeping each image at rank 0 (parity, Q8)",
     )
+    p.add_argument(
+        "--knn-dropout",
+        type=float,
+        default=0.0,
+        help="channel dropout on the KNN features (0: eval mode; 0.1: reference parity, Q5)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--out", required=True, help="output file (.pt)")
@@ -114,6 +120,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         val_every=args.val_every,
         select=args.select,
         knn_self_rank0=args.knn_self_rank0,
+        knn_dropout=args.knn_dropout,
         random_state=args.seed,
         device=args.device,
         progress=not args.no_progress,
@@ -126,6 +133,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             train,
             k,
             knn_self_rank0=args.knn_self_rank0,
+            dropout=args.knn_dropout,
+            random_state=args.seed,
             cache_dir=args.knn_cache,
             progress=not args.no_progress,
         )

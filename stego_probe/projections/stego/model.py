@@ -52,6 +52,7 @@ _DIRECT_PARAMS = (
     "neg_index",
     "num_neighbors",
     "knn_self_rank0",
+    "knn_dropout",
     "drop_last",
     "val_batch_size",
     "random_state",
@@ -77,6 +78,8 @@ class StegoHead(Projection):
         num_neighbors, knn_k: positives come from the first ``num_neighbors`` of ``knn_k``
             stored neighbours.
         knn_self_rank0: reference KNN table with the image itself at rank 0 (Q8 parity).
+        knn_dropout: channel-dropout rate on the features the KNN table is computed from; 0 is
+            eval mode (default), 0.1 reproduces the reference's dropout-on KNN features (Q5).
         drop_last: drop the last incomplete batch of an epoch (reference: False, Q9).
         extra_clusters: ``E``, cluster probe size ``K + E``.
         val_every, val_batch_size: validation cadence (steps) and batch size.
@@ -147,6 +150,7 @@ class StegoHead(Projection):
         num_neighbors: int = 7,
         knn_k: int | None = None,
         knn_self_rank0: bool = False,
+        knn_dropout: float = 0.0,
         drop_last: bool = True,
         extra_clusters: int | None = None,
         val_every: int | None = None,
@@ -181,6 +185,7 @@ class StegoHead(Projection):
         self.num_neighbors = num_neighbors
         self.knn_k = knn_k
         self.knn_self_rank0 = knn_self_rank0
+        self.knn_dropout = knn_dropout
         self.drop_last = drop_last
         self.extra_clusters = extra_clusters
         self.val_every = val_every

@@ -258,7 +258,14 @@ def train_stego(
     store = _preloaded(train_store, preload_bytes)
     if knn is None:
         k = knn_table_size(cfg, n)
-        knn = compute_knns(store, k, knn_self_rank0=cfg["knn_self_rank0"], progress=progress)
+        knn = compute_knns(
+            store,
+            k,
+            knn_self_rank0=cfg["knn_self_rank0"],
+            dropout=float(cfg.get("knn_dropout", 0.0)),
+            random_state=int(cfg.get("random_state", 0)),
+            progress=progress,
+        )
     knn = np.asarray(knn, dtype=np.int64)
     if knn.ndim != 2 or knn.shape[0] != n or knn.shape[1] <= hi:
         raise ValueError(
