@@ -125,3 +125,66 @@ def test_reference_params_are_the_defaults():
     sig = inspect.signature(dense_crf)
     for key, value in REFERENCE_PARAMS.items():
         assert sig.parameters[key].default == value
+
+
+def colour_scene(seed: int = 0, size: int = 48, n_classes: int = 4):
+    """A colour image (distinct hues per region) and noisy log-probs of its regions."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    truth = (yy >= size // 2).astype(np.int64) * 2 + (xx >= size // 2)
+    palette = np.array([[220, 30, 60], [40, 180, 90], [30, 60, 210], [200, 190, 40]])
+    image = palette[truth] + rng.integers(-25, 26, size=(size, size, 3))
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    logits = rng.normal(0, 1.0, (n_classes, size, size))
+    logits[truth, yy, xx] += 0.8
+    return image, torch_free_log_softmax(logits).astype(np.float32)
+
+
+def torch_free_log_softmax(z):
+    z = z - z.max(axis=0, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=0, keepdims=True))
+
+
+def reference_recipe_crf(image_rgb, log_probs):
+    """The reference's CRF call, written out from PROTOCOL §5: softmax, clipped unary,
+    Gaussian (1, 3), bilateral (67, 3, 4) on the image reversed to BGR, 10 iterations."""
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
+    c, h, w = log_probs.shape
+    probs = np.exp(torch_free_log_softmax(log_probs.astype(np.float64)))
+    unary = np.ascontiguousarray(unary_from_softmax(probs.astype(np.float32), clip=1e-5))
+    d = dcrf.DenseCRF2D(w, h, c)
+    d.setUnaryEnergy(unary)
+    d.addPairwiseGaussian(sxy=1, compat=3)
+    bgr = np.ascontiguousarray(image_rgb[:, :, ::-1])
+    d.addPairwiseBilateral(sxy=67, srgb=3, rgbim=bgr, compat=4)
+    q = np.asarray(d.inference(10), dtype=np.float32).reshape(c, h, w)
+    return q
+
+
+def test_crf_feeds_bgr_like_the_reference_on_colour_images():
+    image, log_probs = colour_scene(0)
+    labels, q = dense_crf(image, log_probs, return_probs=True)
+    ref_q = reference_recipe_crf(image, log_probs)
+    np.testing.assert_allclose(q, ref_q, atol=1e-5)
+    np.testing.assert_array_equal(labels, ref_q.argmax(0))
+    # the RGB order is a different approximation of the same kernel: marginals differ
+    rgb_labels, rgb_q = dense_crf(image, log_probs, return_probs=True, channel_order="rgb")
+    assert np.abs(rgb_q - q).max() > 1e-2
+    # batch_crf forwards the order and defaults to BGR too
+    batch = batch_crf(image[None], log_probs[None])
+    np.testing.assert_array_equal(batch[0], labels)
+    np.testing.assert_array_equal(
+        batch_crf(image[None], log_probs[None], channel_order="rgb")[0], rgb_labels
+    )
+
+
+def test_grey_images_are_order_free_and_bad_order_is_refused():
+    image, log_probs = colour_scene(1)
+    grey = np.repeat(image.mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2)
+    _, q_bgr = dense_crf(grey, log_probs, return_probs=True)
+    _, q_rgb = dense_crf(grey, log_probs, return_probs=True, channel_order="rgb")
+    np.testing.assert_array_equal(q_bgr, q_rgb)
+    with pytest.raises(ValueError, match="channel_order"):
+        dense_crf(image, log_probs, channel_order="hsv")

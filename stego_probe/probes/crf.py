@@ -4,8 +4,17 @@ Fully connected CRF of Krähenbühl & Koltun with the reference parameters:
 
 * unary ``-log clip(softmax(log_probs), 1e-5, 1)`` (float32, ``(C, H*W)``),
 * Gaussian kernel ``sxy=1, compat=3``, bilateral kernel ``sxy=67, srgb=3, compat=4`` on the
-  uint8 image (Potts compatibility, ``DIAG_KERNEL``, ``NORMALIZE_SYMMETRIC``: pydensecrf defaults),
+  uint8 image **in BGR order**, as the reference passes it (Potts compatibility,
+  ``DIAG_KERNEL``, ``NORMALIZE_SYMMETRIC``: pydensecrf defaults),
 * 10 mean-field iterations, prediction = argmax of ``Q``.
+
+Why the channel order matters: in exact arithmetic the bilateral kernel is invariant to the
+order of the colour channels (one bandwidth for all three), but pydensecrf evaluates it with a
+permutohedral-lattice approximation whose embedding depends on the order of the feature
+dimensions. On colour images RGB and BGR give marginals that differ by up to ~0.2 and a different
+argmax at some pixels; only a grey image is order-free. Images are therefore given to
+:func:`dense_crf` in RGB (as everywhere in stego_probe) and reversed to BGR before the bilateral
+kernel, matching the reference; ``channel_order="rgb"`` passes them unchanged.
 
 ``batch_crf`` is serial by default: the reference's ``multiprocessing.Pool`` can hang (quirk Q27).
 With ``num_workers > 0`` a spawn-context process pool is used with a per-image timeout; on a
@@ -32,6 +41,9 @@ REFERENCE_PARAMS = {
     "bi_srgb": 3,
     "bi_compat": 4,
 }
+
+#: Channel orders :func:`dense_crf` can hand to pydensecrf's bilateral kernel.
+CHANNEL_ORDERS = ("bgr", "rgb")
 
 #: ImageNet statistics used to un-normalise evaluation crops.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -98,27 +110,37 @@ def dense_crf(
     bi_sxy: float = 67,
     bi_srgb: float = 3,
     bi_compat: float = 4,
+    channel_order: str = "bgr",
 ):
     """Refine one image's soft prediction with a fully connected CRF.
 
     Args:
-        image: ``(H, W, 3)`` uint8 image (channel order is irrelevant: one colour bandwidth).
+        image: ``(H, W, 3)`` uint8 **RGB** image (as :func:`image_to_uint8` returns it).
         log_probs: ``(C, H, W)`` float log-probabilities (or logits: a softmax over ``C`` is
             applied first, as in the reference).
         n_iter: mean-field iterations.
         return_probs: also return ``Q``.
         gauss_sxy, gauss_compat, bi_sxy, bi_srgb, bi_compat: kernel parameters; the defaults
             are the reference values (:data:`REFERENCE_PARAMS`).
+        channel_order: order in which the colour channels reach pydensecrf's bilateral kernel:
+            ``"bgr"`` (default, the reference: the RGB image is reversed) or ``"rgb"`` (passed
+            as given). The two differ on colour images (see the module docstring).
 
     Returns:
         ``(H, W)`` int64 labels in ``[0, C)``; with ``return_probs`` also ``Q`` ``(C, H, W)``
         float32.
 
     Raises:
-        ValueError: wrong shapes / dtypes or NaN input.
+        ValueError: wrong shapes / dtypes, NaN input, unknown ``channel_order``.
         ImportError: ``pydensecrf2`` is not installed.
     """
     img, lp = _check_inputs(image, log_probs)
+    if channel_order not in CHANNEL_ORDERS:
+        raise ValueError(
+            f"channel_order: expected one of {list(CHANNEL_ORDERS)}, got {channel_order!r}"
+        )
+    if channel_order == "bgr":
+        img = np.ascontiguousarray(img[:, :, ::-1])
     dcrf = _densecrf()
     n_classes, height, width = lp.shape
     z = lp.astype(np.float64)
