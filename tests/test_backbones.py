@@ -28,6 +28,7 @@ from stego_probe.backbones.weights import (  # noqa: E402
     WeightsSpec,
     read_state_dict,
     resolve_weights,
+    state_dict_fingerprint,
 )
 
 torch.set_num_threads(2)
@@ -335,7 +336,10 @@ def test_timm_name_with_weights_file(dino_ckpt, dino_bb):
     x = _images(1, 3, 80, 72)
     torch.testing.assert_close(bb(x), dino_bb(x), atol=1e-6, rtol=0)
     rand = get_backbone("timm:vit_small_patch8_224.dino", pretrained=False, model_kwargs=TINY)
-    assert rand.pos_interp == "timm" and rand.provenance["weights_sha256"] is None
+    assert rand.pos_interp == "timm" and rand.provenance["weights"] is None
+    # random weights: weights_sha256 is their fingerprint, never the file hash of a checkpoint
+    assert rand.provenance["weights_sha256"] == state_dict_fingerprint(rand.model)
+    assert rand.provenance["weights_sha256"] != bb.provenance["weights_sha256"]
 
 
 def test_timm_pretrained_falls_back_to_torch_hub_cache(offline, monkeypatch, dino_ckpt):
@@ -568,3 +572,324 @@ def test_cli_lists_registry(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 8 and all(r["patch_size"] == 14 for r in rows)
     assert math.isclose(sum(r["embed_dim"] for r in rows), 2 * (384 + 768 + 1024 + 1536))
+
+
+# ----------------------------------------------------------------------------- random init
+
+
+RANDOM_KW = dict(pretrained=False, model_kwargs=dict(depth=1, embed_dim=48, num_heads=3))
+
+
+def test_random_init_is_seeded_fingerprinted_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(4)
+    torch.manual_seed(123)
+    a = get_backbone("timm:vit_small_patch16_224", **RANDOM_KW)
+    assert torch.equal(torch.rand(4), expected_next)  # the build drew from a forked RNG
+    b = get_backbone("timm:vit_small_patch16_224", seed=0, **RANDOM_KW)
+    c = get_backbone("timm:vit_small_patch16_224", seed=1, **RANDOM_KW)
+    sa, sc = a.model.state_dict(), c.model.state_dict()
+    assert all(torch.equal(v, b.model.state_dict()[k]) for k, v in sa.items())
+    assert not torch.equal(sa["blocks.0.attn.qkv.weight"], sc["blocks.0.attn.qkv.weight"])
+    pa, pc = a.provenance, c.provenance
+    assert (pa["init_seed"], pc["init_seed"]) == (0, 1) and pa["pretrained"] is False
+    assert pa["weights_fingerprint"] == state_dict_fingerprint(a.model) == pa["weights_sha256"]
+    assert pa["weights_sha256"] == b.provenance["weights_sha256"] != pc["weights_sha256"]
+    assert pa["weights"] is None and len(pa["weights_fingerprint"]) == 64
+    x = _images(1, 3, 32, 48)
+    assert torch.equal(a(x), b(x)) and not torch.allclose(a(x), c(x))
+    # registry (DINO) entries use the same path; the fingerprint can be pinned like a file hash
+    d = get_backbone("dino_vits8", seed=5, **RANDOM_KW)
+    assert d.provenance["init_seed"] == 5
+    fp = d.provenance["weights_fingerprint"]
+    assert (
+        get_backbone("dino_vits8", seed=5, expected_sha256=fp, **RANDOM_KW).provenance[
+            "weights_sha256"
+        ]
+        == fp
+    )
+    with pytest.raises(ValueError, match=f"seed 6.*fingerprint.*expected {fp}"):
+        get_backbone("dino_vits8", seed=6, expected_sha256=fp, **RANDOM_KW)
+
+
+def test_state_dict_fingerprint_covers_names_dtypes_and_values():
+    sd = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.zeros(2, dtype=torch.int64)}
+    fp = state_dict_fingerprint(sd)
+    assert fp == state_dict_fingerprint(dict(reversed(list(sd.items()))))  # key order
+    assert fp == state_dict_fingerprint({k: v.clone() for k, v in sd.items()})
+    changed = [
+        {"a": sd["a"], "c": sd["b"]},  # a renamed key
+        {"a": sd["a"].double(), "b": sd["b"]},  # another dtype
+        {"a": sd["a"].reshape(3, 2), "b": sd["b"]},  # another shape, same bytes
+        {"a": sd["a"] + torch.tensor(1e-6), "b": sd["b"]},  # one ulp-ish of noise
+        {"a": sd["a"]},  # a missing entry
+    ]
+    assert len({fp, *map(state_dict_fingerprint, changed)}) == 1 + len(changed)
+    assert fp == state_dict_fingerprint({"a": sd["a"].t().contiguous().t(), "b": sd["b"]})
+    with pytest.raises(ValueError, match="meta"):
+        state_dict_fingerprint({"a": torch.empty(2, device="meta")})
+
+
+def test_random_init_option_errors():
+    with pytest.raises(ValueError, match="seed=1 only applies to random weights"):
+        get_backbone("timm:vit_small_patch16_224", seed=1)
+    with pytest.raises(ValueError, match=r"unknown options \['depth'\].*model_kwargs"):
+        get_backbone("timm:vit_small_patch16_224", pretrained=False, depth=1)
+    with pytest.raises(ValueError, match=r"unknown options \['depth'\].*model_kwargs"):
+        get_backbone("dino_vits8", pretrained=False, depth=1)
+    for bad in (-1, 1.5, "1", True):
+        with pytest.raises(ValueError, match="seed: expected an integer"):
+            get_backbone("timm:vit_small_patch16_224", seed=bad, **RANDOM_KW)
+    with pytest.raises(ValueError, match="pretrained must be true or false, got 'no'"):
+        get_backbone("timm:vit_small_patch16_224", pretrained="no")
+    with pytest.raises(ValueError, match="deterministic: no weights, no seed"):
+        get_backbone("descriptor", seed=1)
+
+
+# ----------------------------------------------------------------------------- offline hub
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every DNS lookup / TCP connect fails at once and is recorded (the sandbox has no network;
+    a real attempt could hang)."""
+    import socket
+
+    calls = []
+
+    def refuse(address):
+        calls.append(tuple(address))
+        raise OSError("test: network disabled")
+
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, *a, **k: refuse((host, port)))
+    monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: refuse(address))
+    monkeypatch.setattr(socket.socket, "connect", lambda self, address: refuse(address))
+    for var in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.upper(), raising=False)
+    return calls
+
+
+@pytest.fixture
+def empty_caches(monkeypatch, tmp_path):
+    """Empty Hugging Face and torch hub caches under tmp_path (HF_HOME / TORCH_HOME)."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "torch" / "hub"))
+    yield tmp_path
+    torch.hub.set_dir(old)
+
+
+def _forbid(monkeypatch, what):
+    """Make downloads and model construction fail the test if they are reached."""
+    import huggingface_hub
+
+    from stego_probe.backbones import vit
+
+    def reached(*args, **kwargs):
+        raise AssertionError(f"{what}: reached {args[:1]}")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", reached)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", reached)
+    monkeypatch.setattr(vit, "create_timm_model", reached)
+
+
+def test_offline_hub_missing_file_fails_at_once(monkeypatch, empty_caches, no_network):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("STEGO_PROBE_OFFLINE", "1")
+    _forbid(monkeypatch, "offline build")
+    with pytest.raises(FileNotFoundError) as err:
+        get_backbone("timm:vit_small_patch8_224.dino")
+    msg = str(err.value)
+    assert msg.startswith("timm:vit_small_patch8_224.dino: pretrained weights not available")
+    assert "timm/vit_small_patch8_224.dino/model.safetensors" in msg
+    assert (
+        "https://huggingface.co/timm/vit_small_patch8_224.dino/resolve/main/model.safetensors"
+        in msg
+    )
+    assert f"hub cache {empty_caches / 'hf' / 'hub'}" in msg
+    assert "offline: STEGO_PROBE_OFFLINE / HF_HUB_OFFLINE is set" in msg
+    # the config's URL through the torch hub cache is named too
+    assert "dl.fbaipublicfiles.com/dino/dino_deitsmall8_pretrain/" in msg
+    assert (
+        str(empty_caches / "torch" / "hub" / "checkpoints" / "dino_deitsmall8_pretrain.pth") in msg
+    )
+    assert "--weights PATH" in msg and "pretrained=False" in msg
+    assert no_network == []  # no DNS lookup or connection was even tried
+
+
+def test_no_network_fails_at_once_without_offline_env(monkeypatch, empty_caches, no_network):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("STEGO_PROBE_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    _forbid(monkeypatch, "no-network build")  # the probe fails, so no retrying download
+    with pytest.raises(FileNotFoundError) as err:
+        get_backbone("timm:vit_small_patch8_224.dino")
+    msg = str(err.value)
+    assert "no network: cannot reach huggingface.co:443 (test: network disabled)" in msg
+    assert "no network: cannot reach dl.fbaipublicfiles.com:443" in msg
+    assert ("huggingface.co", 443) in no_network
+    # the registry entries probe their URL's host the same way before downloading
+    with pytest.raises(FileNotFoundError, match="no network.*dino_deitsmall8_300ep_pretrain"):
+        get_backbone("dino_vits8")
+
+
+def test_network_probe_has_a_timeout(monkeypatch):
+    """A resolver / connection that never answers costs the probe timeout, not minutes."""
+    import socket
+    import threading
+
+    from stego_probe.backbones.weights import offline_reason
+
+    release = threading.Event()
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("STEGO_PROBE_OFFLINE", raising=False)
+    for var in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+
+    def hang(*args, **kwargs):
+        release.wait(30)
+        raise OSError("answered too late")
+
+    monkeypatch.setattr(socket, "create_connection", hang)
+    monkeypatch.setenv("STEGO_PROBE_NETWORK_TIMEOUT", "0.2")
+    try:
+        reason = offline_reason("https://example.invalid/x.pth")
+    finally:
+        release.set()
+    assert reason == "no network: no answer from example.invalid:443 within 0.2 s"
+    assert offline_reason("file:///tmp/x.pth") is None  # not a network URL: no probe
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    targets = []
+
+    def record(target, timeout):
+        targets.append(target)
+        raise OSError("refused")
+
+    monkeypatch.setattr(socket, "create_connection", record)
+    assert "proxy.invalid:3128" in offline_reason("https://example.invalid/x.pth")
+    assert targets == [("proxy.invalid", 3128)]
+    monkeypatch.setenv("STEGO_PROBE_NETWORK_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="STEGO_PROBE_NETWORK_TIMEOUT"):
+        offline_reason("https://example.invalid/x.pth")
+
+
+def test_offline_hub_cache_hit_is_loaded(monkeypatch, empty_caches, no_network, dino_ckpt):
+    """A file in the HF hub cache (HF_HOME set after huggingface_hub was imported) is used."""
+    from safetensors.torch import save_file
+
+    path, sd = dino_ckpt
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = empty_caches / "hf" / "hub" / "models--timm--vit_small_patch8_224.dino"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    file = repo / "snapshots" / commit / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(file))
+    bb = get_backbone("timm:vit_small_patch8_224.dino", model_kwargs=TINY, pos_interp="reference")
+    prov = bb.provenance
+    assert prov["url"] == "hf-hub:timm/vit_small_patch8_224.dino/model.safetensors"
+    assert prov["weights_sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
+    assert "init_seed" not in prov and prov["pretrained"] is True
+    ref = get_backbone("dino_vits8", weights=path, model_kwargs=TINY)
+    x = _images(1, 3, 64, 64)
+    torch.testing.assert_close(bb(x), ref(x), atol=1e-6, rtol=0)
+    assert no_network == []
+
+
+# ----------------------------------------------------------------------------- --backbone-kwargs
+
+
+def test_parse_backbone_kwargs_forms(tmp_path):
+    from stego_probe.cli.backbone_options import parse_backbone_kwargs
+
+    want = {"pretrained": False, "seed": 1, "model_kwargs": {"depth": 2, "img_size": [64, 64]}}
+    assert parse_backbone_kwargs(json.dumps(want)) == want
+    text = "pretrained=false, seed=1, model_kwargs.depth=2, model_kwargs.img_size=[64, 64]"
+    assert parse_backbone_kwargs(text) == want
+    assert parse_backbone_kwargs('model-kwargs={"depth": 2},pos_interp=timm') == {
+        "model_kwargs": {"depth": 2},
+        "pos_interp": "timm",
+    }
+    (tmp_path / "kw.json").write_text(json.dumps(want))
+    assert parse_backbone_kwargs(f"@{tmp_path / 'kw.json'}") == want
+    assert parse_backbone_kwargs("") == {} and parse_backbone_kwargs(None) == {}
+    for bad, match in [
+        ('{"pretrained": false', "--backbone-kwargs: invalid JSON"),
+        ("[1, 2]", "--backbone-kwargs: expected a JSON object or KEY=VALUE"),
+        ('{"a": 1} x', "--backbone-kwargs: invalid JSON"),
+        ("seed", "expected a JSON object or KEY=VALUE"),
+        ("seed=1,.x=2", "expected a JSON object or KEY=VALUE"),
+        ('{"weights": "a.pth"}', "'weights' -> --weights has its own option"),
+        (f"@{tmp_path / 'nope.json'}", "--backbone-kwargs: cannot read"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            parse_backbone_kwargs(bad)
+    (tmp_path / "list.json").write_text("[1]")
+    with pytest.raises(ValueError, match="expected a JSON object, got list"):
+        parse_backbone_kwargs(f"@{tmp_path / 'list.json'}")
+
+
+def test_backbone_kwargs_on_every_backbone_command(tmp_path):
+    import argparse
+    import importlib
+    import importlib.util
+
+    parser = argparse.ArgumentParser(prog="stego-probe")
+    sub = parser.add_subparsers(dest="command")
+    for name in ("store", "sweep", "demo"):
+        importlib.import_module(f"stego_probe.cli.{name}").register(sub)
+    kw = ["--backbone-kwargs", "pretrained=false,seed=3"]
+    want = {"pretrained": False, "seed": 3}
+    for argv in (
+        ["extract", "--dataset", "d", "--split", "val", "--backbone", "b", "--store", "s"],
+        ["sweep", "--preset", "synthetic", "--out", "o"],
+        ["demo"],
+    ):
+        assert parser.parse_args(argv + kw).backbone_kwargs == want
+        assert parser.parse_args(argv).backbone_kwargs == {}
+    help_text = sub.choices["extract"].format_help()
+    assert "--backbone-kwargs" in help_text and "pretrained=false" in help_text
+    path = Path(__file__).parent.parent / "experiments" / "_common.py"
+    spec = importlib.util.spec_from_file_location("_exp_common", path)
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    args = common.make_parser("x", "y").parse_args(kw)
+    assert args.backbone_kwargs == want
+
+
+def test_cli_extract_random_timm_backbone_records_seed(tmp_path, capsys):
+    from stego_probe.cli.main import main
+    from stego_probe.store import FeatureStore
+
+    store = tmp_path / "store"
+    argv = ["extract", "--dataset", "synthetic", "--split", "val", "--dataset-arg",
+            "n_images=2", "--res", "32", "--device", "cpu", "--no-progress",
+            "--store", str(store), "--backbone", "timm:vit_small_patch16_224"]  # fmt: skip
+    tiny = {"depth": 1, "embed_dim": 48, "num_heads": 3, "img_size": 32}
+
+    def kwargs(seed):
+        return ["--backbone-kwargs", json.dumps({"pretrained": False, "seed": seed,
+                                                 "model_kwargs": tiny})]  # fmt: skip
+
+    assert main(argv + kwargs(1)) == 0
+    prov = FeatureStore.open(str(store)).provenance
+    info = prov["backbone_info"]
+    assert info["init_seed"] == 1 and info["pretrained"] is False
+    lib = get_backbone("timm:vit_small_patch16_224", pretrained=False, seed=1, model_kwargs=tiny)
+    assert prov["weights_sha256"] == info["weights_fingerprint"]
+    assert prov["weights_sha256"] == lib.provenance["weights_fingerprint"]
+    assert main(argv + kwargs(1)) == 0  # same seed: the same store (complete, reused)
+    capsys.readouterr()
+    assert main(argv + kwargs(2)) == 1  # another seed: other weights, refused
+    err = capsys.readouterr().err
+    assert "refusing to mix incompatible feature store" in err and "weights_sha256" in err
+    with pytest.raises(SystemExit) as exc:
+        main(argv + ["--backbone-kwargs", '{"pretrained": false'])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --backbone-kwargs: invalid JSON" in err

@@ -129,19 +129,27 @@ def get_backbone(
         flip_average: average features of the image and its horizontal flip.
         expected_sha256: enforce this SHA-256 of the weight file (else the pinned one, if any).
         model_kwargs: extra ``timm.create_model`` arguments (e.g. a tiny test architecture).
-        **kw: passed to the factory, e.g. ``pretrained=False`` (random weights),
-            ``progress=False``, ``patch_size=`` for ``descriptor``.
+        **kw: passed to the factory, e.g. ``pretrained=False`` (random weights), ``seed=1``
+            (the random-init seed, default 0; ``pretrained=False`` only), ``progress=False``,
+            ``patch_size=`` for ``descriptor``.
 
     Returns:
         a :class:`Backbone` in eval mode on ``device``, mapping (B, 3, H, W) normalised
         float images to (B, C, H/p, W/p) float32, with ``provenance`` recording name, timm
         name, weights file, weights_sha256, url, patch_size, embed_dim, pos_interp,
-        flip_average, mean and std.
+        flip_average, mean and std. Random weights (``pretrained=False``) are drawn from a
+        forked RNG (the global torch random state is untouched), so the same seed gives the
+        same weights; their provenance adds ``init_seed`` and ``weights_fingerprint`` (SHA-256
+        of the state dict), and ``weights_sha256`` is that fingerprint, so features of
+        different random weights are refused as incompatible.
 
     Raises:
         KeyError: unknown name (the message lists the registered names).
-        FileNotFoundError: weights not found and not downloadable.
-        ValueError: SHA-256 mismatch, checkpoint / architecture mismatch, bad options.
+        FileNotFoundError: weights not found and not downloadable; offline
+            (``HF_HUB_OFFLINE`` / ``STEGO_PROBE_OFFLINE`` set, or no network) this is raised at
+            once, naming the file, its URL and the cache path.
+        ValueError: SHA-256 / fingerprint mismatch, checkpoint / architecture mismatch, bad or
+            unknown options.
 
     Examples:
         >>> import torch
@@ -216,6 +224,12 @@ def _register_builtins() -> None:
     ) -> Backbone:
         if weights is not None:
             raise ValueError("descriptor: has no weights; do not pass weights=")
+        unknown = sorted(set(mean_std) - {"mean", "std"})
+        if unknown:
+            raise ValueError(
+                f"descriptor: unknown options {unknown}; it takes patch_size, mean and std "
+                "(it is deterministic: no weights, no seed)"
+            )
         return DescriptorBackbone(patch_size=patch_size, **mean_std)
 
     register_backbone(

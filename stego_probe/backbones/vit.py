@@ -10,6 +10,12 @@ built with ``pretrained=False``, the file is read, passed through timm's own che
 for the architecture (which e.g. converts the official DINOv2 layout) and loaded strictly; the
 only keys allowed to be unused are the classifier / DINO projection head (``head.*``) when the
 model has no head, and DINOv2's ``mask_token``.
+
+Random weights (``pretrained=False``) are drawn from a forked torch RNG seeded with ``seed``
+(default 0), so two builds are identical and the caller's random state is untouched; their
+provenance records ``init_seed`` and ``weights_fingerprint`` (:func:`state_dict_fingerprint`),
+which is also stored as ``weights_sha256`` so that stores, projections and results built on
+different random weights are never mixed.
 """
 
 from __future__ import annotations
@@ -28,9 +34,13 @@ from stego_probe.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from stego_probe.backbones.pos_embed import install_reference_pos_embed, supports_reference
 from stego_probe.backbones.weights import (
     WeightsSpec,
-    downloads_allowed,
+    check_init_seed,
+    hf_hub_cache_dir,
+    offline_reason,
     read_state_dict,
     resolve_weights,
+    seeded_init,
+    state_dict_fingerprint,
     verify_sha256,
 )
 
@@ -128,30 +138,38 @@ def _patch_size(model: torch.nn.Module) -> int:
     raise ValueError(f"cannot determine the patch size / stride of {type(model).__name__}")
 
 
-def create_timm_model(timm_name: str, model_kwargs: Mapping | None = None) -> torch.nn.Module:
+def create_timm_model(
+    timm_name: str, model_kwargs: Mapping | None = None, seed: int = 0
+) -> torch.nn.Module:
     """Build ``timm_name`` with random weights, no classifier and (ViTs) dynamic image size.
 
     Args:
         timm_name: any name ``timm.create_model`` accepts (with or without a ``.tag``).
         model_kwargs: extra constructor arguments (e.g. ``depth=2, embed_dim=48, num_heads=3,
             img_size=64`` for a tiny test model).
+        seed: the random initialisation is drawn from a forked CPU torch RNG seeded with it
+            (:func:`~stego_probe.backbones.weights.seeded_init`): same seed, same weights; the
+            global torch random state is not changed.
 
     Raises:
         KeyError: timm does not know the model.
+        ValueError: bad ``seed``.
     """
     import timm  # imported lazily: listing the registry should not pay for importing timm
 
     kwargs = {"num_classes": 0, **(model_kwargs or {})}
-    try:
-        return timm.create_model(timm_name, pretrained=False, dynamic_img_size=True, **kwargs)
-    except RuntimeError as e:
-        if "Unknown model" in str(e):
-            raise KeyError(f"timm does not know the model {timm_name!r} ({e})") from e
-        raise
-    except TypeError as e:
-        if "dynamic_img_size" not in str(e):
+    with seeded_init(seed):
+        try:
+            return timm.create_model(timm_name, pretrained=False, dynamic_img_size=True, **kwargs)
+        except RuntimeError as e:
+            if "Unknown model" in str(e):
+                raise KeyError(f"timm does not know the model {timm_name!r} ({e})") from e
             raise
-    return timm.create_model(timm_name, pretrained=False, **kwargs)
+        except TypeError as e:
+            if "dynamic_img_size" not in str(e):
+                raise
+    with seeded_init(seed):
+        return timm.create_model(timm_name, pretrained=False, **kwargs)
 
 
 def _checkpoint_filter(model: torch.nn.Module):
@@ -309,6 +327,39 @@ def _weights_provenance(path: Path, sha: str, url: str | None) -> dict:
     return {"weights": path.name, "weights_sha256": sha, "url": url}
 
 
+def _check_options(what: str, pretrained: bool, weights, seed, extra: Mapping) -> int | None:
+    """Validate the options of a ViT / timm build; returns the random-init seed (None when
+    pretrained)."""
+    if extra:
+        raise ValueError(
+            f"{what}: unknown options {sorted(extra)}; timm constructor arguments (depth, "
+            "embed_dim, img_size, ...) go in model_kwargs={...}"
+        )
+    if not isinstance(pretrained, bool):
+        raise ValueError(f"{what}: pretrained must be true or false, got {pretrained!r}")
+    if not pretrained and weights is not None:
+        raise ValueError(f"{what}: pretrained=False and weights={weights!r} conflict")
+    if pretrained:
+        if seed is not None:
+            raise ValueError(
+                f"{what}: seed={seed!r} only applies to random weights; pass pretrained=False"
+            )
+        return None
+    return check_init_seed(0 if seed is None else seed, f"{what}: seed")
+
+
+def _random_init_provenance(model: torch.nn.Module, seed: int, expected: str | None, what: str):
+    """Provenance of random weights: the seed and the fingerprint of the weights actually used
+    (also as ``weights_sha256``, the key stores / results compare); enforces ``expected``."""
+    fingerprint = state_dict_fingerprint(model)
+    if expected is not None and fingerprint != expected.strip().lower():
+        raise ValueError(
+            f"{what}: random weights (seed {seed}) have fingerprint {fingerprint}, expected "
+            f"{expected.strip()}; a different seed, architecture or timm version"
+        )
+    return {"init_seed": seed, "weights_fingerprint": fingerprint, "weights_sha256": fingerprint}
+
+
 def build_vit_backbone(
     entry: ViTEntry,
     *,
@@ -318,6 +369,8 @@ def build_vit_backbone(
     expected_sha256: str | None = None,
     model_kwargs: Mapping | None = None,
     progress: bool = True,
+    seed: int | None = None,
+    **extra,
 ) -> TimmBackbone:
     """Build a registry ViT and load its official weights (see :func:`get_backbone`).
 
@@ -326,18 +379,24 @@ def build_vit_backbone(
         weights: local file; default: torch hub cache, else download (if allowed).
         pretrained: False builds with random weights (tests / CI); ``weights`` must be None.
         pos_interp: ``"reference"`` / ``"timm"``; None = the entry's default.
-        expected_sha256: hash to enforce; default: the entry's pinned hash (may be None).
+        expected_sha256: hash to enforce; default: the entry's pinned hash (may be None). With
+            ``pretrained=False`` it is compared with the random weights' fingerprint.
         model_kwargs: extra timm constructor arguments (tiny test architectures).
         progress: download progress bar.
+        seed: random-init seed (``pretrained=False`` only; default 0); recorded as
+            ``init_seed`` next to ``weights_fingerprint``.
 
     Raises:
         FileNotFoundError: weights missing and not downloadable.
-        ValueError: hash mismatch, checkpoint / architecture mismatch, bad options.
+        ValueError: hash / fingerprint mismatch, checkpoint / architecture mismatch, bad or
+            unknown options.
     """
-    if not pretrained and weights is not None:
-        raise ValueError(f"{entry.name}: pretrained=False and weights={weights!r} conflict")
+    seed = _check_options(entry.name, pretrained, weights, seed, extra)
     pos_interp = _check_pos_interp(pos_interp or entry.pos_interp, entry.name)
-    model = create_timm_model(entry.timm_name, model_kwargs)
+    path = None
+    if pretrained:  # find the file first: a missing one fails before the model is built
+        path = resolve_weights(entry.weights, weights, progress=progress, what=entry.name)
+    model = create_timm_model(entry.timm_name, model_kwargs, seed=seed or 0)
     prov = {
         "timm_name": entry.timm_name,
         "weights": None,
@@ -348,47 +407,97 @@ def build_vit_backbone(
     if model_kwargs:
         prov["model_kwargs"] = _json_safe(model_kwargs)
     if pretrained:
-        path = resolve_weights(entry.weights, weights, progress=progress, what=entry.name)
         expected = expected_sha256 or entry.weights.sha256
         sha = verify_sha256(path, expected)
         load_state_dict_strict(model, read_state_dict(path), source=os.fspath(path))
         prov.update(_weights_provenance(path, sha, entry.weights.url))
+    else:
+        prov.update(_random_init_provenance(model, seed, expected_sha256, entry.name))
     return TimmBackbone(model, name=entry.name, pos_interp=pos_interp, provenance=prov)
 
 
-def _hub_file(model: torch.nn.Module, timm_name: str) -> tuple[Path, str]:
-    """Local path (downloaded / cached) of a timm model's pretrained file, and its source."""
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    if cfg.get("custom_load"):
+def _registry_pretrained_cfg(timm_name: str, model_kwargs: Mapping | None) -> dict | None:
+    """timm's pretrained config for ``timm_name`` without building the model (None when timm
+    has none, or ``model_kwargs`` overrides it)."""
+    if model_kwargs and ({"pretrained_cfg", "pretrained_cfg_overlay"} & set(model_kwargs)):
+        return None
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(timm_name)
+    except Exception:  # unknown names etc.: create_timm_model gives the proper error
+        return None
+    return cfg.to_dict() if cfg is not None else None
+
+
+def _hub_file(cfg: Mapping, timm_name: str, progress: bool = True) -> tuple[Path, str]:
+    """Local path (cached / downloaded) of a timm model's pretrained file, and its source.
+
+    Order: the Hugging Face hub cache (:func:`hf_hub_cache_dir`; no network), a hub download,
+    then the config's URL through the torch hub cache. When :func:`offline_reason` says the
+    machine is offline (``HF_HUB_OFFLINE`` / ``STEGO_PROBE_OFFLINE``, or the host does not
+    answer a short probe) nothing is downloaded, and a missing file fails at once.
+    """
+    what = f"timm:{timm_name}"
+    cfg = dict(cfg or {})
+    hub_id, url, custom = cfg.get("hf_hub_id"), cfg.get("url"), cfg.get("custom_load")
+    if custom and (not hub_id or custom == "hf"):
         raise ValueError(
-            f"timm:{timm_name}: its pretrained weights need timm's custom loader; "
+            f"{what}: its pretrained weights need timm's custom loader; "
             "convert them to a state dict and pass weights=PATH"
         )
-    hub_id, url = cfg.get("hf_hub_id"), cfg.get("url")
+    if custom:
+        url = None  # the URL is in a custom format (e.g. .npz); the hub copy is a state dict
     problems = []
     if hub_id:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import errors as hf_errors
+        from huggingface_hub import try_to_load_from_cache
 
+        repo, _, revision = str(hub_id).partition("@")
+        revision = revision or None
+        cache = hf_hub_cache_dir()
         names = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else []
-        names += ["model.safetensors", "pytorch_model.bin"]
+        names += [n for n in ("model.safetensors", "pytorch_model.bin") if n not in names]
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+        file_url = f"{endpoint}/{repo}/resolve/{revision or 'main'}/{names[0]}"
         for fname in names:
-            try:
-                path = hf_hub_download(
-                    hub_id, fname, local_files_only=not downloads_allowed(), library_name="timm"
-                )
-                return Path(path), f"hf-hub:{hub_id}/{fname}"
-            except Exception as e:  # not found / offline / no network
-                problems.append(f"Hugging Face hub {hub_id}/{fname}: {type(e).__name__}")
+            hit = try_to_load_from_cache(repo, fname, cache_dir=cache, revision=revision)
+            if isinstance(hit, str) and os.path.isfile(hit):
+                return Path(hit), f"hf-hub:{repo}/{fname}"
+        reason = offline_reason(file_url)
+        if reason:
+            problems.append(
+                f"Hugging Face hub file {repo}/{' or '.join(names)} ({file_url}) is not in the "
+                f"hub cache {cache} and cannot be downloaded ({reason})"
+            )
+        else:
+            from huggingface_hub import hf_hub_download
+
+            missing = getattr(hf_errors, "RemoteEntryNotFoundError", hf_errors.EntryNotFoundError)
+            for fname in names:
+                try:
+                    path = hf_hub_download(
+                        repo, fname, revision=revision, cache_dir=cache, library_name="timm"
+                    )
+                    return Path(path), f"hf-hub:{repo}/{fname}"
+                except Exception as e:  # 404 -> next name; anything else: stop retrying
+                    problems.append(f"Hugging Face hub {repo}/{fname}: {type(e).__name__}: {e}")
+                    if not isinstance(e, missing) or isinstance(
+                        e, hf_errors.LocalEntryNotFoundError
+                    ):
+                        break
     if url:  # e.g. the official DINO URL: the torch hub cache may already hold the file
         spec = WeightsSpec(url.rsplit("/", 1)[-1], url)
         try:
-            return resolve_weights(spec, what=f"timm:{timm_name}"), url
+            return resolve_weights(spec, progress=progress, what=what), url
         except FileNotFoundError as e:
-            problems.append(str(e))
+            problems.append(str(e).removeprefix(f"{what}: "))
     raise FileNotFoundError(
-        f"timm:{timm_name}: pretrained weights not available ("
-        + ("; ".join(problems) or "no source known")
-        + "); download them or pass weights=PATH"
+        f"{what}: pretrained weights not available: "
+        + ("; ".join(p.rstrip(".") for p in problems) or "timm lists no source for them")
+        + ". Fetch a file on a machine with network and pass it with weights=PATH / "
+        "--weights PATH, or put it in a cache named above; or use random weights with "
+        "pretrained=False"
     )
 
 
@@ -401,18 +510,32 @@ def build_timm_backbone(
     expected_sha256: str | None = None,
     model_kwargs: Mapping | None = None,
     progress: bool = True,
+    seed: int | None = None,
+    **extra,
 ) -> TimmBackbone:
     """``timm:<name>``: any timm model, ``timm.create_model(name, dynamic_img_size=True)``.
 
     Weights: ``weights=`` file, else timm's pretrained source (Hugging Face hub cache /
     download, or the config's URL via the torch hub cache), loaded strictly like the DINO
-    entries; ``pretrained=False`` keeps random weights. ``pos_interp`` defaults to ``"timm"``
-    here; ``"reference"`` works for ViTs with a learned absolute position embedding.
+    entries. The file is located before the model is built, and offline (``HF_HUB_OFFLINE`` /
+    ``STEGO_PROBE_OFFLINE`` set, or no network) a missing file raises ``FileNotFoundError`` at
+    once, naming the hub file, its URL and the cache. ``pretrained=False`` keeps random weights
+    drawn with ``seed`` (default 0; recorded with their fingerprint, see :func:`get_backbone`).
+    ``pos_interp`` defaults to ``"timm"`` here; ``"reference"`` works for ViTs with a learned
+    absolute position embedding.
     """
-    if not pretrained and weights is not None:
-        raise ValueError(f"timm:{timm_name}: pretrained=False and weights={weights!r} conflict")
-    pos_interp = _check_pos_interp(pos_interp or "timm", f"timm:{timm_name}")
-    model = create_timm_model(timm_name, model_kwargs)
+    what = f"timm:{timm_name}"
+    seed = _check_options(what, pretrained, weights, seed, extra)
+    pos_interp = _check_pos_interp(pos_interp or "timm", what)
+    path = source = None
+    if pretrained:  # locate the file first: a missing one fails before the model is built
+        if weights is not None:
+            path = resolve_weights(None, weights, what=what)
+        else:
+            cfg = _registry_pretrained_cfg(timm_name, model_kwargs)
+            if cfg is not None:
+                path, source = _hub_file(cfg, timm_name, progress=progress)
+    model = create_timm_model(timm_name, model_kwargs, seed=seed or 0)
     if pos_interp == "reference" and not supports_reference(model):
         raise ValueError(
             f"timm:{timm_name}: pos_interp='reference' needs a ViT with a learned absolute "
@@ -423,12 +546,12 @@ def build_timm_backbone(
     if model_kwargs:
         prov["model_kwargs"] = _json_safe(model_kwargs)
     if pretrained:
-        if weights is not None:
-            path = resolve_weights(None, weights, what=f"timm:{timm_name}")
-            source = None
-        else:
-            path, source = _hub_file(model, timm_name)
+        if path is None:
+            cfg = getattr(model, "pretrained_cfg", None) or {}
+            path, source = _hub_file(cfg, timm_name, progress=progress)
         sha = verify_sha256(path, expected_sha256)
         load_state_dict_strict(model, read_state_dict(path), source=os.fspath(path))
         prov.update(_weights_provenance(path, sha, source))
+    else:
+        prov.update(_random_init_provenance(model, seed, expected_sha256, what))
     return TimmBackbone(model, name=f"timm:{timm_name}", pos_interp=pos_interp, provenance=prov)
