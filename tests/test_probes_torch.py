@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sklearn.exceptions import NotFittedError
 
 from stego_probe.probes import ClusterLookupProbe, LinearProbe
 from stego_probe.probes.cluster_lookup import cluster_lookup_loss, minibatch_stream
@@ -156,8 +157,12 @@ def test_probe_input_errors(tmp_path):
         ClusterLookupProbe(2, steps=1).fit(bad)
     with pytest.raises(ValueError, match=r"\(N, D, h, w\) or \(M, D\)"):
         ClusterLookupProbe(2, steps=1).fit(np.ones((2, 3, 4)))
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         ClusterLookupProbe(2).predict(np.ones((2, 3)))
+    with pytest.raises(NotFittedError, match="not fitted"):
+        LinearProbe(2).predict(np.ones((2, 3)))
+    with pytest.raises(NotFittedError):
+        LinearProbe(2).coef_  # noqa: B018
     probe = ClusterLookupProbe(2, steps=1).fit(np.ones((4, 3), np.float32))
     with pytest.raises(ValueError, match="D=3"):
         probe.predict(np.ones((2, 5)))
@@ -223,19 +228,23 @@ def test_linear_probe_ignores_invalid_labels():
     a = LinearProbe(3, steps=10, batch_size=2, random_state=4).fit(codes, labels)
     b = LinearProbe(3, steps=10, batch_size=2, random_state=4).fit(codes, other)
     np.testing.assert_array_equal(a.coef_, b.coef_)
-    # codes under ignored tokens do not influence the fit (token-grid labels)
+    # codes under ignored tokens do not influence the loss (token-grid labels); with the
+    # default standardisation they do enter the (unsupervised) input statistics, so the
+    # property is checked on the raw-input probe
+    raw = {"steps": 10, "batch_size": 2, "random_state": 4, "standardize": "none"}
     moved = codes.copy()
     moved[:, :, 0, :] += 100.0
-    c = LinearProbe(3, steps=10, batch_size=2, random_state=4).fit(moved, labels)
+    a = LinearProbe(3, **raw).fit(codes, labels)
+    c = LinearProbe(3, **raw).fit(moved, labels)
     np.testing.assert_allclose(a.coef_, c.coef_, atol=1e-6)
     # ...but they do when labelled (the test can fail)
-    d = LinearProbe(3, steps=10, batch_size=2, random_state=4).fit(moved, tok)
-    e = LinearProbe(3, steps=10, batch_size=2, random_state=4).fit(codes, tok)
+    d = LinearProbe(3, **raw).fit(moved, tok)
+    e = LinearProbe(3, **raw).fit(codes, tok)
     assert not np.allclose(d.coef_, e.coef_)
 
 
 def test_linear_probe_seed_init_and_label_res():
-    a = LinearProbe(4, random_state=7).initialize(6)
+    a = LinearProbe(4, random_state=7, standardize="none").initialize(6)
     torch.manual_seed(7)
     conv = torch.nn.Conv2d(6, 4, 1)
     np.testing.assert_array_equal(a.coef_, conv.weight.detach().reshape(4, 6).numpy())
@@ -259,3 +268,103 @@ def test_save_load_roundtrip(tmp_path):
     assert clu2.get_params() == clu.get_params() and clu2.loss_history_ == clu.loss_history_
     with pytest.raises(ValueError, match="expected LinearProbe"):
         LinearProbe.load(tmp_path / "clu.npz")
+
+
+# ------------------------------------------------------------------ random_state, hyper-parameters
+
+
+@pytest.mark.parametrize("probe_cls", [LinearProbe, ClusterLookupProbe])
+def test_probes_accept_sklearn_random_states(probe_cls):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 120)
+    x = (np.eye(3)[y] * 2 + rng.normal(0, 0.3, (120, 3))).astype(np.float32)
+    args = (x, y) if probe_cls is LinearProbe else (x,)
+    kw = {"steps": 20, "batch_size": 16}
+    a = probe_cls(3, random_state=np.random.RandomState(5), **kw).fit(*args)
+    b = probe_cls(3, random_state=np.random.RandomState(5), **kw).fit(*args)
+    np.testing.assert_array_equal(a.predict(x), b.predict(x))  # same RandomState -> same draw
+    assert a.seed_ == b.seed_
+    c = probe_cls(3, random_state=None, **kw).fit(*args)  # fresh randomness, but it runs
+    assert isinstance(c.seed_, int) and c.predict(x).shape == (120,)
+    g = probe_cls(3, random_state=np.random.default_rng(1), **kw).fit(*args)
+    assert isinstance(g.seed_, int)
+    for bad in (1.5, "0", True, -1):
+        with pytest.raises(ValueError, match="random_state"):
+            probe_cls(3, random_state=bad, **kw).fit(*args)
+    with pytest.raises(ValueError, match="steps"):
+        probe_cls(3, steps=-1).fit(*args)
+    with pytest.raises(ValueError, match="batch_size"):
+        probe_cls(3, batch_size=0).fit(*args)
+    with pytest.raises(ValueError, match="lr"):
+        probe_cls(3, lr=0).fit(*args)
+
+
+def test_probe_fitted_with_a_random_state_object_saves_and_reloads(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 60)
+    x = (np.eye(3)[y] + rng.normal(0, 0.2, (60, 3))).astype(np.float32)
+    probe = LinearProbe(3, steps=5, batch_size=8, random_state=np.random.RandomState(0)).fit(x, y)
+    back = LinearProbe.load(probe.save(tmp_path / "p.npz"))
+    assert back.random_state == probe.seed_ == back.seed_
+    np.testing.assert_array_equal(back.decision_function(x), probe.decision_function(x))
+
+
+# ------------------------------------------------------------------ input standardisation
+
+
+def small_scale_codes(seed: int = 0, n: int = 12, scale: float = 1.0):
+    """Image-layout codes whose class signal lives in a few channels with an offset."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, (n, 6, 6))
+    signal = np.eye(4)[labels].transpose(0, 3, 1, 2)  # (n, 4, 6, 6)
+    codes = np.concatenate([signal, rng.normal(0, 1, (n, 4, 6, 6))], axis=1)
+    codes = codes + rng.normal(0, 0.25, codes.shape) + 3.0
+    return (codes * scale).astype(np.float32), labels
+
+
+def test_linear_probe_is_invariant_to_a_per_channel_rescaling():
+    codes, labels = small_scale_codes()
+    per_channel = np.geomspace(1e-3, 1e2, codes.shape[1]).astype(np.float32)[None, :, None, None]
+    kw = {"steps": 60, "batch_size": 4, "random_state": 0}
+    base = LinearProbe(4, **kw).fit(codes, labels)
+    acc = (base.predict(codes) == labels).mean()
+    for x in (codes * 0.01, codes * per_channel, codes * 0.01 + 5.0):
+        other = LinearProbe(4, **kw).fit(x, labels)
+        assert abs((other.predict(x) == labels).mean() - acc) <= 0.01
+    assert acc > 0.8
+    # the reference's raw-input probe is not invariant: at scale 0.01 it is badly undertrained
+    raw = LinearProbe(4, standardize="none", **kw).fit(codes * 0.01, labels)
+    assert (raw.predict(codes * 0.01) == labels).mean() < acc - 0.2
+
+
+def test_linear_probe_statistics_are_the_training_codes_moments_and_fold_into_coef():
+    codes, labels = small_scale_codes(1)
+    probe = LinearProbe(4, steps=5, batch_size=4).fit(codes, labels)
+    flat = codes.transpose(0, 2, 3, 1).reshape(-1, codes.shape[1]).astype(np.float64)
+    np.testing.assert_allclose(probe.mean_, flat.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(probe.scale_, flat.std(0), rtol=1e-5)
+    logits = probe.decision_function(flat.astype(np.float32))
+    np.testing.assert_allclose(logits, flat @ probe.coef_.T + probe.intercept_, atol=1e-4)
+    w = probe.params_["weight"].detach().numpy()
+    b = probe.params_["bias"].detach().numpy()
+    z = (flat - probe.mean_) / probe.scale_
+    np.testing.assert_allclose(logits, z @ w.T + b, atol=1e-4)
+
+
+def test_linear_probe_standardisation_round_trips_and_streams(tmp_path):
+    codes, labels = small_scale_codes(2)
+    probe = LinearProbe(4, steps=10, batch_size=4).fit(codes, labels)
+    back = LinearProbe.load(probe.save(tmp_path / "lin.npz"))
+    np.testing.assert_array_equal(back.mean_, probe.mean_)
+    np.testing.assert_array_equal(back.decision_function(codes), probe.decision_function(codes))
+    # fit_scaler on chunks equals the statistics of the whole
+    streamed = LinearProbe(4).fit_scaler([codes[:5], codes[5:]])
+    np.testing.assert_allclose(streamed.mean_, probe.mean_, rtol=1e-9)
+    np.testing.assert_allclose(streamed.scale_, probe.scale_, rtol=1e-9)
+    # a streamed partial_fit needs the statistics first (or the parity option)
+    with pytest.raises(ValueError, match="fit_scaler"):
+        LinearProbe(4).partial_fit(codes[:4], labels[:4])
+    LinearProbe(4, standardize="none").partial_fit(codes[:4], labels[:4])
+    streamed.partial_fit(codes[:4], labels[:4])
+    with pytest.raises(ValueError, match="standardize"):
+        LinearProbe(4, standardize="batch", steps=1).fit(codes, labels)

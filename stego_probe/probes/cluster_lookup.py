@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
 
 from stego_probe.probes._codes import check_finite, to_numpy
 
@@ -90,6 +91,44 @@ def minibatch_stream(
             done += 1
             if done == steps:
                 return
+
+
+def resolve_seed(random_state, name: str = "random_state") -> int:
+    """An integer seed from a scikit-learn style ``random_state``.
+
+    Args:
+        random_state: an int (used as is), ``None`` (a fresh seed from NumPy's global RNG, so
+            results are not reproducible, as in scikit-learn), or a ``np.random.RandomState`` /
+            ``np.random.Generator`` (a seed is drawn from it, advancing its state).
+        name: argument name for error messages.
+
+    Returns:
+        int in ``[0, 2**31 - 1)``.
+
+    Raises:
+        ValueError: anything else (floats, strings, booleans, negative ints).
+
+    Examples:
+        >>> resolve_seed(3), resolve_seed(np.random.RandomState(0)) == resolve_seed(
+        ...     np.random.RandomState(0))
+        (3, True)
+    """
+    if isinstance(random_state, bool):
+        raise ValueError(f"{name}: expected None, an int or a RandomState, got {random_state!r}")
+    if random_state is None:
+        return int(np.random.randint(0, 2**31 - 1))
+    if isinstance(random_state, int | np.integer):
+        if int(random_state) < 0:
+            raise ValueError(f"{name}: expected a non-negative int, got {random_state!r}")
+        return int(random_state)
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(0, 2**31 - 1))
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(0, 2**31 - 1))
+    raise ValueError(
+        f"{name}: expected None, an int, a np.random.RandomState or a np.random.Generator, got "
+        f"{type(random_state).__name__} {random_state!r}"
+    )
 
 
 def as_code_tensor(codes, device="cpu", name: str = "codes") -> torch.Tensor:
@@ -156,23 +195,48 @@ class MinibatchProbe(BaseEstimator):
     """Base class of the torch probes trained with Adam on a seeded mini-batch stream.
 
     Subclasses implement ``_init_params(n_features)`` (create ``self.params_``, a dict of
-    ``torch.nn.Parameter``), ``_batch_loss(codes, labels)`` and ``_state()`` / ``_load_state``.
+    ``torch.nn.Parameter``, seeded with ``self.seed_``) and ``_batch_loss(codes, labels)``;
+    ``_extra_arrays()`` / ``_load_extra_arrays(arrays)`` save and restore learned state that is
+    not a parameter (e.g. the linear probe's input statistics).
+
+    ``random_state`` follows scikit-learn: an int, None or a ``RandomState`` (see
+    :func:`resolve_seed`); the integer seed used by the last :meth:`fit` (or the first
+    :meth:`partial_fit`) is ``seed_``.
     """
 
     _requires_labels = False
 
     def _reset(self) -> None:
-        for attr in ("params_", "optimizer_", "n_features_in_"):
+        for attr in ("params_", "optimizer_", "n_features_in_", "seed_"):
             if hasattr(self, attr):
                 delattr(self, attr)
         self.loss_history_: list[float] = []
         self.n_steps_ = 0
+
+    def _validate_params(self) -> None:
+        """Check the hyper-parameters (scikit-learn style: at fit time, naming the argument)."""
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise ValueError(f"{name}: expected an integer, got {value!r}")
+        if int(self.steps) < 0:
+            raise ValueError(f"steps: expected a non-negative integer, got {self.steps!r}")
+        if int(self.batch_size) < 1:
+            raise ValueError(f"batch_size: expected a positive integer, got {self.batch_size!r}")
+        lr = self.lr
+        if isinstance(lr, bool) or not isinstance(lr, int | float | np.floating) or not lr > 0:
+            raise ValueError(f"lr: expected a positive learning rate, got {lr!r}")
+        if not np.isfinite(float(lr)):
+            raise ValueError(f"lr: expected a finite learning rate, got {lr!r}")
 
     def _ensure_init(self, n_features: int) -> None:
         if getattr(self, "params_", None) is None:
             if not hasattr(self, "loss_history_"):
                 self.loss_history_ = []
                 self.n_steps_ = 0
+            self._validate_params()
+            if not hasattr(self, "seed_"):
+                self.seed_ = resolve_seed(self.random_state)
             self.n_features_in_ = int(n_features)
             self._init_params(self.n_features_in_)
             self.optimizer_ = torch.optim.Adam(list(self.params_.values()), lr=float(self.lr))
@@ -184,8 +248,9 @@ class MinibatchProbe(BaseEstimator):
 
     def _check_fitted(self) -> None:
         if getattr(self, "params_", None) is None:
-            raise RuntimeError(
-                f"{type(self).__name__} is not fitted: call fit() or partial_fit() first"
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet: call fit() or "
+                "partial_fit() first"
             )
 
     def partial_fit(self, codes, labels=None):
@@ -234,11 +299,22 @@ class MinibatchProbe(BaseEstimator):
         x = as_code_tensor(codes, "cpu")
         y = self._prepare_labels(labels, x) if self._requires_labels else None
         self._reset()
+        self._before_fit(x)
         self._ensure_init(x.shape[1])
-        for idx in minibatch_stream(len(x), self.batch_size, self.steps, self.random_state):
+        for idx in minibatch_stream(len(x), self.batch_size, self.steps, self.seed_):
             sel = torch.from_numpy(idx)
             self._step(x[sel], None if y is None else y[sel])
         return self
+
+    def _before_fit(self, codes: torch.Tensor) -> None:
+        """Hook run by :meth:`fit` on all training codes before the parameters are created."""
+
+    def _extra_arrays(self) -> dict[str, np.ndarray]:
+        """Learned arrays other than the parameters, saved by :meth:`save` (subclass hook)."""
+        return {}
+
+    def _load_extra_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`_extra_arrays` saved (subclass hook)."""
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -250,11 +326,16 @@ class MinibatchProbe(BaseEstimator):
         self._check_fitted()
         path = Path(path)
         arrays = {k: v.detach().cpu().numpy() for k, v in self.params_.items()}
+        extra = {f"extra:{k}": v for k, v in self._extra_arrays().items()}
+        params = self.get_params()
+        if not isinstance(params.get("random_state"), int | None):
+            params["random_state"] = int(self.seed_)  # a RandomState is not JSON: keep its draw
         meta = {
             "class": type(self).__name__,
-            "params": self.get_params(),
+            "params": params,
             "n_features_in": self.n_features_in_,
             "n_steps": self.n_steps_,
+            "seed": int(self.seed_),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:
@@ -263,6 +344,7 @@ class MinibatchProbe(BaseEstimator):
                 __meta__=np.array(json.dumps(meta)),
                 loss_history=np.asarray(self.loss_history_, dtype=np.float64),
                 **arrays,
+                **extra,
             )
         return path
 
@@ -280,9 +362,12 @@ class MinibatchProbe(BaseEstimator):
                 raise ValueError(f"{path}: holds a {meta.get('class')}, expected {cls.__name__}")
             arrays = {k: z[k] for k in z.files if k not in ("__meta__", "loss_history")}
             history = z["loss_history"].tolist()
+        extra = {k[6:]: arrays.pop(k) for k in list(arrays) if k.startswith("extra:")}
         probe = cls(**meta["params"])
         probe._reset()
+        probe.seed_ = int(meta.get("seed", meta["params"].get("random_state") or 0))
         probe._ensure_init(meta["n_features_in"])
+        probe._load_extra_arrays(extra)
         with torch.no_grad():
             for k, p in probe.params_.items():
                 if k not in arrays or tuple(arrays[k].shape) != tuple(p.shape):
@@ -395,7 +480,7 @@ class ClusterLookupProbe(MinibatchProbe):
         k = int(self.n_clusters)
         if k < 1:
             raise ValueError(f"n_clusters: expected a positive integer, got {self.n_clusters!r}")
-        g = torch.Generator().manual_seed(int(self.random_state))
+        g = torch.Generator().manual_seed(int(self.seed_))
         init = torch.randn((k, n_features), generator=g, dtype=torch.float32)
         self.params_ = {"clusters": torch.nn.Parameter(init.to(self.device))}
 

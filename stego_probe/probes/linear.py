@@ -6,7 +6,19 @@ cross-entropy over valid pixels (labels in ``[0, K)``, see :mod:`stego_probe.lab
 minimised with Adam (lr 5e-3). When the labels are given on the token grid the loss is computed
 there. Token-layout codes ``(M, D)`` with labels ``(M,)`` give plain softmax regression.
 
-Prediction upsamples the code and applies the probe; because both are linear (and the bilinear
+Input standardisation (``standardize="train"``, the default). An affine probe can represent the
+same decision function whatever the per-channel scale and offset of its input, but Adam with a
+fixed learning rate and step budget does not *find* it independently of them: features with a
+small scale (e.g. the descriptor backbone, many custom extractors, some STEGO codes) leave the
+reference's 7000 x lr 5e-3 schedule far from convergence, while PCA / RP codes, standardised by
+their projection, train fine. So the probe z-scores its input with per-channel statistics of the
+training codes (population mean and standard deviation, streamed in float64, stored with the
+probe: ``mean_``, ``scale_``), which makes its result invariant to any per-channel affine
+rescaling of the codes. ``standardize="none"`` trains on the raw codes, as the reference does.
+The statistics are folded into the weights (``W' = W / s``, ``b' = b - W' m``), so prediction
+costs nothing extra and :attr:`LinearProbe.coef_` / ``intercept_`` act on raw codes.
+
+Prediction upsamples the code and applies the probe; because both are affine (and the bilinear
 weights sum to one) this equals upsampling the logits, which is what is computed.
 
 The probe is supervised, but it is an *evaluation* head: its gradients never reach the features
@@ -29,9 +41,52 @@ from stego_probe.probes.cluster_lookup import (
     as_code_tensor,
     upsample,
 )
+from stego_probe.projections.base import StreamingMoments, guard_scale
 
 #: Raw label values accepted as "ignore" besides -1 (the 255 of many label PNGs).
 IGNORE_VALUES = (IGNORE, 255)
+#: Input standardisation modes of :class:`LinearProbe`: ``"train"`` (default) z-scores the codes
+#: with training statistics; ``"none"`` is the reference (raw codes).
+STANDARDIZE_MODES = ("train", "none")
+#: Images (image layout) or tokens (token layout) per chunk when accumulating statistics.
+_STATS_CHUNK_IMAGES = 64
+_STATS_CHUNK_TOKENS = 1 << 18
+
+
+def code_statistics(codes) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel population mean and standard deviation of codes, streamed in float64.
+
+    Args:
+        codes: ``(N, D, h, w)`` or ``(M, D)`` codes (numpy or torch), or an iterable of such
+            chunks (all with the same ``D``).
+
+    Returns:
+        ``(mean, std)``, each ``(D,)`` float64; channels without variance get ``std = 1``.
+
+    Raises:
+        ValueError: empty input, NaN / inf, inconsistent widths.
+
+    Examples:
+        >>> x = np.arange(12.0, dtype=np.float32).reshape(6, 2)
+        >>> mean, std = code_statistics(x)
+        >>> mean.tolist(), bool(np.allclose(std, x.std(0)))
+        ([5.0, 6.0], True)
+    """
+    chunks = [codes] if isinstance(codes, np.ndarray | torch.Tensor) else codes
+    moments = StreamingMoments(full=False)
+    for chunk in chunks:
+        x = as_code_tensor(chunk, "cpu", name="codes")
+        step = _STATS_CHUNK_IMAGES if x.ndim == 4 else _STATS_CHUNK_TOKENS
+        for start in range(0, len(x), step):
+            part = x[start : start + step]
+            if part.ndim == 4:
+                part = part.permute(0, 2, 3, 1).reshape(-1, part.shape[1])
+            moments.update(part)
+    if moments.n == 0:
+        raise ValueError("codes: expected at least one code to compute statistics from")
+    mean = moments.mean()
+    std = guard_scale(np.sqrt(moments.variance()), mean, where="linear probe input", warn=False)
+    return mean, std
 
 
 def linear_probe_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -81,6 +136,9 @@ def linear_probe_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 class LinearProbe(MinibatchProbe):
     """Supervised linear probe: ``Conv1x1(D -> K)`` with bias, Adam, cross-entropy.
 
+    The probe is fitted on z-scored codes by default (``standardize="train"``; see the module
+    docstring): its accuracy does not depend on a per-channel rescaling of the codes.
+
     Args:
         n_classes: number of classes ``K``.
         lr: Adam learning rate (reference: 5e-3).
@@ -92,10 +150,17 @@ class LinearProbe(MinibatchProbe):
             token resolution). ``(H, W)`` or ``int``: labels are first resized to this size with
             nearest-neighbour interpolation (e.g. to train at 224 px from 320 px labels).
         device: torch device.
+        standardize: ``"train"`` (default): z-score the codes with the per-channel mean and
+            population std of the training codes (:meth:`fit` computes them from its codes; set
+            them with :meth:`fit_scaler` / :meth:`set_scaler` before :meth:`partial_fit`).
+            ``"none"``: raw codes, as the reference (parity option).
 
     Attributes:
-        coef_: ``(K, D)`` float32 weights; ``intercept_``: ``(K,)`` float32 biases.
-        params_: ``{"weight": Parameter (K, D), "bias": Parameter (K,)}``.
+        coef_: ``(K, D)`` float32 weights and ``intercept_``: ``(K,)`` float32 biases acting on
+            the *raw* codes (the statistics folded in): ``logits = codes @ coef_.T + intercept_``.
+        mean_, scale_: ``(D,)`` float64 input statistics (``standardize="train"``).
+        params_: ``{"weight": Parameter (K, D), "bias": Parameter (K,)}`` in the standardised
+            space.
         loss_history_: training loss of every step.
 
     Examples:
@@ -118,6 +183,7 @@ class LinearProbe(MinibatchProbe):
         random_state: int = 0,
         label_res=None,
         device: str = "cpu",
+        standardize: str = "train",
     ) -> None:
         self.n_classes = n_classes
         self.lr = lr
@@ -126,6 +192,85 @@ class LinearProbe(MinibatchProbe):
         self.random_state = random_state
         self.label_res = label_res
         self.device = device
+        self.standardize = standardize
+
+    # -- input statistics ----------------------------------------------------------------------
+    def _check_standardize(self) -> None:
+        if self.standardize not in STANDARDIZE_MODES:
+            raise ValueError(
+                f"standardize: expected one of {list(STANDARDIZE_MODES)}, got {self.standardize!r}"
+            )
+
+    def fit_scaler(self, codes):
+        """Set the input statistics from training codes (streamed; see :func:`code_statistics`).
+
+        Call it before :meth:`partial_fit` when training on a stream; :meth:`fit` calls it on
+        its own codes. A no-op with ``standardize="none"``.
+
+        Args:
+            codes: ``(N, D, h, w)`` or ``(M, D)`` training codes, or an iterable of chunks.
+
+        Returns:
+            self
+        """
+        self._check_standardize()
+        if self.standardize == "train":
+            self.set_scaler(*code_statistics(codes))
+        return self
+
+    def set_scaler(self, mean, scale):
+        """Set the input statistics ``mean_`` / ``scale_`` (``(D,)`` each, ``scale > 0``).
+
+        Returns:
+            self
+        """
+        mean = np.asarray(mean, dtype=np.float64).reshape(-1)
+        scale = np.asarray(scale, dtype=np.float64).reshape(-1)
+        if mean.shape != scale.shape or mean.size == 0:
+            raise ValueError(
+                f"mean / scale: expected two (D,) arrays of the same length, got {mean.shape} "
+                f"and {scale.shape}"
+            )
+        if not (np.isfinite(mean).all() and np.isfinite(scale).all() and (scale > 0).all()):
+            raise ValueError("mean / scale: expected finite values and a positive scale")
+        n = getattr(self, "n_features_in_", None)
+        if n is not None and getattr(self, "params_", None) is not None and mean.size != n:
+            raise ValueError(f"mean / scale: expected D={n} values (the probe's width)")
+        self.mean_, self.scale_ = mean, scale
+        self._scaler_t = None
+        return self
+
+    def _scaler_tensors(self, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(mean, 1 / scale)`` as float32 tensors, or None without standardisation."""
+        self._check_standardize()
+        if self.standardize == "none":
+            return None
+        if getattr(self, "mean_", None) is None:
+            raise ValueError(
+                "LinearProbe(standardize='train') has no input statistics: call fit(), or "
+                "fit_scaler(training codes) before partial_fit() / loss(); or pass "
+                "standardize='none' for the reference's raw codes"
+            )
+        cached = getattr(self, "_scaler_t", None)
+        if cached is None or cached[0].device != torch.device(device):
+            cached = (
+                torch.as_tensor(self.mean_, dtype=torch.float32, device=device),
+                torch.as_tensor(1.0 / self.scale_, dtype=torch.float32, device=device),
+            )
+            self._scaler_t = cached
+        return cached
+
+    def _before_fit(self, codes: torch.Tensor) -> None:
+        self.fit_scaler(codes)
+
+    def _extra_arrays(self) -> dict[str, np.ndarray]:
+        if self.standardize == "train" and getattr(self, "mean_", None) is not None:
+            return {"mean": self.mean_, "scale": self.scale_}
+        return {}
+
+    def _load_extra_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        if "mean" in arrays:
+            self.set_scaler(arrays["mean"], arrays["scale"])
 
     # -- training ------------------------------------------------------------------------------
     def _init_params(self, n_features: int) -> None:
@@ -134,7 +279,7 @@ class LinearProbe(MinibatchProbe):
             raise ValueError(f"n_classes: expected a positive integer, got {self.n_classes!r}")
         # PyTorch's default Conv2d initialisation, drawn from a private seeded RNG state.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.random_state))
+            torch.manual_seed(int(self.seed_))
             conv = torch.nn.Conv2d(n_features, k, kernel_size=1, bias=True)
         self.params_ = {
             "weight": torch.nn.Parameter(
@@ -176,8 +321,18 @@ class LinearProbe(MinibatchProbe):
             t = F.interpolate(t[:, None].double(), size=size, mode="nearest")[:, 0].long()
         return t
 
-    def _logits(self, codes: torch.Tensor) -> torch.Tensor:
+    def _affine(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weights and bias acting on raw codes (the input statistics folded in)."""
         w, b = self.params_["weight"], self.params_["bias"]
+        scaler = self._scaler_tensors(w.device if device is None else device)
+        if scaler is None:
+            return w, b
+        mean, inv = scaler
+        w = w * inv[None, :]
+        return w, b - w @ mean
+
+    def _logits(self, codes: torch.Tensor) -> torch.Tensor:
+        w, b = self._affine(codes.device)
         if codes.ndim == 4:
             return torch.einsum("bdhw,kd->bkhw", codes, w) + b[None, :, None, None]
         return F.linear(codes, w, b)
@@ -213,12 +368,14 @@ class LinearProbe(MinibatchProbe):
     @property
     def coef_(self) -> np.ndarray:
         self._check_fitted()
-        return self.params_["weight"].detach().cpu().numpy().copy()
+        with torch.no_grad():
+            return self._affine(None)[0].detach().cpu().numpy().copy()
 
     @property
     def intercept_(self) -> np.ndarray:
         self._check_fitted()
-        return self.params_["bias"].detach().cpu().numpy().copy()
+        with torch.no_grad():
+            return self._affine(None)[1].detach().cpu().numpy().copy()
 
     def decision_function(self, codes, size=None) -> np.ndarray:
         """Logits ``W c + b`` of the codes upsampled (bilinear) to ``size``.

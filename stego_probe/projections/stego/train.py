@@ -132,14 +132,16 @@ def make_probes(state: dict, device="cpu") -> tuple[ClusterLookupProbe, LinearPr
     """Fitted probe objects from a trainer state (``cluster_probe``, ``linear_probe`` entries).
 
     ``state["cluster_probe"]["clusters"]`` is (K', D); ``state["linear_probe"]`` holds the
-    reference layout ``weight`` (K, D, 1, 1) and ``bias`` (K,).
+    reference layout ``weight`` (K, D, 1, 1) and ``bias`` (K,). The linear probe trained inside
+    the STEGO loop reads raw codes, as the reference's, so it is built with
+    ``standardize="none"``.
     """
     clusters = torch.as_tensor(state["cluster_probe"]["clusters"])
     weight = torch.as_tensor(state["linear_probe"]["weight"])
     bias = torch.as_tensor(state["linear_probe"]["bias"])
     k, d = weight.shape[:2]
     cp = ClusterLookupProbe(clusters.shape[0], device=device).initialize(d)
-    lp = LinearProbe(k, device=device).initialize(d)
+    lp = LinearProbe(k, device=device, standardize="none").initialize(d)
     with torch.no_grad():
         cp.params_["clusters"].copy_(clusters)
         lp.params_["weight"].copy_(weight.reshape(k, d))
