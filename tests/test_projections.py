@@ -380,3 +380,103 @@ def test_hnne_missing_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "hnne", None)  # makes `import hnne` raise ImportError
     with pytest.raises(ImportError, match=r"pip install 'stego-probe\[hnne\]'"):
         HNNEProjection(2, n_samples=50).fit(_correlated(60))
+
+
+# ---------------------------------------------------------------------- input validation
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_fit_data_is_refused(bad):
+    x = _correlated(200)
+    x[17, 3] = bad
+    for est in (PCAProjection(3), RandomProjection(3), RandomProjection(3, standardize=None)):
+        with pytest.raises(ValueError, match=r"fit: X contains 1 NaN or infinite .*row 17"):
+            est.fit(x)
+        assert not est.is_fitted
+    with pytest.raises(ValueError, match="NaN or infinite"):  # float64 overflowing float32
+        PCAProjection(3).fit(_correlated(50).astype(np.float64) * 1e39)
+    store = _store(n_images=10)
+    store._t[7, 1, 2, 0] = bad
+    for est in (PCAProjection(3, n_images=None), RandomProjection(3, n_images=None)):
+        with pytest.raises(ValueError, match=r"'fake://store' has NaN .*image index 7"):
+            est.fit(store)
+    # images outside the fit subset are not read, so they do not matter
+    ok = PCAProjection(3, n_images=3, subset="first").fit(store)
+    assert np.isfinite(ok.all_components_).all()
+
+
+def test_non_finite_transform_input_is_refused():
+    x = _correlated(300)
+    for est in (PCAProjection(3).fit(x), RandomProjection(3).fit(x), Identity().fit(x)):
+        bad = x[:20].copy()
+        bad[4, 0] = np.nan
+        with pytest.raises(ValueError, match=r"transform: X \(N, C\) contains 1 NaN.*row 4"):
+            est.transform(bad)
+        with pytest.raises(ValueError, match=r"transform: X \(N, C\) contains"):
+            est.transform(torch.from_numpy(bad))
+        toks = x[:24].reshape(2, 3, 4, C).copy()
+        toks[1, 2, 3, 5] = np.inf
+        with pytest.raises(ValueError, match=r"transform_tokens: tokens .* contains 1 NaN"):
+            est.transform_tokens(toks)
+        assert est.transform(x[:0]).shape[0] == 0  # empty input is fine
+
+
+def test_unfitted_raises_sklearn_not_fitted_error(tmp_path):
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    x = _correlated(100)
+    for est in (PCAProjection(3), RandomProjection(3), Identity()):
+        for call in (
+            lambda est=est: est.transform(x),
+            lambda est=est: est.transform_tokens(x[:24].reshape(2, 3, 4, C)),
+            lambda est=est: est.save(tmp_path / "p.pt"),
+            lambda est=est: est.provenance,
+            lambda est=est: check_is_fitted(est),
+        ):
+            with pytest.raises(NotFittedError, match="not fitted"):
+                call()
+        check_is_fitted(est.fit(x))
+    with pytest.raises(NotFittedError, match="components_"):
+        _ = PCAProjection(3).components_
+    assert not hasattr(PCAProjection(3), "explained_variance_ratio_")
+
+
+def test_random_state_none_int_or_randomstate():
+    store, x = _store(n_images=30), _correlated(400)
+    # an int seed: unchanged, reproducible image subset
+    a = PCAProjection(3, n_images=10, random_state=4).fit(store)
+    want = np.sort(np.random.default_rng(4).choice(30, size=10, replace=False))
+    assert a.provenance["fit_data"]["image_indices_sha256"] == _sha(want)
+    # a RandomState is drawn from: the same state gives the same fit, and it advances
+    b1 = PCAProjection(3, n_images=10, random_state=np.random.RandomState(1)).fit(store)
+    b2 = PCAProjection(3, n_images=10, random_state=np.random.RandomState(1)).fit(store)
+    np.testing.assert_array_equal(b1.all_components_, b2.all_components_)
+    rs = np.random.RandomState(1)
+    PCAProjection(3, n_images=10, random_state=rs).fit(store)
+    assert rs.randint(2**31 - 1) != np.random.RandomState(1).randint(2**31 - 1)
+    # None: fresh entropy, still a valid fit
+    fresh = PCAProjection(3, n_images=10, random_state=None).fit(store)
+    assert fresh.transform(x).shape == (400, 3)
+    # RP draws R exactly as scikit-learn does from the same RandomState
+    rp = RandomProjection(4, random_state=np.random.RandomState(5)).fit(store)
+    ref = GaussianRandomProjection(4, random_state=np.random.RandomState(5)).fit(x.astype(float))
+    np.testing.assert_array_equal(rp.components_, ref.components_)
+    assert RandomProjection(4, random_state=None).fit(x).components_.shape == (4, C)
+    for bad in (-1, 2**32, 1.5, "0", True, np.random.default_rng(0)):
+        for est in (PCAProjection(3, random_state=bad), RandomProjection(3, random_state=bad)):
+            with pytest.raises(ValueError, match="random_state must be None, an int"):
+                est.fit(store)
+
+
+def test_randomstate_projection_saves_and_loads(tmp_path):
+    x = _correlated(200)
+    rp = RandomProjection(4, random_state=np.random.RandomState(2)).fit(x)
+    back = load_projection(rp.save(tmp_path / "rp.pt"))
+    assert back.random_state is None  # a RandomState is not a saveable parameter
+    np.testing.assert_array_equal(back.components_, rp.components_)
+    np.testing.assert_array_equal(back.transform(x), rp.transform(x))
+
+
+def _sha(idx: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.asarray(idx, dtype=np.int64).tobytes()).hexdigest()

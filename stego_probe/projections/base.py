@@ -46,6 +46,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.exceptions import NotFittedError
 
 from stego_probe.provenance import package_info
 
@@ -80,6 +81,58 @@ def check_standardize(value: Any, name: str = "standardize") -> None:
     """Raise ``ValueError`` unless ``value`` is one of :data:`STANDARDIZE_MODES`."""
     if value not in STANDARDIZE_MODES:
         raise ValueError(f"{name} must be one of 'train', 'batch' or None, got {value!r}")
+
+
+def check_random_state_param(value: Any, name: str = "random_state") -> None:
+    """Raise ``ValueError`` unless ``value`` is a valid ``random_state``, as in scikit-learn.
+
+    Valid: None (fresh entropy, not reproducible), an int in ``[0, 2**32 - 1]`` (a seed), or a
+    ``numpy.random.RandomState`` (drawn from, so the result depends on its state; reusing the
+    instance gives different draws).
+    """
+    if value is None or isinstance(value, np.random.RandomState):
+        return
+    if isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_):
+        if 0 <= int(value) <= 2**32 - 1:
+            return
+    raise ValueError(
+        f"{name} must be None, an int in [0, 2**32 - 1] or a numpy.random.RandomState, "
+        f"got {value!r}"
+    )
+
+
+def seed_from_random_state(value: Any) -> int | None:
+    """An int seed (or None) for ``numpy.random.default_rng`` from a valid ``random_state``.
+
+    Ints and None are returned as they are (so results for an int seed do not depend on this
+    conversion); a ``RandomState`` draws a seed, advancing its state.
+    """
+    if isinstance(value, np.random.RandomState):
+        return int(value.randint(0, 2**31 - 1))
+    return None if value is None else int(value)
+
+
+def check_finite(x: np.ndarray | torch.Tensor, what: str, hint: str = "") -> None:
+    """Raise ``ValueError`` naming ``what`` if the float array / tensor ``x`` has NaN or inf.
+
+    The message gives the number of non-finite values and the first row (first axis) holding
+    one; ``hint`` is appended.
+    """
+    if isinstance(x, torch.Tensor):
+        if not x.is_floating_point() or bool(torch.isfinite(x).all()):
+            return
+        bad = ~torch.isfinite(x.reshape(x.shape[0], -1))
+        count, row = int(bad.sum()), int(bad.any(dim=1).nonzero()[0, 0])
+    else:
+        x = np.asarray(x)
+        if not np.issubdtype(x.dtype, np.floating) or np.isfinite(x).all():
+            return
+        bad = ~np.isfinite(x.reshape(x.shape[0], -1))
+        count, row = int(bad.sum()), int(np.flatnonzero(bad.any(axis=1))[0])
+    raise ValueError(
+        f"{what} contains {count} NaN or infinite value(s) (first in row {row}); expected "
+        f"finite values{hint}"
+    )
 
 
 def _json_safe(obj: Any) -> Any:
@@ -230,6 +283,20 @@ def _as_tensor(x: Any, name: str) -> tuple[torch.Tensor, bool]:
     return torch.from_numpy(np.ascontiguousarray(arr)), False
 
 
+def _check_store_tokens(store: Any, images: np.ndarray, tokens: np.ndarray) -> None:
+    """``ValueError`` naming the store and the first image if ``tokens`` (n, h, w, C) of
+    ``images`` hold NaN or inf."""
+    if np.isfinite(tokens).all():
+        return
+    bad = ~np.isfinite(tokens.reshape(tokens.shape[0], -1)).all(axis=1)
+    first = int(np.asarray(images)[np.argmax(bad)])
+    raise ValueError(
+        f"feature store {getattr(store, 'path', store)!r} has NaN or infinite tokens in "
+        f"{int(bad.sum())} of the images read (first: image index {first}); expected finite "
+        "backbone features: re-extract the store"
+    )
+
+
 class Projection(TransformerMixin, BaseEstimator):
     """Base class of all projections: ``(…, C)`` backbone tokens -> ``(…, D)`` codes.
 
@@ -292,9 +359,16 @@ class Projection(TransformerMixin, BaseEstimator):
         """Whether ``fit`` (or ``load``) has run."""
         return hasattr(self, "n_features_in_")
 
+    def __sklearn_is_fitted__(self) -> bool:
+        return self.is_fitted
+
     def _check_fitted(self) -> None:
+        """Raise ``sklearn.exceptions.NotFittedError`` (a ``ValueError`` and an
+        ``AttributeError``) unless fitted."""
         if not self.is_fitted:
-            raise ValueError(f"{type(self).__name__} is not fitted; call fit(store_or_array) first")
+            raise NotFittedError(
+                f"{type(self).__name__} is not fitted; call fit(store_or_array) first"
+            )
 
     @property
     def dim(self) -> int:
@@ -334,6 +408,7 @@ class Projection(TransformerMixin, BaseEstimator):
             if t.shape[0] == 0:
                 raise ValueError("fit: X has no rows")
             source = t.cpu().float().numpy()
+            check_finite(source, f"{type(self).__name__}.fit: X", " (float32 tokens)")
         self._fit_info: dict = {}
         self._fit(source)
         self.provenance_ = self._make_provenance(source)
@@ -345,6 +420,8 @@ class Projection(TransformerMixin, BaseEstimator):
     def _validate_params_common(self) -> None:
         if hasattr(self, "standardize"):
             check_standardize(self.standardize)
+        if hasattr(self, "random_state"):
+            check_random_state_param(self.random_state)
         n = getattr(self, "n_components", None)
         if n is not None and (not isinstance(n, int | np.integer) or n < 1):
             raise ValueError(f"n_components must be a positive int or None, got {n!r}")
@@ -366,7 +443,7 @@ class Projection(TransformerMixin, BaseEstimator):
         elif subset == "first":
             idx = np.arange(n, dtype=np.int64)
         else:
-            rng = np.random.default_rng(self.random_state)
+            rng = np.random.default_rng(seed_from_random_state(self.random_state))
             idx = np.sort(rng.choice(total, size=int(n), replace=False)).astype(np.int64)
         self._fit_info.update(
             n_images_used=int(idx.size),
@@ -396,11 +473,14 @@ class Projection(TransformerMixin, BaseEstimator):
         per_image = first.shape[1] * first.shape[2]
         step = max(1, chunk // per_image)
         n_tokens = 0
+        _check_store_tokens(source, idx[:1], first)
         yield first.reshape(-1, first.shape[-1])
         n_tokens += per_image
         rest = idx[1:]
         for start in range(0, rest.size, step):
-            t = np.asarray(source.tokens(rest[start : start + step]), dtype=np.float32)
+            sel = rest[start : start + step]
+            t = np.asarray(source.tokens(sel), dtype=np.float32)
+            _check_store_tokens(source, sel, t)
             n_tokens += t.shape[0] * per_image
             yield t.reshape(-1, t.shape[-1])
         self._fit_info["n_tokens"] = n_tokens
@@ -411,8 +491,10 @@ class Projection(TransformerMixin, BaseEstimator):
         From a store: ``store.sample_tokens(n, seed=random_state)``, restricted to the
         ``n_images`` images chosen as for the streaming fit when the store's ``sample_tokens``
         takes ``images=`` (the reference samples from its 5,000-image fit matrix); from an array:
-        ``n`` seeded rows, kept in array order.
+        ``n`` seeded rows, kept in array order. A ``RandomState`` ``random_state`` is turned into
+        one int seed first (:func:`seed_from_random_state`).
         """
+        seed = seed_from_random_state(self.random_state)
         if is_store(source):
             if not hasattr(source, "sample_tokens"):
                 raise ValueError(
@@ -423,19 +505,22 @@ class Projection(TransformerMixin, BaseEstimator):
                 source.sample_tokens, "images"
             ):
                 kw["images"] = self._select_images(source)
-            out = np.asarray(
-                source.sample_tokens(int(n), seed=self.random_state, **kw), dtype=np.float32
-            )
+            out = np.asarray(source.sample_tokens(int(n), seed=seed, **kw), dtype=np.float32)
             if out.ndim != 2:
                 raise ValueError(
                     f"sample_tokens(n, seed) must return (n, C) tokens, got shape {out.shape}"
                 )
+            check_finite(
+                out,
+                f"the token sample of feature store {getattr(source, 'path', source)!r}",
+                " (backbone features); re-extract the store",
+            )
         elif n >= source.shape[0]:
             out = source
         else:
-            rng = np.random.default_rng(self.random_state)
+            rng = np.random.default_rng(seed)
             out = source[np.sort(rng.choice(source.shape[0], size=int(n), replace=False))]
-        self._fit_info.update(n_tokens=int(out.shape[0]), sample_seed=self.random_state)
+        self._fit_info.update(n_tokens=int(out.shape[0]), sample_seed=seed)
         return np.ascontiguousarray(out, dtype=np.float32)
 
     def _make_provenance(self, source: Any) -> dict:
@@ -523,6 +608,8 @@ class Projection(TransformerMixin, BaseEstimator):
                 f"{type(self).__name__}.{what}: expected C={self.n_features_in_} channels "
                 f"(the fit data's width), got {x.shape[-1]}"
             )
+        if x.shape[0]:
+            check_finite(x, f"{type(self).__name__}.{what}", " (tokens to project)")
         with torch.no_grad():
             return self._transform_2d(x.float()).float()
 
@@ -593,7 +680,7 @@ class Projection(TransformerMixin, BaseEstimator):
             "format": SAVE_FORMAT,
             "class": type(self).__name__,
             "method": self.method_name,
-            "params": json.dumps(_json_safe(self.get_params(deep=False))),
+            "params": json.dumps(_json_safe(self._saved_params())),
             "meta": json.dumps(_json_safe(meta)),
             "provenance": json.dumps(_json_safe(self.provenance_)),
             "arrays": arrays,
@@ -603,6 +690,14 @@ class Projection(TransformerMixin, BaseEstimator):
         torch.save(payload, tmp)
         os.replace(tmp, path)
         return path
+
+    def _saved_params(self) -> dict:
+        """Parameters as saved: a ``RandomState`` ``random_state`` is saved as None (its state is
+        not a parameter; the fitted arrays, which are saved, are what it produced)."""
+        params = self.get_params(deep=False)
+        if isinstance(params.get("random_state"), np.random.RandomState):
+            params["random_state"] = None
+        return params
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Projection:

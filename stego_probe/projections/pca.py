@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.exceptions import NotFittedError
 
 from stego_probe.projections.base import Projection, StreamingMoments, guard_scale, is_store
 
@@ -53,8 +54,14 @@ class PCAProjection(Projection):
         n_images: number of store images to fit on (None: all); ignored for array input.
         subset: ``"random"`` (seeded subset, default) or ``"first"`` (the first ``n_images`` in
             store order, as the reference's shuffled cache, quirk Q36).
-        random_state: seed of the image subset.
+        random_state: seed of the image subset: an int, None (fresh entropy) or a
+            ``numpy.random.RandomState`` (drawn from), as in scikit-learn.
         chunk_size: tokens per streamed chunk (float64 working memory ``chunk_size * C * 8`` B).
+
+    Raises (``fit``):
+        ValueError: NaN or inf in the fit data (naming the array, or the store and the first bad
+            image), an invalid ``random_state``, ``n_components > C``.
+        sklearn.exceptions.NotFittedError: ``transform`` / ``components_`` before ``fit``.
 
     Attributes:
         components_: (D, C) float64, the first ``n_components`` rows of ``all_components_``.
@@ -86,7 +93,7 @@ class PCAProjection(Projection):
         standardize: str | None = "train",
         n_images: int | None = 5000,
         subset: str = "random",
-        random_state: int | None = 0,
+        random_state: int | np.random.RandomState | None = 0,
         chunk_size: int = 16384,
     ) -> None:
         self.n_components = n_components
@@ -136,14 +143,14 @@ class PCAProjection(Projection):
     def components_(self) -> np.ndarray:
         """(D, C) float64: the first ``dim`` principal axes."""
         if not self.is_fitted:
-            raise AttributeError("PCAProjection is not fitted: no components_")
+            raise NotFittedError("PCAProjection is not fitted: no components_")
         return self.all_components_[: self.dim]
 
     @property
     def explained_variance_ratio_(self) -> np.ndarray:
         """(C,) float64 fraction of the total variance per component, over all components."""
         if not self.is_fitted:
-            raise AttributeError("PCAProjection is not fitted: no explained_variance_ratio_")
+            raise NotFittedError("PCAProjection is not fitted: no explained_variance_ratio_")
         total = self.explained_variance_.sum()
         return self.explained_variance_ / total if total > 0 else self.explained_variance_ * 0
 

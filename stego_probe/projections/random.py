@@ -9,7 +9,13 @@ import numpy as np
 import torch
 from sklearn.random_projection import GaussianRandomProjection, SparseRandomProjection
 
-from stego_probe.projections.base import Projection, StreamingMoments, guard_scale, is_store
+from stego_probe.projections.base import (
+    Projection,
+    StreamingMoments,
+    check_random_state_param,
+    guard_scale,
+    is_store,
+)
 
 RP_KINDS = ("gaussian", "sparse")
 
@@ -18,7 +24,7 @@ def random_matrix(
     n_components: int,
     n_features: int,
     kind: str = "gaussian",
-    random_state: int | None = 0,
+    random_state: int | np.random.RandomState | None = 0,
     density: float | str = "auto",
 ) -> np.ndarray:
     """The random projection matrix ``R`` (D, C) float64 that scikit-learn would draw.
@@ -33,7 +39,8 @@ def random_matrix(
         n_components: ``D``.
         n_features: ``C``.
         kind: ``"gaussian"`` or ``"sparse"``.
-        random_state: seed (None: fresh entropy, not reproducible).
+        random_state: an int seed, None (fresh entropy, not reproducible) or a
+            ``numpy.random.RandomState`` (drawn from: each call gives another matrix).
         density: sparse only; ``"auto"`` = ``1/sqrt(C)``.
 
     Returns:
@@ -43,6 +50,7 @@ def random_matrix(
         raise ValueError(f"kind must be one of {RP_KINDS}, got {kind!r}")
     if not isinstance(n_components, int | np.integer) or n_components < 1:
         raise ValueError(f"n_components must be a positive int, got {n_components!r}")
+    check_random_state_param(random_state)
     dummy = np.zeros((1, int(n_features)), dtype=np.float64)
     with warnings.catch_warnings():
         # D > C is legal for an embedding sweep; sklearn warns about it on every draw.
@@ -76,9 +84,15 @@ class RandomProjection(Projection):
         n_components: output width ``D`` (required).
         kind: ``"gaussian"`` (``"rp"``) or ``"sparse"`` (``"rp_sparse"``).
         standardize: ``"train"``, ``"batch"`` or None.
-        random_state: seed of ``R`` (and of the image subset for the statistics).
+        random_state: seed of ``R`` (and of the image subset for the statistics): an int, None
+            (fresh entropy) or a ``numpy.random.RandomState`` (drawn from), as in scikit-learn.
         density: sparse only, as scikit-learn (``"auto"`` = ``1/sqrt(C)``).
         n_images, subset, chunk_size: fit-data selection for the statistics, as PCA.
+
+    Raises (``fit``): ``ValueError`` for NaN or inf in the fit data read for the statistics
+    (naming the array, or the store and the first bad image) or an invalid ``random_state``;
+    ``transform`` raises ``ValueError`` for non-finite tokens and
+    ``sklearn.exceptions.NotFittedError`` before ``fit``.
 
     Attributes:
         components_: (D, C) float64, ``R``. Redrawn from ``random_state`` by ``set_params``
@@ -103,7 +117,7 @@ class RandomProjection(Projection):
         *,
         kind: str = "gaussian",
         standardize: str | None = "train",
-        random_state: int | None = 0,
+        random_state: int | np.random.RandomState | None = 0,
         density: float | str = "auto",
         n_images: int | None = 5000,
         subset: str = "random",
