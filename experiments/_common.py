@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stego_probe.cli.backbone_options import add_backbone_kwargs_argument
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -43,10 +45,11 @@ SWEEP_ROOT = "runs/figure4"
 
 def begin(args: argparse.Namespace, name: str) -> None:
     """Print the experiment name, the git SHA and the sorted arguments (one per line), then
-    apply ``--threads``."""
+    apply ``--threads`` for the rest of the script (:func:`stego_probe.threads.set_num_threads`:
+    ``auto`` is the package's thread policy, docs/threads.md)."""
     from stego_probe import __version__
     from stego_probe.provenance import git_sha
-    from stego_probe.sweep import set_num_threads
+    from stego_probe.threads import set_num_threads
 
     print(f"{name} (stego_probe {__version__})")
     print(f"git:\n  {git_sha(Path(__file__).resolve().parent) or 'unknown (not a git checkout)'}")
@@ -104,6 +107,9 @@ def make_parser(
             ``--mode``, ``--executor``).
         figures: add ``--figures`` and ``--fmt``.
     """
+    from stego_probe.threads import add_threads_argument, passive_wait
+
+    passive_wait()  # OMP_WAIT_POLICY=PASSIVE, before the script imports torch / FAISS
     p = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -133,13 +139,7 @@ def make_parser(
         help="local weight file: PATH for every dataset, or BACKBONE=PATH / DATASET=PATH "
         "(repeatable); default: the torch hub cache, else the official URL",
     )
-    g.add_argument(
-        "--backbone-kwargs",
-        type=json_dict,
-        default={},
-        metavar="JSON",
-        help='extra get_backbone() arguments, e.g. \'{"model_kwargs": {"depth": 2}}\'',
-    )
+    add_backbone_kwargs_argument(g)  # the CLI's parser: JSON, KEY=VALUE,... or @file.json
     g.add_argument("--train-res", type=int, default=None, help="train store input side (224)")
     g.add_argument("--val-res", type=int, default=None, help="val store input side (320)")
     g.add_argument(
@@ -147,13 +147,7 @@ def make_parser(
     )
     g.add_argument("--batch-size", type=int, default=None, help="extraction / eval batch")
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda:N")
-    g.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="limit torch / FAISS CPU threads (default: theirs); 1 is fastest for small stores "
-        "on a shared CPU",
-    )
+    add_threads_argument(g)
 
     g = p.add_argument_group("protocol overrides")
     g.add_argument("--seeds", type=int_list, default=None, help="comma list (preset: 0,1,2)")
@@ -362,7 +356,7 @@ def run_sweeps(args: argparse.Namespace, root: str | Path) -> pd.DataFrame:
         df = run_sweep(config, out, executor=args.executor, progress=not args.no_progress)
         table = summary_table(df)
         if not table.empty:
-            print(f"mIoU (%) mean ± std over seeds, {dataset}:\n{table.to_string()}\n")
+            print(f"mIoU (%), {table.attrs['note']}, {dataset}:\n{table.to_string()}\n")
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
 

@@ -28,6 +28,7 @@ from stego_probe.data.base import Sample, SegDataset
 from stego_probe.labels import IGNORE, canonicalize
 from stego_probe.provenance import check_compatible, package_info
 from stego_probe.store import FORMAT_VERSION, FeatureStore, _normalize_path, to_jsonable
+from stego_probe.threads import uses_threads
 
 CROPS = ("center", "five", "none")
 FIVE_CROP_RATIO = 0.5
@@ -265,6 +266,7 @@ def _remove_partial_files(path: str) -> None:
                 os.unlink(os.path.join(dirpath, f))
 
 
+@uses_threads("large")
 def extract(
     dataset: SegDataset,
     backbone,
@@ -282,6 +284,7 @@ def extract(
     shard_images: int | None = None,
     token_dtype: str = "float16",
     overwrite: bool = False,
+    threads: int | str | None = "auto",
 ) -> FeatureStore:
     """Extract the backbone's patch tokens of every image of ``dataset`` into a store.
 
@@ -306,6 +309,9 @@ def extract(
         chunk_images, shard_images: store layout for a new store (see
             :meth:`FeatureStore.create`); an existing store keeps its own.
         overwrite: delete an existing store at ``store_path`` and extract again.
+        threads: CPU threads of the backbone forward (restored after): ``"auto"`` (all
+            cores, or an enclosing :func:`stego_probe.threads.limit`'s explicit count),
+            ``"all"``, an int or None (library defaults); see :mod:`stego_probe.threads`.
 
     Returns:
         the complete store, opened read-only.

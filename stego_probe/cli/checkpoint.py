@@ -7,6 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+from stego_probe.threads import add_threads_argument
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``import-checkpoint`` and ``train-stego`` subcommands."""
@@ -76,6 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="channel dropout on the KNN features (0: eval mode; 0.1: reference parity, Q5)",
     )
     p.add_argument("--device", default="cpu", help="torch device (cpu)")
+    add_threads_argument(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--out", required=True, help="output file (.pt)")
     p.set_defaults(func=_cmd_train)
@@ -138,7 +141,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cache_dir=args.knn_cache,
             progress=not args.no_progress,
         )
-    head.fit(train, val_store=val, knn=knn)
+    from stego_probe.threads import limit, store_workload
+
+    with limit(args.threads, store_workload(train)):  # "auto": by the store's token size
+        head.fit(train, val_store=val, knn=knn)
     path = head.save(args.out)
     row = next((r for r in head.history_ if r["step"] == head.selected_step_), {})
     metrics = {k: round(v, 2) for k, v in row.items() if k.startswith("val_")}

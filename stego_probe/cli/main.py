@@ -50,13 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from stego_probe.threads import limit, passive_wait
+
+    passive_wait()  # before torch / FAISS start OpenMP (the CLI modules import them)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        # --threads of the long-running commands (stego_probe.threads.add_threads_argument)
+        with limit(getattr(args, "threads", None), getattr(args, "threads_workload", "small")):
+            return int(args.func(args) or 0)
     except (ValueError, OSError, KeyError, RuntimeError, ImportError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"stego-probe {args.command}: error: {msg}", file=sys.stderr)

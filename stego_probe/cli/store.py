@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from stego_probe.cli.backbone_options import add_backbone_kwargs_argument
+from stego_probe.threads import add_threads_argument
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``extract`` and ``info`` subcommands."""
@@ -33,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--backbone", required=True, help="backbone registry name, e.g. dino_vits8")
     p.add_argument("--weights", default=None, help="local weight file for the backbone")
+    add_backbone_kwargs_argument(p)
     p.add_argument("--res", type=int, default=224, help="input side in pixels (224; eval: 320)")
     p.add_argument(
         "--crop",
@@ -59,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--chunk-images", type=int, default=32, help="images per store chunk for a new store"
     )
     p.add_argument("--overwrite", action="store_true", help="delete an existing store first")
+    add_threads_argument(p, workload="large")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--store", required=True, help="store directory or fsspec URL")
     p.set_defaults(func=_cmd_extract)
@@ -132,7 +137,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     kwargs = parse_key_values(args.dataset_arg)
     dataset = get_dataset(args.dataset, root=args.data_root, split=args.split, **kwargs)
     device = cli_device(args.device)
-    backbone = get_backbone(args.backbone, weights=args.weights, device=device)
+    backbone = get_backbone(
+        args.backbone, weights=args.weights, device=device, **args.backbone_kwargs
+    )
     store = extract(
         dataset,
         backbone,
