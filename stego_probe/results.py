@@ -4,6 +4,11 @@ Every evaluation, sweep point and distinctness measurement becomes rows with the
 :data:`RESULT_COLUMNS`; figures are drawn only from such tables. Metric values are in percent for
 segmentation metrics (``accuracy``, ``miou``, ``iou:<class>``, ``precision:<class>``,
 ``recall:<class>``) and in their natural unit otherwise (``silhouette``, ``kmeans_iterations``...).
+
+Rows of the ``kmeans`` probe (and distinctness rows) also record the k-means protocol that
+produced them (:data:`KMEANS_COLUMNS`): the stopping rule (``kmeans_tol``, ``kmeans_niter``), the
+restarts (``kmeans_nredo``) and the iterations the fit actually ran (``kmeans_n_iter``). Tables
+written before these columns existed are read with them empty (NaN).
 """
 
 from __future__ import annotations
@@ -29,8 +34,35 @@ RESULT_COLUMNS = [
     "split",  # the split the metric was computed on
     "metric",  # accuracy, miou, iou:<class>, silhouette, ...
     "value",  # float
+    "kmeans_niter",  # k-means: maximum Lloyd iterations per restart (empty for other probes)
+    "kmeans_tol",  # k-means stopping tolerance: 0 = to a fixed point (or niter), > 0 early stop
+    "kmeans_nredo",  # k-means restarts (the best final objective is kept)
+    "kmeans_n_iter",  # k-means: iterations the chosen restart actually ran
     "stego_probe_version",
 ]
+
+#: The k-means protocol columns (numeric; empty for rows that involve no k-means fit). They were
+#: added after the first release: :func:`read_results` fills them with NaN in older tables.
+KMEANS_COLUMNS = ["kmeans_niter", "kmeans_tol", "kmeans_nredo", "kmeans_n_iter"]
+
+
+def kmeans_context(probe) -> dict:
+    """The :data:`KMEANS_COLUMNS` values of a fitted :class:`~stego_probe.probes.KMeansProbe`.
+
+    ``kmeans_tol`` is ``0`` for ``tol=None`` as well (exactly ``niter`` iterations: the same
+    centroids as ``tol=0`` whenever a fixed point is reached; ``kmeans_n_iter == kmeans_niter``
+    tells the two apart).
+
+    Returns:
+        ``{"kmeans_niter": int, "kmeans_tol": float, "kmeans_nredo": int, "kmeans_n_iter": int}``.
+    """
+    tol = getattr(probe, "tol", None)
+    return {
+        "kmeans_niter": int(probe.niter),
+        "kmeans_tol": 0.0 if tol is None else float(tol),
+        "kmeans_nredo": int(probe.nredo),
+        "kmeans_n_iter": int(probe.n_iter_),
+    }
 
 
 def make_rows(context: Mapping, metrics: Mapping[str, float]) -> list[dict]:
@@ -54,8 +86,12 @@ def make_rows(context: Mapping, metrics: Mapping[str, float]) -> list[dict]:
 
 
 def to_frame(rows: Iterable[Mapping]) -> pd.DataFrame:
-    """Rows -> DataFrame with :data:`RESULT_COLUMNS` in order."""
-    return pd.DataFrame(list(rows), columns=RESULT_COLUMNS)
+    """Rows -> DataFrame with :data:`RESULT_COLUMNS` in order (:data:`KMEANS_COLUMNS` numeric,
+    NaN where empty)."""
+    df = pd.DataFrame(list(rows), columns=RESULT_COLUMNS)
+    for c in KMEANS_COLUMNS:
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    return df
 
 
 def append_csv(rows: Iterable[Mapping], path: str | os.PathLike) -> pd.DataFrame:
@@ -91,8 +127,12 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
             f"{path}: not a readable stego_probe results table (expected a CSV with columns "
             f"{', '.join(RESULT_COLUMNS[:3])}, ...): {msg}"
         ) from e
-    missing = [c for c in RESULT_COLUMNS if c not in df.columns]
+    missing = [c for c in RESULT_COLUMNS if c not in df.columns and c not in KMEANS_COLUMNS]
     if missing:
         raise ValueError(f"{path}: not a stego_probe results table, missing columns {missing}")
+    for c in KMEANS_COLUMNS:  # absent in tables written before they were added
+        if c not in df.columns:
+            df[c] = float("nan")
+        df[c] = pd.to_numeric(df[c], errors="coerce")
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
     return df[RESULT_COLUMNS + [c for c in df.columns if c not in RESULT_COLUMNS]]

@@ -18,7 +18,16 @@ from stego_probe.probes._codes import (
     l2_normalize,
     upsample_codes,
 )
-from stego_probe.probes.kmeans import KMeansProbe, n_iter_until_converged
+from stego_probe.probes.kmeans import (
+    DEFAULT_NITER,
+    DEFAULT_TOL,
+    KMeansProbe,
+    n_iter_until_converged,
+    stopping_rule,
+)
+
+#: Most tests here use a few iterations on purpose; the not-converged warning is tested once.
+pytestmark = pytest.mark.filterwarnings("ignore:KMeansProbe.*fixed point:RuntimeWarning")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -118,7 +127,7 @@ def test_determinism_and_seed_dependence():
 
 def test_objective_bookkeeping():
     x, _ = blobs(4, n=1000, d=8, k=5)
-    probe = KMeansProbe(5, niter=30, nredo=3, metric="cosine", random_state=0).fit(x)
+    probe = KMeansProbe(5, niter=30, nredo=3, metric="cosine", random_state=0, tol=1e-4).fit(x)
     assert len(probe.objective_per_redo_) == 3
     finals = [o[-1] for o in probe.objective_per_redo_]
     assert probe.best_redo_ == int(np.argmax(finals))  # inner products: larger is better
@@ -130,6 +139,7 @@ def test_objective_bookkeeping():
     assert n_iter_until_converged(np.array([10.0, 5.0, 4.9999]), 1e-4) == 3
     # FAISS stopped each restart at the tol rule (or at niter), so n_iter_ = iterations run
     assert probe.n_iter_ == len(probe.objective_)
+    assert probe.n_iter_per_redo_ == [len(o) for o in probe.objective_per_redo_]
     for obj in probe.objective_per_redo_:
         rel = np.abs(np.diff(obj)) / np.abs(obj[:-1])
         assert (rel[:-1] > 1e-4).all() and (rel[-1] <= 1e-4 or len(obj) == 30)
@@ -281,3 +291,76 @@ def test_both_faiss_wheels_installed_is_an_error(monkeypatch):
         check_single_faiss()  # one wheel: fine
     finally:
         check_single_faiss.cache_clear()
+
+
+# ------------------------------------------------------------------------- stopping rule
+
+
+def test_stopping_rules_none_fixed_point_and_early():
+    x, _ = blobs(10, n=1500, d=8, k=6, scale=1.0)
+    kw = dict(n_clusters=6, niter=200, nredo=2, random_state=3)
+    full = KMeansProbe(**kw, tol=None).fit(x)
+    # tol=None: FAISS's check is off, every restart runs exactly niter iterations
+    assert full.n_iter_per_redo_ == [200, 200] and full.n_iter_ == len(full.objective_) == 200
+    assert full.stopping_rule_ == "niter" and full.converged_
+    fixed = KMeansProbe(**kw, tol=0).fit(x)
+    # tol=0: stops at the first iteration whose objective equals the previous one ...
+    assert fixed.stopping_rule_ == "fixed_point" and fixed.converged_
+    for obj in fixed.objective_per_redo_:
+        assert len(obj) < 200 and obj[-1] == obj[-2] and (obj[1:-1] != obj[:-2]).all()
+    assert fixed.n_iter_converged_ == fixed.n_iter_ == len(fixed.objective_)
+    # ... which is where the full run's objective stopped changing, with the same centroids
+    assert full.n_iter_converged_ == fixed.n_iter_
+    np.testing.assert_array_equal(full.objective_[: fixed.n_iter_], fixed.objective_)
+    np.testing.assert_array_equal(full.cluster_centers_, fixed.cluster_centers_)
+    # tol > 0: stops earlier, before the fixed point, at the first small relative change
+    early = KMeansProbe(**kw, tol=1e-3).fit(x)
+    assert early.stopping_rule_ == "tol" and not early.converged_
+    assert early.n_iter_converged_ is None
+    for obj in early.objective_per_redo_:
+        rel = np.abs(np.diff(obj)) / np.abs(obj[:-1])
+        assert rel[-1] <= 1e-3 and (rel[:-1] > 1e-3).all()
+    assert early.n_iter_ < fixed.n_iter_
+    assert early.inertia_ < fixed.inertia_  # spherical objective: converged is higher
+    assert DEFAULT_TOL == 0 and KMeansProbe(3).tol == 0 and KMeansProbe(3).niter == DEFAULT_NITER
+
+
+def test_fixed_point_not_reached_warns():
+    x, _ = blobs(11, n=1500, d=8, k=6, scale=1.0)
+    with pytest.warns(RuntimeWarning, match="fixed point in niter=3"):
+        probe = KMeansProbe(6, niter=3, nredo=1, tol=0).fit(x)
+    assert probe.n_iter_ == 3 and not probe.converged_ and probe.n_iter_converged_ is None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an explicit early stop / fixed count does not warn
+        KMeansProbe(6, niter=3, nredo=1, tol=None).fit(x)
+        KMeansProbe(6, niter=3, nredo=1, tol=0.5).fit(x)
+
+
+@pytest.mark.parametrize("tol", [-1e-4, float("nan"), float("inf"), "0.1", True])
+def test_bad_tol_is_an_error(tol):
+    x, _ = blobs(12, n=100, d=4, k=2)
+    with pytest.raises(ValueError, match=r"tol: expected None or a (finite )?number >= 0"):
+        KMeansProbe(2, tol=tol).fit(x)
+
+
+def test_stopping_rule_names_and_save_load_keep_it(tmp_path):
+    assert [stopping_rule(t) for t in (None, 0, 0.0, 1e-6)] == [
+        "niter",
+        "fixed_point",
+        "fixed_point",
+        "tol",
+    ]
+    x, _ = blobs(13, n=600, d=6, k=3)
+    for tol in (None, 0.0, 1e-2):
+        probe = KMeansProbe(3, niter=40, nredo=2, random_state=1, tol=tol).fit(x)
+        path = tmp_path / f"km_{tol}.npz"
+        probe.save(path)
+        loaded = KMeansProbe.load(path)
+        assert loaded.tol == tol and loaded.stopping_rule_ == probe.stopping_rule_
+        assert (loaded.n_iter_, loaded.n_iter_per_redo_, loaded.converged_) == (
+            probe.n_iter_,
+            probe.n_iter_per_redo_,
+            probe.converged_,
+        )

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import importlib
 
+#: The probe names of the evaluation pipeline (:data:`stego_probe.evaluate.PROBES`), here so that
+#: the command line can list them without importing torch.
+PROBE_NAMES = ("kmeans", "cluster", "linear")
+
 _EXPORTS = {
     "KMeansProbe": "stego_probe.probes.kmeans",
     "ClusterLookupProbe": "stego_probe.probes.cluster_lookup",
@@ -25,7 +29,7 @@ _EXPORTS = {
     "batch_crf": "stego_probe.probes.crf",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "PROBE_NAMES"])
 
 
 def __getattr__(name: str):

@@ -9,6 +9,12 @@ Lloyd iterations with FAISS on a seeded uniform subsample of training tokens:
   subset (its default of 256 would use only 6,912 points for K' = 27);
 * ``nredo`` restarts are run one by one, so the per-iteration objective of *every* restart is
   kept (``objective_per_redo_``) and the best restart is chosen by its final objective;
+* the stopping rule is explicit (``tol``, :data:`STOPPING_RULES`): by default (``tol=0``) every
+  restart runs Lloyd iterations until a fixed point (the objective no longer changes: further
+  iterations would change nothing) or ``niter`` iterations; ``tol > 0`` stops earlier, at the
+  first iteration whose relative objective change is ``<= tol``; ``tol=None`` runs exactly
+  ``niter`` iterations. The iterations run and whether the fixed point was reached are kept
+  (``n_iter_``, ``converged_``);
 * prediction and confusion accumulation stream over chunks, so nothing of size N is kept.
 """
 
@@ -18,6 +24,7 @@ import functools
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -38,6 +45,12 @@ METRICS = ("cosine", "euclidean")
 INITS = ("k-means++", "random")
 #: k-means++ seeding reads at most this many tokens per cluster (see ``_seed_centroids``).
 SEEDING_POINTS_PER_CLUSTER = 1000
+#: Default stopping rule: Lloyd iterations until a fixed point, at most ``DEFAULT_NITER``.
+DEFAULT_TOL = 0.0
+DEFAULT_NITER = 500
+DEFAULT_NREDO = 3
+#: The three stopping rules selected by ``tol`` (see :func:`stopping_rule`).
+STOPPING_RULES = ("niter", "fixed_point", "tol")
 
 
 def _faiss():
@@ -151,6 +164,44 @@ def kmeans_plusplus(
     return np.ascontiguousarray(x[np.array(chosen)], dtype=np.float32)
 
 
+def check_tol(tol, name: str = "tol") -> float | None:
+    """Validate a k-means stopping tolerance: None or a finite number ``>= 0``.
+
+    Returns:
+        ``None`` or ``float(tol)``.
+
+    Raises:
+        ValueError: naming ``name`` and the value (negative, NaN, inf, a string, a bool).
+    """
+    if tol is None:
+        return None
+    if isinstance(tol, bool) or not isinstance(tol, int | float | np.integer | np.floating):
+        raise ValueError(f"{name}: expected None or a number >= 0, got {tol!r}")
+    if not math.isfinite(float(tol)) or float(tol) < 0:
+        raise ValueError(f"{name}: expected None or a finite number >= 0, got {tol!r}")
+    return float(tol)
+
+
+def stopping_rule(tol) -> str:
+    """Name of the stopping rule a ``tol`` value selects (:data:`STOPPING_RULES`).
+
+    * ``None`` -> ``"niter"``: exactly ``niter`` Lloyd iterations per restart, no check;
+    * ``0`` -> ``"fixed_point"``: stop at the first iteration whose objective equals the previous
+      one (a fixed point of Lloyd's algorithm: the centroids are those ``"niter"`` would end
+      with), or after ``niter`` iterations; FAISS's own rule (``early_stop_threshold = 0``);
+    * ``> 0`` -> ``"tol"``: early stop at the first iteration whose objective changed by a
+      relative amount ``<= tol`` (the centroids are *not* converged).
+
+    Examples:
+        >>> [stopping_rule(t) for t in (None, 0, 1e-4)]
+        ['niter', 'fixed_point', 'tol']
+    """
+    tol = check_tol(tol)
+    if tol is None:
+        return "niter"
+    return "fixed_point" if tol == 0 else "tol"
+
+
 def n_iter_until_converged(objective: np.ndarray, tol: float) -> int:
     """Number of iterations up to and including the first whose objective changed by a
     relative amount ``<= tol`` (FAISS's ``early_stop_threshold`` rule).
@@ -170,13 +221,28 @@ def n_iter_until_converged(objective: np.ndarray, tol: float) -> int:
     return len(obj)
 
 
+def _fixed_point_iter(objective) -> int | None:
+    """First iteration (1-based) whose objective equals the previous one, or None."""
+    obj = np.asarray(objective, dtype=np.float64)
+    same = np.flatnonzero(obj[1:] == obj[:-1])
+    return int(same[0]) + 2 if len(same) else None
+
+
+def _last_rel_change(objective) -> float:
+    """``|obj[-1] - obj[-2]| / |obj[-2]|`` (NaN for fewer than two iterations)."""
+    obj = np.asarray(objective, dtype=np.float64)
+    if len(obj) < 2 or obj[-2] == 0:
+        return float("nan")
+    return float(abs(obj[-1] - obj[-2]) / abs(obj[-2]))
+
+
 class KMeansProbe(BaseEstimator):
     """FAISS k-means probe: ``fit`` on training codes, ``predict`` cluster ids.
 
     Args:
         n_clusters: ``K'`` (``K`` in the paper's protocol, ``E = 0``).
         n_train: size of the uniform token subsample used for clustering (all tokens if fewer).
-        niter: maximum Lloyd iterations per restart (see ``tol``).
+        niter: maximum Lloyd iterations per restart (exact count with ``tol=None``).
         nredo: number of restarts; the best final objective wins.
         metric: ``"cosine"`` (normalised tokens, spherical k-means, inner-product assignment)
             or ``"euclidean"`` (raw tokens, squared-L2 k-means).
@@ -184,9 +250,13 @@ class KMeansProbe(BaseEstimator):
         gpu: ``"auto"`` (use all GPUs if the FAISS build has them), ``False``, ``True`` / -1
             (all GPUs, error if none) or a number of GPUs.
         chunk_size: tokens per block when reading and predicting.
-        tol: a restart stops after the first iteration whose objective changed by a relative
-            amount ``<= tol`` (FAISS ``early_stop_threshold``); ``0`` runs until the objective
-            no longer changes at all or ``niter`` is reached.
+        tol: the stopping rule of each restart (:func:`stopping_rule`). ``0`` (default):
+            iterate until a fixed point (the objective no longer changes at all) or ``niter``
+            iterations, i.e. to convergence; a warning is issued when ``niter`` is reached
+            first. ``> 0``: early stop after the first iteration whose objective changed by a
+            relative amount ``<= tol`` (FAISS ``early_stop_threshold``). ``None``: exactly
+            ``niter`` iterations (same centroids as ``0`` whenever the fixed point is reached
+            within ``niter``; useful for fixed-length objective traces).
         init: ``"k-means++"`` (greedy k-means++ seeding, :func:`kmeans_plusplus`, as in
             scikit-learn, on a uniform subsample of at most 1000 tokens per cluster; the
             default) or ``"random"`` (FAISS's default: ``K'`` random
@@ -202,8 +272,12 @@ class KMeansProbe(BaseEstimator):
         objective_per_redo_: list of ``nredo`` such arrays, one per restart.
         best_redo_: index of the chosen restart.
         inertia_: objective of the final centroids on the training subsample (same units).
-        n_iter_: iterations run by the chosen restart (:func:`n_iter_until_converged` of
-            ``objective_``, which equals ``len(objective_)`` when FAISS stopped early).
+        n_iter_: iterations run by the chosen restart (``len(objective_)``);
+            n_iter_per_redo_: the same for every restart.
+        converged_: whether the chosen restart reached a fixed point (two consecutive
+            objectives equal); n_iter_converged_: the iteration at which it did
+            (:func:`n_iter_until_converged` with ``tol=0``), or None.
+        stopping_rule_: :func:`stopping_rule` of ``tol``.
         n_train_used_: tokens actually clustered; n_tokens_seen_: tokens the sample came from.
         max_points_per_centroid_: the value passed to FAISS (``ceil(n_train_used_ / K')``).
         n_features_in_: ``D``. gpu_: the resolved GPU setting.
@@ -220,13 +294,13 @@ class KMeansProbe(BaseEstimator):
         self,
         n_clusters: int,
         n_train: int = 1_000_000,
-        niter: int = 100,
-        nredo: int = 3,
+        niter: int = DEFAULT_NITER,
+        nredo: int = DEFAULT_NREDO,
         metric: str = "cosine",
         random_state=0,
         gpu="auto",
         chunk_size: int = 1_000_000,
-        tol: float = 1e-4,
+        tol: float | None = DEFAULT_TOL,
         init: str = "k-means++",
         verbose: bool = False,
     ):
@@ -250,8 +324,7 @@ class KMeansProbe(BaseEstimator):
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
         if self.metric not in METRICS:
             raise ValueError(f"metric: expected one of {METRICS}, got {self.metric!r}")
-        if not isinstance(self.tol, int | float) or not self.tol >= 0:
-            raise ValueError(f"tol: expected a number >= 0, got {self.tol!r}")
+        check_tol(self.tol)
         if self.init not in INITS:
             raise ValueError(f"init: expected one of {INITS}, got {self.init!r}")
 
@@ -296,6 +369,7 @@ class KMeansProbe(BaseEstimator):
             self.
         """
         self._check_params()
+        tol = check_tol(self.tol)
         faiss = _faiss()
         seeds = _seeds(self.random_state, self.nredo + 1)
         x, seen = self._subsample(codes, seeds[0])
@@ -322,8 +396,13 @@ class KMeansProbe(BaseEstimator):
                 verbose=bool(self.verbose),
                 gpu=self.gpu_,
             )
-            if hasattr(km.cp, "early_stop_threshold"):  # FAISS >= 1.9-ish; else niter always
-                km.cp.early_stop_threshold = float(self.tol)
+            if not hasattr(km.cp, "early_stop_threshold"):  # pragma: no cover - old FAISS
+                raise ImportError(
+                    "this FAISS build has no ClusteringParameters.early_stop_threshold (added "
+                    "in FAISS 1.8); the k-means stopping rule needs it: pip install -U faiss-cpu"
+                )
+            # FAISS stops when |obj_i - obj_{i-1}| <= threshold * |obj_{i-1}|; -1 never stops.
+            km.cp.early_stop_threshold = -1.0 if tol is None else tol
             if self.init == "k-means++":
                 km.train(x, init_centroids=self._seed_centroids(x, k, seeds[r + 1]))
             else:
@@ -336,13 +415,29 @@ class KMeansProbe(BaseEstimator):
         self.cluster_centers_ = l2_normalize(c) if spherical else np.ascontiguousarray(c)
         self.objective_ = objectives[self.best_redo_]
         self.objective_per_redo_ = objectives
-        self.n_iter_ = n_iter_until_converged(self.objective_, float(self.tol))
+        self._set_convergence()
+        if self.stopping_rule_ == "fixed_point" and not self.converged_:
+            warnings.warn(
+                f"KMeansProbe: the chosen restart did not reach a fixed point in niter="
+                f"{self.niter} iterations (last relative objective change "
+                f"{_last_rel_change(self.objective_):.2e}); raise niter for a converged fit",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self.n_train_used_ = n
         self.n_tokens_seen_ = seen
         self.n_features_in_ = d
         score, _ = self._search(x)
         self.inertia_ = float(score.sum(dtype=np.float64))
         return self
+
+    def _set_convergence(self) -> None:
+        """Derive the iteration bookkeeping from ``objective_per_redo_`` / ``best_redo_``."""
+        self.stopping_rule_ = stopping_rule(self.tol)
+        self.n_iter_per_redo_ = [len(o) for o in self.objective_per_redo_]
+        self.n_iter_ = self.n_iter_per_redo_[self.best_redo_]
+        self.n_iter_converged_ = _fixed_point_iter(self.objective_)
+        self.converged_ = self.n_iter_converged_ is not None
 
     @staticmethod
     def _seed_centroids(x: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -579,5 +674,6 @@ class KMeansProbe(BaseEstimator):
         for key, value in meta["state"].items():
             setattr(probe, key, value)
         probe.objective_ = probe.objective_per_redo_[probe.best_redo_]
+        probe._set_convergence()
         probe.gpu_ = _resolve_gpu(gpu)
         return probe
