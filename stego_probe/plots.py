@@ -20,6 +20,12 @@ sample standard deviation (``ddof=1``) when a point has more than one seed. Rows
 the same seed (a re-run appended to the same CSV) count once, the **last** one wins. Rows of one
 series that differ in ``backbone``, ``weights_sha256``, ``match`` or ``split`` are refused
 (``ValueError``): pass ``where={"match": "hungarian"}``-style filters to pick one.
+
+Labels come from the table's provenance (``docs/figures.md``, "Labels"): the raw-feature method
+(``method="dino"``, the identity projection) is named after its backbone (:func:`method_label`:
+"DINO" only for a ``dino_*`` backbone); widths are the recorded ones ("D_ViT" only for a ViT, "C"
+otherwise); CRF wording appears only in figures with CRF rows; every legend's title says
+what the error bars show and over how many seeds.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +106,8 @@ class SeriesStyle:
     """How one series of Figure 4 is drawn (PROTOCOL §7.2 style table).
 
     Attributes:
-        label: legend label (without the evaluation mode).
+        label: the paper's legend label (PROTOCOL §7.2). Figures label series from the table's
+            provenance instead (:func:`method_label`, CRF wording only with CRF rows).
         marker: matplotlib marker.
         linestyle: matplotlib line style, ``""`` for markers only.
         color: index into the seaborn ``"colorblind"`` palette.
@@ -131,7 +140,6 @@ _STYLES = {
 _METHOD_LABELS = {
     "stego": "STEGO",
     "stego_released": "STEGO (theirs)",
-    "dino": "DINO",
     "pca": "PCA",
     "rp": "RP",
     "rp_sparse": "RP (sparse)",
@@ -139,6 +147,15 @@ _METHOD_LABELS = {
     "hnne": "h-NNE",
 }
 _SPARE_COLORS = (1, 7, 9)
+#: Methods whose rows are the backbone's raw features (the identity projection).
+RAW_METHODS = ("dino", "identity")
+#: Backbone of each paper dataset (PROTOCOL §7.1); PAPER_DIMS' width holds only for it.
+PAPER_BACKBONES = {
+    "cocostuff27": "dino_vitb8",
+    "cityscapes27": "dino_vitb8",
+    "potsdam3": "dino_vits8",
+}
+_VIT_NAME = re.compile(r"^(dino|dinov2)_vit([sblg])(\d+)(_reg)?(?:_(.+))?$")
 
 
 def series_style(method: str, crf: bool) -> SeriesStyle:
@@ -164,6 +181,197 @@ def series_style(method: str, crf: bool) -> SeriesStyle:
     color = _SPARE_COLORS[sum(method.encode()) % len(_SPARE_COLORS)]
     label = method + (" + CRF" if crf else "")
     return SeriesStyle(label, "v" if crf else "x", ":" if crf else "-", color, False, 50.0)
+
+
+# --------------------------------------------------------------------------------------------
+# labels from provenance
+# --------------------------------------------------------------------------------------------
+
+
+def is_dino_backbone(backbone: str) -> bool:
+    """Whether a backbone registry name is one of the DINO (v1) ViTs (``dino_*``).
+
+    ``dinov2_*``, ``timm:<name>``, ``descriptor`` and user backbones are not.
+    """
+    return str(backbone).startswith("dino_")
+
+
+def is_vit_backbone(backbone: str) -> bool:
+    """Whether a backbone registry name is a vision transformer (its width is a ":math:`D_{ViT}`").
+
+    True for ``dino_*``, ``dinov2_*`` and names containing ``vit`` (e.g. ``timm:vit_small_patch16_224``);
+    False for ``descriptor``, ``timm:resnet50`` and other names.
+    """
+    b = str(backbone).lower()
+    return b.startswith(("dino_", "dinov2_")) or "vit" in b
+
+
+def backbone_label(backbone: str) -> str:
+    """Readable name of a backbone registry name.
+
+    ``dino_vits8`` -> ``"DINO ViT-S/8"``, ``dinov2_vitb14_reg`` -> ``"DINOv2 ViT-B/14 (reg)"``,
+    ``dino_vits8_timm`` -> ``"DINO ViT-S/8 (timm)"``; any other name (``descriptor``,
+    ``timm:resnet50``, a user backbone) is returned unchanged.
+    """
+    name = str(backbone)
+    m = _VIT_NAME.match(name)
+    if not m:
+        return name
+    family, size, patch, reg, variant = m.groups()
+    out = f"{'DINOv2' if family == 'dinov2' else 'DINO'} ViT-{size.upper()}/{patch}"
+    extras = [x for x in ("reg" if reg else "", variant or "") if x]
+    return out + (f" ({', '.join(extras)})" if extras else "")
+
+
+def _raw_name(backbone: str) -> str:
+    if is_dino_backbone(backbone):
+        return "DINO"
+    if str(backbone).startswith("dinov2_"):
+        return backbone_label(backbone)
+    return f"{backbone_label(backbone)} (raw)"
+
+
+def _backbones(df: pd.DataFrame | None, method: str | None = None) -> list[str]:
+    """Distinct non-empty backbones of ``method``'s rows (of all rows if it has none)."""
+    if df is None or "backbone" not in df.columns:
+        return []
+    rows = df
+    if method is not None and "method" in df.columns:
+        own = df[df["method"].astype(str) == method]
+        rows = own if len(own) else df
+    names = rows["backbone"].dropna().astype(str)
+    return sorted(set(names) - {"", "nan", "None"})
+
+
+def method_label(method: str, provenance: pd.DataFrame | str | None = None) -> str:
+    """Display name of a results-table method, from the rows' provenance.
+
+    The raw-feature method (``dino``, the identity projection; alias ``identity``) is named after
+    the backbone that produced the features: ``"DINO"`` only for a DINO backbone (``dino_*``),
+    ``"DINOv2 ViT-S/14"`` for a DINOv2, ``"<backbone> (raw)"`` otherwise (``"descriptor (raw)"``,
+    ``"timm:resnet50 (raw)"``); several backbones are joined with ``" / "``; without any backbone
+    information ``"raw features"``. Other methods have fixed names: ``STEGO``, ``STEGO (theirs)``
+    (the released checkpoints), ``PCA``, ``RP``, ``RP (sparse)``, ``UMAP``, ``h-NNE``; unknown
+    methods keep their name. The ``method`` column itself is never changed.
+
+    Args:
+        method: the ``method`` value (``dino``, ``stego``, ``pca`` ...).
+        provenance: a results table (the ``backbone`` of ``method``'s rows is used, or of all rows
+            if it has none), a backbone registry name, or None.
+
+    Returns:
+        the label (no CRF, mode or seed wording; figures add those).
+
+    Examples:
+        >>> method_label("dino", "dino_vits8"), method_label("dino", "descriptor")
+        ('DINO', 'descriptor (raw)')
+        >>> method_label("dino", "dinov2_vits14"), method_label("pca", "descriptor")
+        ('DINOv2 ViT-S/14', 'PCA')
+    """
+    method = str(method)
+    if method not in RAW_METHODS:
+        return _METHOD_LABELS.get(method, method)
+    if isinstance(provenance, str):
+        names = [provenance] if provenance else []
+    elif provenance is None:
+        names = []
+    elif isinstance(provenance, pd.DataFrame):
+        names = _backbones(provenance, method)
+    else:
+        raise ValueError(
+            f"provenance: expected a results DataFrame, a backbone name or None, "
+            f"got {type(provenance)}"
+        )
+    if not names:
+        return "raw features"
+    return " / ".join(dict.fromkeys(_raw_name(b) for b in names))
+
+
+def _crf_wording(method: str, crf: bool, crf_methods: set, figure_provenance: str) -> str:
+    """CRF part of a label: none unless the figure has CRF rows (``crf_methods`` non-empty).
+
+    With CRF rows, a CRF series says "with CRF" (the paper's own labels for "STEGO (theirs)" /
+    "DINO (ours)" in ``figure_provenance="paper"``, "+ CRF" for other methods there) and a
+    non-CRF series says "w/o CRF" when the same method also has CRF rows in the figure.
+    """
+    if not crf_methods:
+        return ""
+    if crf:
+        if figure_provenance == "paper":
+            return "" if method in ("stego_released", "dino") else " + CRF"
+        return " with CRF"
+    return " w/o CRF" if method in crf_methods else ""
+
+
+def _series_name(method: str, provenance: pd.DataFrame | None) -> str:
+    """Figure 4 name of a method: :func:`method_label`, with the paper's "(ours)" for DINO."""
+    label = method_label(method, provenance)
+    if method in RAW_METHODS and label == "DINO":
+        return "DINO (ours)"
+    return label
+
+
+def _seed_counts(n) -> str:
+    vals = sorted({int(x) for x in np.asarray(n, dtype=float) if np.isfinite(x) and x > 1})
+    if not vals:
+        return ""
+    return str(vals[0]) if len(vals) == 1 else f"{vals[0]}–{vals[-1]}"
+
+
+def errorbar_note(
+    n: Sequence[int] | np.ndarray, *, published: bool = False, own_std: Sequence[str] = ()
+) -> list[str]:
+    """What a figure's error bars show, from the seed count of each drawn point.
+
+    Args:
+        n: number of seeds behind each drawn point (the ``n`` of :func:`aggregate_seeds`).
+        published: published points (with their uncertainty as bars) are drawn too.
+        own_std: names of the ``<metric>_std`` rows drawn as the bars of single-seed points
+            (spread over subsamples / k-means restarts within one run).
+
+    Returns:
+        sentences, e.g. ``["bars: ±1 sample std over 3 seeds"]``, or
+        ``["1 seed (n=1): no error bars"]``; figures put them in the legend title.
+
+    Examples:
+        >>> errorbar_note([3, 3, 1])
+        ['bars: ±1 sample std over 3 seeds', '1-seed points (n=1): no bars']
+        >>> errorbar_note([1, 1])
+        ['1 seed (n=1): no error bars']
+    """
+    n = np.asarray(n, dtype=float)
+    k = _seed_counts(n)
+    single = bool((n <= 1).any()) or not len(n)
+    own = ", ".join(dict.fromkeys(own_std))
+    own_text = f"bars ± {own} (spread within the run)" if own else ""
+    parts = []
+    if k:
+        parts.append(f"bars: ±1 sample std over {k} seeds")
+        if single:
+            parts.append(f"1-seed points (n=1): {own_text or 'no bars'}")
+    else:
+        parts.append(f"1 seed (n=1): {own_text or 'no error bars'}")
+    if published:
+        parts.append("hollow: published (bars: their uncertainty)")
+    return parts
+
+
+def _legend_title(df: pd.DataFrame, notes: list[str], width: int) -> str:
+    """``backbone ...`` plus the error-bar sentences, packed into lines of at most ``width``."""
+    names = _backbones(df)
+    parts = ([f"backbone {', '.join(names)}"] if names else []) + list(notes)
+    lines: list[str] = []
+    for part in parts:
+        if lines and len(lines[-1]) + 2 + len(part) <= width:
+            lines[-1] += "; " + part
+        else:
+            lines.append(part)
+    return "\n".join(w for line in lines for w in textwrap.wrap(line, width) or [""])
+
+
+def _title_chars(fig_width: float) -> int:
+    """Characters of a small-font legend title line that fit in ``fig_width`` inches."""
+    return max(30, int(11 * fig_width))
 
 
 def _palette() -> list[tuple[float, float, float]]:
@@ -277,22 +485,50 @@ def _dataset_order(names: Iterable[str]) -> list[str]:
     return paper + sorted(d for d in names if d not in PAPER_DATASETS)
 
 
+def _width_of(ds: str, d_all: pd.DataFrame) -> tuple[int | None, list[str]]:
+    """Backbone width C of a dataset's rows and their backbones.
+
+    C is the dimension of the raw-feature rows (``dino``: D = C); without them, the paper's width
+    for a paper dataset whose rows all come from the paper's backbone; else None.
+    """
+    rows = d_all[d_all["dataset"] == ds]
+    names = _backbones(rows)
+    raw = rows.loc[rows["method"].isin(RAW_METHODS) & rows["dim"].notna(), "dim"]
+    if len(raw):
+        return int(raw.max()), names
+    if ds in PAPER_DIMS and names == [PAPER_BACKBONES[ds]]:
+        return PAPER_DIMS[ds][1], names
+    return None, names
+
+
+def _width_text(width: int, backbones: Sequence[str]) -> str:
+    """``$D_ViT=384$`` for ViT backbones, ``backbone width $C=64$`` otherwise."""
+    if backbones and all(is_vit_backbone(b) for b in backbones):
+        return rf"$D_\mathregular{{ViT}}={width}$"
+    return rf"backbone width $C={width}$"
+
+
 def _dataset_title(ds: str, d_all: pd.DataFrame) -> str:
-    """Column title: name + D_STEGO / D_ViT (paper table, else inferred from the rows)."""
+    """Column title: name + D_STEGO and the backbone width, both from the rows where possible.
+
+    D_STEGO is the ``stego_released`` dimension (without such rows, the paper's for a paper
+    dataset whose rows come from the paper's backbone); the width is the recorded one
+    (:func:`_width_of`), written ``D_ViT`` only for a ViT.
+    """
     name = DATASET_TITLES.get(ds, ds)
-    if ds in PAPER_DIMS:
-        d_stego, d_vit = PAPER_DIMS[ds]
+    rows = d_all[(d_all["dataset"] == ds) & d_all["dim"].notna()]
+    released = rows.loc[rows["method"] == "stego_released", "dim"].unique()
+    width, names = _width_of(ds, d_all)
+    paper = ds in PAPER_DIMS and names == [PAPER_BACKBONES[ds]]
+    if len(released) == 1:
+        d_stego = int(released[0])
     else:
-        rows = d_all[(d_all["dataset"] == ds) & d_all["dim"].notna()]
-        dino = rows.loc[rows["method"] == "dino", "dim"]
-        released = rows.loc[rows["method"] == "stego_released", "dim"].unique()
-        d_vit = int(dino.max()) if len(dino) else None
-        d_stego = int(released[0]) if len(released) == 1 else None
+        d_stego = PAPER_DIMS[ds][0] if paper and not len(released) else None
     parts = []
     if d_stego is not None:
         parts.append(rf"$D_\mathregular{{STEGO}}={d_stego}$")
-    if d_vit is not None:
-        parts.append(rf"$D_\mathregular{{ViT}}={d_vit}$")
+    if width is not None:
+        parts.append(_width_text(width, names))
     return name + ("\n" + ", ".join(parts) if parts else "")
 
 
@@ -458,16 +694,33 @@ def _figure4_table(
             keep &= ~d.index.isin(g.index[g["mode"] != want])
         d = d[keep]
     agg = aggregate_seeds(d, ["dataset", "probe", "metric", "method", "crf", "mode", "dim"])
-    return d_all, agg
+    return d_all, d, agg
 
 
-def _series_label(style: SeriesStyle, mode: str, figure_provenance: str) -> str:
-    if figure_provenance == "paper" or not mode:
-        return style.label
-    return f"{style.label} [{mode}]"
+@dataclass(frozen=True)
+class _Labeller:
+    """Series labels of one figure: method names from its rows, CRF wording if it has CRF rows."""
+
+    names: Mapping[str, str]
+    crf_methods: frozenset
+    figure_provenance: str = "recorded"
+
+    @classmethod
+    def of(cls, rows: pd.DataFrame, figure_provenance: str = "recorded", series=_series_name):
+        names = {m: series(m, rows) for m in rows["method"].unique()}
+        crf_methods = frozenset(rows.loc[rows["crf"].astype(bool), "method"])
+        return cls(names, crf_methods, figure_provenance)
+
+    def __call__(self, method: str, crf: bool, mode: str = "") -> str:
+        label = self.names.get(method, method) + _crf_wording(
+            method, bool(crf), set(self.crf_methods), self.figure_provenance
+        )
+        if self.figure_provenance == "paper" or not mode:
+            return label
+        return f"{label} [{mode}]"
 
 
-def _draw_metric_panel(ax, agg: pd.DataFrame, palette, legend: dict, figure_provenance: str):
+def _draw_metric_panel(ax, agg: pd.DataFrame, palette, legend: dict, labeller: _Labeller):
     """Draw every (method, crf, mode) series of one panel; register legend handles."""
     series = []
     for (method, crf, mode), g in agg.groupby(["method", "crf", "mode"], sort=True):
@@ -481,7 +734,7 @@ def _draw_metric_panel(ax, agg: pd.DataFrame, palette, legend: dict, figure_prov
         multi = bool((g["n"] > 1).any())
         yerr = np.nan_to_num(g["std"].to_numpy(float), nan=0.0) if multi else None
         linestyle = ":" if (off_mode and style.linestyle) else style.linestyle
-        label = _series_label(style, mode, figure_provenance)
+        label = labeller(_method, _crf, mode)
         color = palette[style.color]
         cont = ax.errorbar(
             x,
@@ -499,33 +752,15 @@ def _draw_metric_panel(ax, agg: pd.DataFrame, palette, legend: dict, figure_prov
             legend[label] = (order + (0.25 if off_mode else 0.0), cont)
 
 
-def _raw_features_name(df: pd.DataFrame | None) -> str | None:
-    """Legend name of the ``dino`` (identity) series when its backbone is not a DINO.
-
-    The ``dino`` method means "the backbone's raw features"; with another backbone (the demo's
-    ``descriptor``, a DINOv2, a user extractor) calling it "DINO" would be wrong.
-    """
-    if df is None or "backbone" not in df or "method" not in df:
-        return None
-    names = sorted({str(b) for b in df.loc[df["method"] == "dino", "backbone"].dropna()} - {""})
-    if not names or all(n.startswith("dino_") for n in names):
-        return None
-    return "raw " + " / ".join(names) + " features"
-
-
-def _finish_legend(fig, legend: dict, df: pd.DataFrame | None = None, **kw):
+def _finish_legend(fig, legend: dict, title: str = "", **kw):
     items = sorted(legend.items(), key=lambda kv: (kv[1][0], kv[0]))
     handles = [h for _, (_, h) in items]
     labels = [lab for lab, _ in items]
-    raw = _raw_features_name(df)
-    if raw:
-        labels = [
-            raw + lab[len("DINO (ours)") :]
-            if lab.startswith("DINO (ours)")
-            else (raw + lab[len("DINO") :] if lab.startswith("DINO") else lab)
-            for lab in labels
-        ]
-    return fig.legend(handles, labels, **kw)
+    return fig.legend(handles, labels, title=title or None, title_fontsize="small", **kw)
+
+
+def _published_drawn(legend: dict) -> bool:
+    return any(lab in legend for lab in _PUBLISHED_LABELS.values())
 
 
 def plot_metric_over_dims(
@@ -547,6 +782,12 @@ def plot_metric_over_dims(
     (cocostuff27, cityscapes27, potsdam3, then the others alphabetically). x: log axis with ticks
     3·2^k; series styles per PROTOCOL §7.2 (:func:`series_style`); mean over seeds with ±std error
     bars when a point has several seeds.
+
+    Labels come from the rows: the raw-feature series is named by :func:`method_label` ("DINO
+    (ours)" only for a ``dino_*`` backbone, e.g. "descriptor (raw)" otherwise); column titles
+    give D_STEGO and the recorded backbone width ("D_ViT" only for a ViT, "backbone width C"
+    otherwise); "with CRF" / "w/o CRF" appear only when the drawn rows include CRF rows; the
+    legend title names the backbone and says what the error bars show (:func:`errorbar_note`).
 
     Args:
         df: results rows (``RESULT_COLUMNS``).
@@ -571,13 +812,16 @@ def plot_metric_over_dims(
     """
     if isinstance(probe_rows, str) or not len(probe_rows):
         raise ValueError(f"probe_rows: expected a non-empty sequence of probes, got {probe_rows!r}")
-    d_all, agg = _figure4_table(df, [metric], probe_rows, methods, where, figure_provenance)
+    d_all, d, agg = _figure4_table(df, [metric], probe_rows, methods, where, figure_provenance)
     probes = [p for p in probe_rows if (agg["probe"] == p).any()]
     ds_list = _dataset_order(agg["dataset"].unique())
     if datasets is not None:
         ds_list = [d for d in _dataset_order(datasets) if d in set(ds_list)]
         if not ds_list:
             raise ValueError(f"datasets: none of {list(datasets)} has {metric!r} rows")
+        agg = agg[agg["dataset"].isin(ds_list)]
+        d = d[d["dataset"].isin(ds_list)]
+    labeller = _Labeller.of(d, figure_provenance)
     pub = _published_frame(published)
     nrows, ncols = len(probes), len(ds_list)
     mname = METRIC_LABELS.get(metric, metric)
@@ -593,7 +837,7 @@ def plot_metric_over_dims(
             for c, ds in enumerate(ds_list):
                 ax = axs[r, c]
                 sub = agg[(agg["dataset"] == ds) & (agg["probe"] == probe)]
-                _draw_metric_panel(ax, sub, palette, legend, figure_provenance)
+                _draw_metric_panel(ax, sub, palette, legend, labeller)
                 if pub is not None:
                     pts = pub[
                         (pub["dataset"] == ds) & (pub["probe"] == probe) & (pub["metric"] == metric)
@@ -611,9 +855,11 @@ def plot_metric_over_dims(
                     ax.set_xlabel(_XLABEL)
         _format_dim_axis(axs.ravel(), all_dims)
         ncol = 3 if width >= 9 else 2
-        bottom = _legend_rect_bottom(len(legend), ncol, height)
+        notes = errorbar_note(agg["n"], published=_published_drawn(legend))
+        title = _legend_title(d, notes, _title_chars(width))
+        bottom = _legend_rect_bottom(len(legend) + ncol * (title.count("\n") + 1), ncol, height)
         fig.tight_layout(rect=[0, bottom, 1, 1], h_pad=1, w_pad=1)
-        _finish_legend(fig, legend, df, loc="lower center", ncol=ncol)
+        _finish_legend(fig, legend, title, loc="lower center", ncol=ncol)
     return fig
 
 
@@ -640,9 +886,10 @@ def plot_hnne_appendix(
     """
     where = dict(where or {})
     where["dataset"] = dataset
-    d_all, agg = _figure4_table(
+    _, d, agg = _figure4_table(
         df, ["miou", "accuracy"], ["linear", "cluster"], None, where, figure_provenance
     )
+    labeller = _Labeller.of(d, figure_provenance)
     pub = _published_frame(published)
     panels = [
         ("linear", "miou"),
@@ -658,7 +905,7 @@ def plot_hnne_appendix(
         for i, (probe, metric) in enumerate(panels):
             ax = axs[i // 2, i % 2]
             sub = agg[(agg["probe"] == probe) & (agg["metric"] == metric)]
-            _draw_metric_panel(ax, sub, palette, legend, figure_provenance)
+            _draw_metric_panel(ax, sub, palette, legend, labeller)
             if pub is not None:
                 pts = pub[
                     (pub["dataset"] == dataset)
@@ -673,13 +920,46 @@ def plot_hnne_appendix(
                 ax.set_xlabel(_XLABEL)
         _format_dim_axis(axs.ravel(), all_dims)
         fig.tight_layout(rect=[0, 0, 0.7192, 1], h_pad=1, w_pad=1)
-        _finish_legend(fig, legend, df, loc="center right", ncol=1)
+        notes = errorbar_note(agg["n"], published=_published_drawn(legend))
+        _finish_legend(fig, legend, _legend_title(d, notes, 33), loc="center right", ncol=1)
     return fig
 
 
 # --------------------------------------------------------------------------------------------
 # Figure 3
 # --------------------------------------------------------------------------------------------
+
+
+_SPECTRUM_TICKS = (0, 1 / 16, 0.25, 0.5, 0.75, 1)
+
+
+def _spectrum_axis(ax, widths: Mapping[str, int], backbones: Sequence[str]) -> None:
+    """Figure 3's x ticks and label from the recorded widths (number of components C).
+
+    One width: the ticks are component counts (0, C/16, ..., C) and the label gives C. Several:
+    the paper's fractions of the width, with each dataset's width in the label. The width is
+    written ``D_ViT`` only when every backbone is a ViT, ``C`` otherwise.
+    """
+    vit = bool(backbones) and all(is_vit_backbone(b) for b in backbones)
+    sym = r"D_\mathregular{ViT}" if vit else "C"
+    distinct = sorted(set(widths.values()))
+    if len(distinct) == 1:
+        w = distinct[0]
+        labels = [f"{f * w:g}" for f in _SPECTRUM_TICKS]
+        ax.set_xticks(list(_SPECTRUM_TICKS), labels)
+        ax.set_xlabel(f"Number of Components (of ${sym}={w}$)")
+        return
+    labels = [
+        "0",
+        rf"$\frac{{{sym}}}{{16}}$",
+        rf"$\frac{{{sym}}}{{4}}$",
+        rf"$\frac{{{sym}}}{{2}}$",
+        rf"$\frac{{3{sym}}}{{4}}$",
+        rf"${sym}$",
+    ]
+    ax.set_xticks(list(_SPECTRUM_TICKS), labels)
+    per = ", ".join(f"{DATASET_TITLES.get(ds, ds)} {w}" for ds, w in widths.items())
+    ax.set_xlabel(f"Number of Components\n(${sym}$: {per})")
 
 
 def plot_pca_spectrum(
@@ -692,6 +972,10 @@ def plot_pca_spectrum(
     seeds if several). Each curve's component axis is normalised to [0, 1] and linearly
     interpolated onto ``n_points`` points, so a 384-component spectrum is stretched to the 768 one.
     Lines: Cityscapes, Potsdam, Cocostuff (palette 0, 1, 2), then other datasets (3, 4, ...).
+    x ticks: with one width C (the number of components) the component counts 0, C/16, C/4,
+    C/2, 3C/4, C and the label "Number of Components (of C=64)"; with several widths the
+    paper's fractions and each dataset's width in the label. The width is written ``D_ViT`` only
+    when every backbone is a ViT.
 
     Args:
         df: results rows.
@@ -714,6 +998,7 @@ def plot_pca_spectrum(
     order += sorted(ds for ds in present if ds not in PCA_SPECTRUM_ORDER)
     spare = iter(range(3, 100))
     new_x = np.linspace(0, 1, int(n_points))
+    widths: dict[str, int] = {}
     with _theme() as palette:
         fig = Figure(figsize=(4.2, 3))
         ax = fig.subplots()
@@ -725,23 +1010,13 @@ def plot_pca_spectrum(
                     f"explained_variance_ratio rows of {ds!r}: dim must be the component indices "
                     f"1..{len(comp)}, got {comp.astype(int).tolist()[:10]}..."
                 )
+            widths[ds] = len(comp)
             cum = np.cumsum(g["mean"].to_numpy(float))
             x = np.linspace(0, 1, len(cum))
             y = np.interp(new_x, x, cum)
             ci = PCA_SPECTRUM_ORDER[ds] if ds in PCA_SPECTRUM_ORDER else next(spare)
             ax.plot(new_x, y, color=palette[ci % len(palette)], label=DATASET_TITLES.get(ds, ds))
-        ax.set_xticks(
-            [0, 1 / 16, 0.25, 0.5, 0.75, 1],
-            [
-                "0",
-                r"$\frac{D_\mathregular{ViT}}{16}$",
-                r"$\frac{D_\mathregular{ViT}}{4}$",
-                r"$\frac{D_\mathregular{ViT}}{2}$",
-                r"$\frac{3D_\mathregular{ViT}}{4}$",
-                r"$D_\mathregular{ViT}$",
-            ],
-        )
-        ax.set_xlabel("Number of Components")
+        _spectrum_axis(ax, widths, _backbones(d))
         ax.set_ylabel("Explained Variance")
         fig.tight_layout()
         ax.legend()
@@ -781,6 +1056,7 @@ def _plot_metrics_grid(
         agg = agg.merge(std_rows, on=keys, how="left")
     else:
         agg["own_std"] = np.nan
+    labeller = _Labeller.of(d, series=method_label)
     ds_list = _dataset_order(agg["dataset"].unique())
     nrows, ncols = len(ds_list), len(present)
     with _theme() as palette:
@@ -788,6 +1064,7 @@ def _plot_metrics_grid(
         fig = Figure(figsize=(3.4 * ncols, height))
         axs = fig.subplots(nrows, ncols, sharex=True, squeeze=False)
         legend: dict = {}
+        own_std: list[str] = []
         for r, ds in enumerate(ds_list):
             for c, metric in enumerate(present):
                 ax = axs[r, c]
@@ -805,9 +1082,10 @@ def _plot_metrics_grid(
                         yerr = np.nan_to_num(g["std"].to_numpy(float), nan=0.0)
                     elif g["own_std"].notna().any():
                         yerr = np.nan_to_num(g["own_std"].to_numpy(float), nan=0.0)
+                        own_std.append(f"{metric}_std")
                     else:
                         yerr = None
-                    label = _METHOD_LABELS.get(method, method) + (" + CRF" if crf else "")
+                    label = labeller(method, crf)
                     extra = [x for x in (mode, probe if probe != "none" else "") if x]
                     if extra:
                         label += f" [{', '.join(extra)}]"
@@ -831,9 +1109,12 @@ def _plot_metrics_grid(
                     ax.set_xlabel(_XLABEL)
         _format_dim_axis(axs.ravel(), agg["dim"])
         ncol = min(4, max(1, len(legend)))
-        bottom = _legend_rect_bottom(len(legend), ncol, height)
+        title = _legend_title(
+            d, errorbar_note(agg["n"], own_std=own_std), _title_chars(3.4 * ncols)
+        )
+        bottom = _legend_rect_bottom(len(legend) + ncol * (title.count("\n") + 1), ncol, height)
         fig.tight_layout(rect=[0, bottom, 1, 1], h_pad=1, w_pad=1)
-        _finish_legend(fig, legend, df, loc="lower center", ncol=ncol)
+        _finish_legend(fig, legend, title, loc="lower center", ncol=ncol)
     return fig
 
 
@@ -848,7 +1129,9 @@ def plot_distinctness_over_dims(
 
     Grid: one row per dataset, one column per metric of ``metrics`` present in the table (others
     skipped). x: log axis, ticks 3·2^k. Error bars: std over seeds; for a single-seed point, the
-    value of a ``<metric>_std`` row (e.g. ``silhouette_std`` over subsamples) when there is one.
+    value of a ``<metric>_std`` row (e.g. ``silhouette_std`` over subsamples) when there is one;
+    the legend title says which (:func:`errorbar_note`). Methods are labelled by
+    :func:`method_label`.
 
     Args:
         df: results rows (distinctness rows have ``probe == "none"``).

@@ -79,6 +79,20 @@ def _legend_texts(fig):
     return [t.get_text() for leg in fig.legends for t in leg.get_texts()]
 
 
+def _legend_title(fig):
+    (leg,) = fig.legends
+    return leg.get_title().get_text()
+
+
+def _all_texts(fig):
+    """Every text the drawn figure shows: titles, axis labels, tick labels, legend entries/titles."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    FigureCanvasAgg(fig).draw()
+    return [t.get_text() for t in fig.findobj(Text) if t.get_visible() and t.get_text()]
+
+
 def _container(ax, label):
     found = [c for c in ax.containers if c.get_label() == label]
     assert len(found) == 1, f"{label!r} not drawn once: {[c.get_label() for c in ax.containers]}"
@@ -204,14 +218,18 @@ def test_figure4_structure_means_and_errorbars():
     assert axs[1, 0].get_ylabel() == "Unsupervised\nCluster Probe mIoU"
     texts = _legend_texts(fig)
     for lab in (
-        "STEGO (theirs) [eval]",
+        "STEGO (theirs) with CRF [eval]",
         "STEGO (theirs) w/o CRF [eval]",
         "STEGO [val]",
-        "DINO (ours) [eval]",
+        "DINO (ours) with CRF [eval]",
         "DINO (ours) w/o CRF [val]",
         "PCA [val]",
     ):
         assert lab in texts
+    # the legend title says what the bars are: PCA has 3 seeds, the others one
+    title = _legend_title(fig)
+    assert "bars: ±1 sample std over 3 seeds" in title and "1-seed points (n=1): no bars" in title
+    assert title.startswith("backbone dino_vitb8")
     assert not any(t.startswith("published") for t in texts)
     for ax in fig.axes:
         assert ax.get_xscale() == "log"
@@ -234,7 +252,7 @@ def test_figure4_structure_means_and_errorbars():
     assert dino.get_marker() == "o" and np.allclose(dino.get_color()[:3], PALETTE[0])
     hlines = [ln for ln in axs[1, 1].get_lines() if ln.get_linestyle() == "--"]
     assert any(np.allclose(ln.get_ydata(), 20.0) for ln in hlines)
-    theirs = _container(axs[1, 1], "STEGO (theirs) [eval]").lines[0]
+    theirs = _container(axs[1, 1], "STEGO (theirs) with CRF [eval]").lines[0]
     assert theirs.get_marker() == "v" and theirs.get_linestyle() == "None"
     assert np.allclose(theirs.get_color()[:3], PALETTE[3])
 
@@ -355,7 +373,25 @@ def test_pca_spectrum():
     assert np.allclose(lines[0].get_ydata(), np.interp(x, np.linspace(0, 1, 4), np.cumsum(mean)))
     assert np.isclose(lines[1].get_ydata()[-1], coco.sum())
     assert np.allclose(ax.get_xticks(), [0, 1 / 16, 0.25, 0.5, 0.75, 1])
-    assert ax.get_xlabel() == "Number of Components"
+    # two widths (4 and 8 components): the paper's fractions, each dataset's width in the label
+    assert (
+        ax.get_xlabel() == "Number of Components\n($D_\\mathregular{ViT}$: Potsdam 4, Cocostuff 8)"
+    )
+    # one width: the ticks are component counts; a non-ViT width is C, not D_ViT
+    one = plots.plot_pca_spectrum(to_frame(_spectrum_rows("potsdam3", np.full(64, 1 / 64))))
+    assert [t.get_text() for t in one.axes[0].get_xticklabels()] == [
+        "0",
+        "4",
+        "16",
+        "32",
+        "48",
+        "64",
+    ]
+    assert one.axes[0].get_xlabel() == "Number of Components (of $D_\\mathregular{ViT}=64$)"
+    desc = to_frame(_spectrum_rows("synthetic", np.full(64, 1 / 64))).assign(backbone="descriptor")
+    texts = _all_texts(plots.plot_pca_spectrum(desc))
+    assert "Number of Components (of $C=64$)" in texts
+    assert not any("ViT" in t or "DINO" in t for t in texts)
     gap = _spectrum_rows("synthetic", [0.5, 0.2])
     gap[1]["dim"] = 3
     with pytest.raises(ValueError, match="component indices"):
@@ -573,12 +609,144 @@ def test_cli_figures_bad_input_is_one_clear_line(tmp_path, capsys):
     assert not (tmp_path / "figs").exists()
 
 
-def test_raw_features_of_a_non_dino_backbone_are_not_called_dino():
-    df = sweep_table()
-    df["backbone"] = "descriptor"
-    texts = _legend_texts(plots.plot_metric_over_dims(df, "miou"))
-    assert "raw descriptor features w/o CRF [val]" in texts
-    assert not any(t.startswith("DINO") for t in texts)
-    df["backbone"] = "dino_vitb8"
-    texts = _legend_texts(plots.plot_metric_over_dims(df, "miou"))
-    assert "DINO (ours) w/o CRF [val]" in texts
+# ------------------------------------------------------------------------------------------
+# labels from provenance
+# ------------------------------------------------------------------------------------------
+
+
+def test_method_label_names_raw_features_after_the_backbone():
+    assert plots.method_label("dino", "dino_vits8") == "DINO"
+    assert plots.method_label("dino", "dino_vitb8") == "DINO"
+    assert plots.method_label("dino", "descriptor") == "descriptor (raw)"
+    assert plots.method_label("dino", "dinov2_vits14") == "DINOv2 ViT-S/14"
+    assert plots.method_label("dino", "dinov2_vitl14_reg") == "DINOv2 ViT-L/14 (reg)"
+    assert plots.method_label("dino", "timm:resnet50") == "timm:resnet50 (raw)"
+    assert plots.method_label("identity", "my_extractor") == "my_extractor (raw)"
+    assert plots.method_label("dino") == "raw features"
+    for method, name in (("stego", "STEGO"), ("stego_released", "STEGO (theirs)"), ("pca", "PCA")):
+        assert plots.method_label(method, "descriptor") == name
+    assert plots.method_label("rp", "dino_vits8") == "RP"
+    # from a frame: the backbone of the method's own rows, several joined
+    df = to_frame(
+        make_rows(_ctx("potsdam3", "dino", 384, backbone="dino_vits8"), {"miou": 1.0})
+        + make_rows(_ctx("synthetic", "dino", 64, backbone="descriptor"), {"miou": 1.0})
+        + make_rows(_ctx("synthetic", "pca", 3, backbone="timm:resnet50"), {"miou": 1.0})
+    )
+    assert plots.method_label("dino", df) == "descriptor (raw) / DINO"
+    assert plots.method_label("dino", df[df.dataset == "synthetic"]) == "descriptor (raw)"
+    assert plots.backbone_label("dino_vits8_timm") == "DINO ViT-S/8 (timm)"
+    assert plots.is_vit_backbone("timm:vit_small_patch16_224")
+    assert not plots.is_vit_backbone("descriptor") and not plots.is_vit_backbone("timm:resnet50")
+    with pytest.raises(ValueError, match="provenance"):
+        plots.method_label("dino", 3)
+
+
+def _figures(df, published=None):
+    """Every figure plot_all would draw for the table."""
+    figs = [
+        plots.plot_metric_over_dims(
+            df, "miou", probe_rows=("linear", "cluster", "kmeans"), published=published
+        ),
+        plots.plot_metric_over_dims(df, "accuracy", published=published),
+    ]
+    if (df.method == "hnne").any():
+        figs.append(plots.plot_hnne_appendix(df, "potsdam3", published=published))
+    if (df.metric == "explained_variance_ratio").any():
+        figs.append(plots.plot_pca_spectrum(df))
+    if (df.probe == "none").any():
+        figs += [plots.plot_distinctness_over_dims(df), plots.plot_kmeans_convergence(df)]
+    return figs
+
+
+def test_non_dino_backbone_is_never_called_dino_or_vit():
+    df = _full_table().assign(backbone="descriptor")
+    for fig in _figures(df):
+        texts = _all_texts(fig)
+        assert not any("DINO" in t or "ViT" in t for t in texts), [
+            t for t in texts if "DINO" in t or "ViT" in t
+        ]
+        if fig.axes[0].get_xlabel().startswith("Number of Components"):
+            continue  # Figure 3 has PCA only
+        assert any("descriptor (raw)" in t for t in _legend_texts(fig))
+    fig4 = plots.plot_metric_over_dims(df, "miou")
+    assert "descriptor (raw) w/o CRF [val]" in _legend_texts(fig4)
+    assert "descriptor (raw) with CRF [eval]" in _legend_texts(fig4)
+    # the full-width marker's column title gives the recorded width, not a ViT's
+    assert (
+        fig4.axes[0]
+        .get_title()
+        .startswith("Potsdam\n$D_\\mathregular{STEGO}=70$, backbone width $C=384$")
+    )
+    # the published points stay the paper's
+    pub = plots.plot_metric_over_dims(df, "miou", published=True)
+    assert "published (digitised)" in _legend_texts(pub)
+    assert not any("DINO" in t for t in _legend_texts(pub))
+
+
+def test_dino_backbone_is_called_dino_with_its_width():
+    df = _full_table().assign(backbone="dino_vits8")
+    fig4, *_ = figs = _figures(df)
+    for fig in figs:
+        assert not any("descriptor" in t or "(raw)" in t for t in _all_texts(fig))
+    assert "DINO (ours) w/o CRF [val]" in _legend_texts(fig4)
+    assert "DINO [token]" in _legend_texts(plots.plot_distinctness_over_dims(df))
+    assert "$D_\\mathregular{ViT}=384$" in fig4.axes[0].get_title()
+    # the width is the recorded one: a ViT-B on Potsdam is not the paper's 384
+    wide = _full_table().assign(backbone="dino_vitb8")
+    wide.loc[wide.method == "dino", "dim"] = 768
+    assert "$D_\\mathregular{ViT}=768$" in plots.plot_metric_over_dims(wide).axes[0].get_title()
+    # without raw-feature rows the paper's width is used only for the paper's backbone
+    no_raw = df[df.method != "dino"]
+    assert "ViT}=384" in plots.plot_metric_over_dims(no_raw).axes[0].get_title()
+    other = no_raw.assign(backbone="timm:resnet50")
+    assert "ViT" not in plots.plot_metric_over_dims(other).axes[0].get_title()
+    assert "STEGO}=70" in plots.plot_metric_over_dims(other).axes[0].get_title()  # released rows
+
+
+def test_no_crf_wording_without_crf_rows():
+    df = _full_table()
+    no_crf = df[~df.crf.astype(bool)]
+    for fig in _figures(no_crf) + _figures(no_crf.assign(backbone="descriptor")):
+        assert not any("CRF" in t for t in _all_texts(fig))
+    labels = _legend_texts(plots.plot_metric_over_dims(no_crf, "miou"))
+    assert "DINO (ours) [val]" in labels and "STEGO (theirs) [eval]" in labels
+    paper = plots.plot_metric_over_dims(no_crf, "miou", figure_provenance="paper")
+    assert set(_legend_texts(paper)) == {"STEGO (theirs)", "STEGO", "DINO (ours)", "PCA", "h-NNE"}
+    # with CRF rows: the paper's labels in paper mode, explicit ones otherwise
+    paper = plots.plot_metric_over_dims(df, "miou", figure_provenance="paper")
+    assert {
+        "STEGO (theirs)",
+        "STEGO (theirs) w/o CRF",
+        "DINO (ours)",
+        "DINO (ours) w/o CRF",
+    } <= set(_legend_texts(paper))
+    # a method without CRF rows says nothing about CRF, even when others have them
+    assert "PCA [val]" in _legend_texts(plots.plot_metric_over_dims(df, "miou"))
+
+
+def test_errorbar_caption_follows_the_seeds():
+    df = sweep_table(datasets=("potsdam3",), probes=("cluster",))
+    one = df[df.seed == 0]
+    fig = plots.plot_metric_over_dims(one, "miou", probe_rows=("cluster",))
+    assert _legend_title(fig) == "backbone dino_vitb8; 1 seed (n=1): no error bars"
+    for c in fig.axes[0].containers:
+        assert _errorbar_halfwidths(c) is None, c.get_label()
+    only_pca = df[df.method == "pca"]
+    fig = plots.plot_metric_over_dims(only_pca, "miou", probe_rows=("cluster",), published=True)
+    title = _legend_title(fig)
+    assert "bars: ±1 sample std over 3 seeds" in title and "1-seed" not in title
+    assert "hollow: published" in title
+    two = only_pca[only_pca.seed < 2]
+    mixed = pd.concat([two[two.dim <= 12], only_pca[only_pca.dim > 12]], ignore_index=True)
+    title = _legend_title(plots.plot_metric_over_dims(mixed, "miou", probe_rows=("cluster",)))
+    assert "over 2–3 seeds" in title
+    # distinctness: 2 seeds
+    assert "over 2 seeds" in _legend_title(plots.plot_distinctness_over_dims(_distinct_table()))
+    # one seed with a silhouette_std row: the bar is that spread, and the caption says so
+    d1 = _distinct_table()
+    d1 = d1[d1.seed == 0]
+    std = d1[d1.metric == "silhouette"].assign(metric="silhouette_std", value=0.01)
+    fig = plots.plot_distinctness_over_dims(pd.concat([d1, std], ignore_index=True))
+    assert "1 seed (n=1): bars ± silhouette_std" in _legend_title(fig)
+    assert np.allclose(_errorbar_halfwidths(_container(fig.axes[0], "PCA [token]")), 0.01)
+    assert plots.errorbar_note([]) == ["1 seed (n=1): no error bars"]

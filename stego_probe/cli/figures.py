@@ -13,7 +13,10 @@ def register(subparsers) -> None:
         description=(
             "Draw every figure RESULTS.csv has rows for: Figure 3 (pca_cum_variance), Figure 4 "
             "(all_datasets_miou), Appendix Figure 1 (all_datasets_acc), Appendix Figure 2 "
-            "(<dataset>_hnne), distinctness_over_dims and kmeans_convergence. See docs/figures.md."
+            "(<dataset>_hnne), distinctness_over_dims and kmeans_convergence. Labels come from the "
+            "table: the raw-feature method is named after its backbone, widths are the recorded "
+            "ones, CRF wording only with CRF rows, legend titles say what the error bars show. "
+            "See docs/figures.md."
         ),
     )
     p.add_argument("results", metavar="RESULTS.csv", help="results table (stego_probe.results)")
