@@ -23,9 +23,9 @@ from stego_probe.sweep import (
     ensure_stores,
     load_config,
     run_sweep,
-    set_num_threads,
     summary_table,
 )
+from stego_probe.threads import uses_threads
 
 #: Overrides that shrink the demo to a smoke test (used by the tests and ``--quick``).
 QUICK = {
@@ -41,13 +41,21 @@ QUICK = {
 }
 
 
-def demo_config(backbone: str | None = None, weights: str | None = None, quick: bool = False):
+def demo_config(
+    backbone: str | None = None,
+    weights: str | None = None,
+    quick: bool = False,
+    backbone_kwargs: dict | None = None,
+):
     """The demo's sweep: the ``synthetic`` preset, optionally with another backbone.
 
     A real DINO has 384 / 768 channels; the preset's dims are kept and full width is added by
-    the sweep for PCA / RP / DINO.
+    the sweep for PCA / RP / DINO. ``backbone_kwargs`` are extra ``get_backbone`` arguments
+    (e.g. ``{"pretrained": False, "seed": 1}``).
     """
     overrides: dict = {"backbone": backbone, "weights": weights}
+    if backbone_kwargs:
+        overrides["backbone_kwargs"] = dict(backbone_kwargs)
     if backbone and backbone != "descriptor":
         # ViT inputs must be multiples of the patch size; 224 px is the DINO training size.
         overrides["train"] = {"res": 224}
@@ -63,6 +71,32 @@ def best_dim(df: pd.DataFrame, method: str, probe: str = "kmeans") -> int | None
     if sel.empty:
         return None
     return int(sel.groupby("dim")["value"].mean().idxmax())
+
+
+def distinctness_summary(
+    df: pd.DataFrame, metrics: tuple[str, ...] = ("silhouette", "kmeans_ari")
+) -> pd.DataFrame:
+    """Distinctness rows (``probe == "none"``) as a (method label, dim) x metric table.
+
+    Methods are named by :func:`stego_probe.plots.method_label`; values are means over seeds,
+    rounded to 3 decimals; ``attrs["note"]`` says over how many seeds (``"1 seed (n=1)"`` or
+    ``"mean over 3 seeds"``). Empty if there are no such rows.
+    """
+    from stego_probe.plots import method_label
+
+    dist = df[(df["probe"] == "none") & df["metric"].isin(list(metrics))]
+    if dist.empty:
+        return pd.DataFrame()
+    dist = dist.drop_duplicates(["method", "dim", "metric", "seed"], keep="last").copy()
+    dist["method"] = [method_label(m, dist) for m in dist["method"]]
+    wide = dist.pivot_table(index=["method", "dim"], columns="metric", values="value").round(3)
+    counts = sorted(set(dist.groupby(["method", "dim", "metric"])["seed"].nunique()))
+    if counts == [1]:
+        wide.attrs["note"] = "1 seed (n=1)"
+    else:
+        k = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+        wide.attrs["note"] = f"mean over {k} seeds"
+    return wide
 
 
 def class_aligned_predictions(
@@ -110,27 +144,42 @@ def class_aligned_predictions(
 def extra_figures(
     config: SweepConfig, df: pd.DataFrame, out_dir, fig_dir, n_images: int = 4, fmt: str = "png"
 ) -> list[Path]:
-    """The qualitative grid and the DINO-vs-STEGO 2-D feature map of the demo."""
+    """The qualitative grid and the raw-features-vs-STEGO 2-D feature map of the demo.
+
+    Panels are titled from the results' provenance (:func:`stego_probe.plots.method_label`):
+    the raw features after the backbone (``"descriptor (raw)"``; ``"DINO"`` only for a DINO),
+    with the width D they were probed at and the probe.
+    """
     from stego_probe.evaluate import dataset_for_store, store_images
-    from stego_probe.plots import embedding_2d, plot_embedding_map, plot_qualitative, save_figure
+    from stego_probe.plots import (
+        embedding_2d,
+        method_label,
+        plot_embedding_map,
+        plot_qualitative,
+        save_figure,
+    )
     from stego_probe.sweep import fit_projection, val_code_sample
 
     train_store, val_store = ensure_stores(config, out_dir, progress=False)
     cache = Path(out_dir) / "projections"
     seed = config.seeds[0]
+    provenance = df if "backbone" in df.columns and len(df) else config.backbone
     dino = Point("dino", train_store.dim, seed)
-    methods = {"DINO (k-means)": fit_projection(config, dino, train_store, cache, val_store)}
-    for method in ("stego", "pca"):
-        d = best_dim(df, method)
-        if d is not None:
-            proj = fit_projection(config, Point(method, d, seed), train_store, cache, val_store)
-            methods[f"{method.upper()} D={d} (k-means)"] = proj
+    # name -> (projection, title of the qualitative column, title of the feature map panel)
+    methods = {}
+    for method, d in [("dino", train_store.dim)] + [(m, best_dim(df, m)) for m in ("stego", "pca")]:
+        if d is None:
+            continue
+        point = dino if method == "dino" else Point(method, d, seed)
+        proj = fit_projection(config, point, train_store, cache, val_store)
+        name = method_label(method, provenance)
+        methods[method] = (proj, f"{name}\nD={d}, k-means", f"{name}, D={d}")
     idx = np.arange(min(n_images, val_store.n_images))
     images = store_images(val_store, dataset_for_store(val_store))(
         idx, [val_store.ids[i] for i in idx]
     )
     preds = {
-        name: class_aligned_predictions(
+        title: class_aligned_predictions(
             train_store,
             val_store,
             proj,
@@ -138,7 +187,7 @@ def extra_figures(
             seed=seed,
             kmeans_kwargs=config.probe_kwargs.get("kmeans"),
         )
-        for name, proj in methods.items()
+        for proj, title, _ in methods.values()
     }
     names = val_store.class_names
     paths = []
@@ -148,18 +197,17 @@ def extra_figures(
     paths.append(save_figure(fig, Path(fig_dir) / f"qualitative.{fmt}"))
 
     points, labels = {}, None
-    for name, proj in methods.items():
-        if name.startswith("PCA"):
+    for method, (proj, _, title) in methods.items():
+        if method == "pca":
             continue
         codes, labels = val_code_sample(val_store, proj, 3000, seed)
-        points[name.replace(" (k-means)", "")] = embedding_2d(
-            codes, method="pca", random_state=seed
-        )
+        points[title] = embedding_2d(codes, method="pca", random_state=seed)
     fig = plot_embedding_map(points, labels, class_names=names, dataset=config.dataset)
     paths.append(save_figure(fig, Path(fig_dir) / f"feature_map.{fmt}"))
     return paths
 
 
+@uses_threads()
 def run_demo(
     out: str = "runs/demo",
     figures: str = "figures/demo",
@@ -167,7 +215,8 @@ def run_demo(
     weights: str | None = None,
     quick: bool = False,
     progress: bool = True,
-    threads: int | None = 1,
+    threads: int | str | None = "auto",
+    backbone_kwargs: dict | None = None,
 ) -> pd.DataFrame:
     """Run the demo end to end and print a summary; returns the results table.
 
@@ -177,32 +226,32 @@ def run_demo(
         backbone, weights: use another backbone (e.g. ``dino_vits8`` and its ``.pth`` file).
         quick: a tiny configuration (seconds; used by the tests).
         progress: progress bars.
-        threads: CPU threads for the analysis after extraction (None: library defaults).
+        threads: CPU threads (``"auto"``: 1 for the analysis of small stores, all cores for
+            the extraction and ViT-sized stores; an int, ``"all"`` or None for the library defaults;
+            :mod:`stego_probe.threads`); the previous counts are restored at the end.
+        backbone_kwargs: extra ``get_backbone`` arguments, e.g. ``{"pretrained": False}``.
     """
     from stego_probe.plots import plot_all
 
     start = time.perf_counter()
-    config = demo_config(backbone, weights, quick)
+    config = demo_config(backbone, weights, quick, backbone_kwargs)
     print(
         f"stego-probe demo: {config.dataset} scenes, backbone {config.backbone}, "
         f"methods {config.methods}, dims {config.dims}, seeds {config.seeds}"
     )
     ensure_stores(config, out, progress=progress)
-    # The demo's stores are small: one thread is much faster than two spin-waiting ones.
-    set_num_threads(threads)
     df = run_sweep(config, out, progress=progress)
     paths = plot_all(df, figures, published=False, fmt="png")
     paths += extra_figures(config, df, out, figures)
     for metric in ("miou", "accuracy"):
         table = summary_table(df, metric)
         if not table.empty:
-            print(f"\n{metric} (%) on the synthetic val split, mean ± std over seeds:")
+            print(f"\n{metric} (%) on the synthetic val split, {table.attrs['note']}:")
             print(table.to_string())
-    dist = df[(df["probe"] == "none") & df["metric"].isin(["silhouette", "kmeans_ari"])]
+    dist = distinctness_summary(df)
     if not dist.empty:
-        wide = dist.pivot_table(index=["method", "dim"], columns="metric", values="value")
-        print("\ncluster distinctness on val codes (mean over seeds):")
-        print(wide.round(3).to_string())
+        print(f"\ncluster distinctness on val codes, {dist.attrs['note']}:")
+        print(dist.to_string())
     print(f"\nresults: {Path(out) / 'results.csv'}")
     print("figures: " + ", ".join(str(p) for p in paths))
     print(f"done in {time.perf_counter() - start:.0f} s")

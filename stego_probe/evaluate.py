@@ -10,7 +10,10 @@ Protocol (PROTOCOL §4.4). Probes are fitted on *training* codes at token resolu
 ``"kmeans"`` (FAISS spherical k-means on a seeded token sample, §4.2), ``"cluster"`` (the
 reference's Adam-trained cluster probe, §4.1) and ``"linear"`` (1x1 conv, cross-entropy, §4.3;
 ``"cluster"`` and ``"linear"`` are trained on the same seeded stream of image mini-batches, as the
-reference trains them side by side). Validation then runs in one of three modes (the ``mode``
+reference trains them side by side). The linear probe z-scores its input with statistics of the
+training codes by default (:class:`~stego_probe.probes.linear.LinearProbe` ``standardize``); in
+:func:`evaluate_stores` they come from the same seeded token sample the k-means probe is fitted
+on, so its result does not depend on the scale of the features. Validation then runs in one of three modes (the ``mode``
 column of the results):
 
 * ``"val"``: one pass; the code is bilinearly upsampled (``align_corners=False``) to label
@@ -44,6 +47,7 @@ import torch.nn.functional as F
 
 from stego_probe.labels import check_labels
 from stego_probe.metrics import ConfusionAccumulator, metrics_to_flat
+from stego_probe.probes import PROBE_NAMES
 from stego_probe.probes._codes import check_finite, to_numpy
 from stego_probe.probes.cluster_lookup import (
     DEFAULT_BATCH_SIZE,
@@ -53,7 +57,8 @@ from stego_probe.probes.cluster_lookup import (
 )
 from stego_probe.probes.linear import IGNORE_VALUES, LinearProbe
 from stego_probe.provenance import check_compatible
-from stego_probe.results import RESULT_COLUMNS, make_rows, to_frame
+from stego_probe.results import RESULT_COLUMNS, kmeans_context, make_rows, to_frame
+from stego_probe.threads import uses_threads
 
 #: Probe names accepted by the pipeline -> canonical name in the results table.
 PROBE_ALIASES = {
@@ -64,7 +69,7 @@ PROBE_ALIASES = {
     "cluster_lookup": "cluster",
     "linear": "linear",
 }
-PROBES = ("kmeans", "cluster", "linear")
+PROBES = PROBE_NAMES
 MODES = ("pixel", "token")
 #: Store provenance keys that must agree between the training and the validation store.
 COMPATIBLE_KEYS = ("backbone", "weights_sha256", "dataset", "n_classes", "patch_size", "embed_dim")
@@ -238,15 +243,19 @@ class _Scorer:
             for use_crf in (False, True) if crf else (False,):
                 self.acc[name, use_crf] = ConfusionAccumulator(_n_outputs(probe), self.n_classes)
 
-    def update(self, codes: np.ndarray, labels: np.ndarray, size=None, images=None) -> None:
+    def update(self, codes: np.ndarray, labels: np.ndarray, size=None, images=None) -> dict:
+        """Score one batch; returns ``{(probe, crf): (B, H, W) predictions}``."""
+        preds = {}
         for name, probe in self.probes.items():
-            self.acc[name, False].update(predict_batch(name, probe, codes, size), labels)
+            preds[name, False] = predict_batch(name, probe, codes, size)
+            self.acc[name, False].update(preds[name, False], labels)
             if self.crf:
                 from stego_probe.probes.crf import batch_crf
 
                 lp = log_probs_batch(name, probe, codes, size)
-                pred = batch_crf(images, lp, num_workers=self.crf_workers)
-                self.acc[name, True].update(pred, labels)
+                preds[name, True] = batch_crf(images, lp, num_workers=self.crf_workers)
+                self.acc[name, True].update(preds[name, True], labels)
+        return preds
 
     def results(self, match: str) -> dict:
         out = {}
@@ -578,16 +587,14 @@ def _batch_readers(store, token_mode: bool):
     return (lambda idx: tokens[np.asarray(idx)]), (lambda idx: labels[np.asarray(idx)])
 
 
-def _train_stream_probes(
-    names, train_store, project, n_classes, seed, token_mode, kwargs, progress
-):
-    """Fit cluster / linear probes on seeded streams of training batches from a store.
+def _train_stream_probes(probes: dict, train_store, project, seed, token_mode, progress):
+    """Fit unfitted cluster / linear probes on seeded streams of training batches from a store.
 
     Probes with the same ``(steps, batch_size)`` share one stream (each batch is read and
     projected once and fed to all of them, as the reference trains its probes side by side);
     the stream is :func:`minibatch_stream` with ``seed``, the one ``probe.fit`` would use.
+    A linear probe that standardises its input must have its statistics set beforehand.
     """
-    probes = {n: make_probe(n, n_classes, seed, **kwargs[n]) for n in names}
     groups: dict[tuple[int, int], list[str]] = {}
     for n, p in probes.items():
         groups.setdefault((int(p.steps), int(p.batch_size)), []).append(n)
@@ -616,6 +623,7 @@ def _train_stream_probes(
     return probes
 
 
+@uses_threads(store="train_store")
 def evaluate_stores(
     train_store,
     val_store,
@@ -637,6 +645,8 @@ def evaluate_stores(
     crf_workers: int = 0,
     return_probes: bool = False,
     progress: bool = True,
+    save_predictions: str | os.PathLike | None = None,
+    threads: int | str | None = "auto",
 ):
     """Fit probes on a training store and evaluate them on a validation store (streaming).
 
@@ -661,7 +671,8 @@ def evaluate_stores(
         match: matching of the unsupervised probes (linear always uses ``"identity"``).
         steps, train_batch_size: training mini-batches and images per batch of the cluster and
             linear probes (reference: 7000 x 32; Potsdam 5000 x 16).
-        n_train: tokens sampled from the training store for the k-means probe.
+        n_train: tokens sampled from the training store for the k-means probe (and for the
+            linear probe's input statistics; k-means's own ``n_train`` wins when both run).
         probe_kwargs: ``{probe: {constructor kwargs}}`` overriding the above.
         batch_size: validation images per batch (reference: 8).
         images: ``(indices, ids) -> (B, H, W, 3) uint8`` evaluation images for the CRF (see
@@ -669,6 +680,14 @@ def evaluate_stores(
         crf_workers: CRF worker processes (0 = serial).
         return_probes: also return the fitted probes.
         progress: tqdm bars.
+        save_predictions: a new or empty folder: write every validation image's predictions
+            (one PNG per image and probe, cluster ids mapped to classes with the matching of
+            the reported scores, plus ``mapping.json``; :class:`stego_probe.export.
+            PredictionWriter`), streamed batch by batch.
+        threads: CPU threads of torch / FAISS / BLAS during the call (restored after):
+            ``"auto"`` (1 for small stores, all cores for ViT-sized ones; or an enclosing
+            :func:`stego_probe.threads.limit`'s explicit count), ``"all"``, an int or None
+            (library defaults); see :mod:`stego_probe.threads`.
 
     Returns:
         a pandas DataFrame with :data:`stego_probe.results.RESULT_COLUMNS` (one row per metric:
@@ -682,6 +701,10 @@ def evaluate_stores(
     names = _probe_list(probes)
     prefitted = _prefitted_probes(probes)
     mode_col = _check_mode(mode, flip, crf)
+    if save_predictions is not None:
+        from stego_probe.export import check_output_dir
+
+        check_output_dir(save_predictions, "save_predictions")  # before any work
     token_mode = mode == "token"
     train_store = _open_store(train_store, "train_store")
     val_store = _open_store(val_store, "val_store")
@@ -703,28 +726,33 @@ def evaluate_stores(
 
     # -- fit ------------------------------------------------------------------------------------
     fitted = dict(prefitted)
-    if "kmeans" in names and "kmeans" not in prefitted:
+    stream_names = [n for n in names if n != "kmeans" and n not in prefitted]
+    fit_kmeans = "kmeans" in names and "kmeans" not in prefitted
+    stream = {n: make_probe(n, n_classes, seed, **kwargs[n]) for n in stream_names}
+    needs_stats = [p for p in stream.values() if getattr(p, "standardize", "none") != "none"]
+    sample = None
+    if fit_kmeans or needs_stats:
+        # One seeded token sample serves the k-means fit and the linear probe's input statistics.
+        n_sample = int(kwargs.get("kmeans", {}).get("n_train", n_train)) if fit_kmeans else n_train
+        tokens = train_store.sample_tokens(int(n_sample), seed=seed)
+        sample = check_finite(project(tokens), f"train store {train_store.path} codes")
+    if fit_kmeans:
         kw = {"n_train": int(n_train), **kwargs["kmeans"]}
-        sample = train_store.sample_tokens(int(kw["n_train"]), seed=seed)
-        codes = check_finite(project(sample), f"train store {train_store.path} codes")
-        fitted["kmeans"] = make_probe("kmeans", n_classes, seed, **kw).fit(codes)
-    fitted.update(
-        _train_stream_probes(
-            [n for n in names if n != "kmeans" and n not in prefitted],
-            train_store,
-            project,
-            n_classes,
-            seed,
-            token_mode,
-            kwargs,
-            progress,
-        )
-    )
+        fitted["kmeans"] = make_probe("kmeans", n_classes, seed, **kw).fit(sample)
+    for probe in needs_stats:
+        probe.fit_scaler(sample)
+    fitted.update(_train_stream_probes(stream, train_store, project, seed, token_mode, progress))
     fitted = {n: fitted[n] for n in names}
     dim = int(getattr(fitted[names[0]], "n_features_in_", 0))
 
     # -- validate -------------------------------------------------------------------------------
     scorer = _Scorer(fitted, n_classes, crf, crf_workers)
+    writer = None
+    if save_predictions is not None:
+        from stego_probe.export import PredictionWriter
+
+        outputs = {k: _n_outputs(fitted[k[0]]) for k in scorer.acc}
+        writer = PredictionWriter(save_predictions, outputs, n_classes, class_names)
     size = None if token_mode else tuple(val_store.label_shape)
     batches = val_store.iter_batches(int(batch_size), progress=progress)
     flipped = val_store.iter_batches(int(batch_size), flipped=True) if flip else None
@@ -742,7 +770,9 @@ def evaluate_stores(
 
             labels = pool_labels(labels, val_store.grid, n_classes)
         imgs = images(idx, list(ids)) if crf else None
-        scorer.update(codes, labels, size, imgs)
+        preds = scorer.update(codes, labels, size, imgs)
+        if writer is not None:
+            writer.write(preds, ids)
 
     prov = dict(val_store.provenance)
     if method is None:
@@ -752,7 +782,13 @@ def evaluate_stores(
             else getattr(projection, "method_name", None) or type(projection).__name__.lower()
         )
     rows = []
-    for (name, use_crf), s in scorer.results(match).items():
+    results = scorer.results(match)
+    if writer is not None:
+        writer.finalize(
+            results,
+            {"seed": seed, "mode": mode_col, "method": method, "val_store": str(val_store.path)},
+        )
+    for (name, use_crf), s in results.items():
         context = {
             "dataset": prov.get("dataset", ""),
             "backbone": prov.get("backbone", ""),
@@ -766,6 +802,8 @@ def evaluate_stores(
             "match": "identity" if name == "linear" else match,
             "split": prov.get("split", ""),
         }
+        if name == "kmeans" and hasattr(fitted[name], "n_iter_"):
+            context.update(kmeans_context(fitted[name]))  # the stopping rule and iterations run
         rows += make_rows(context, metrics_to_flat(s, class_names))
     frame = to_frame(rows)
     return (frame, fitted) if return_probes else frame

@@ -3,11 +3,14 @@
 A sweep is described by a :class:`SweepConfig` (a preset YAML shipped in
 ``stego_probe/presets/`` or a user file, plus overrides). :func:`run_sweep`
 
+0. checks, before any work, that the optional packages it needs are installed
+   (:func:`check_dependencies`) and that the output folder is not a resume with other settings;
 1. makes sure the train and val feature stores exist (extracting them if missing, resumably);
 2. enumerates the points (``dino`` only at full width; other methods at every ``D <= C``);
 3. for each point not yet in ``<out>/results.csv``: fits the projection on the train store, runs
    the probes on the val store (:func:`stego_probe.evaluate.evaluate_stores`), measures
    distinctness on a seeded token sample of the val codes, and appends the rows atomically.
+   A failing point does not stop the others; :class:`SweepError` lists the failures at the end.
 
 Re-running the same command therefore resumes: finished points are skipped. PCA is fitted once
 per seed and sliced for every ``D`` (its explained-variance ratios become the Figure 3 rows).
@@ -17,8 +20,14 @@ Points can run in a local loop (default) or as Ray tasks (``executor="ray"``, op
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import os
+import shutil
+import sys
+import time
+import traceback
+import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -28,6 +37,7 @@ import pandas as pd
 import yaml
 
 from stego_probe.results import RESULT_COLUMNS, append_csv, make_rows, read_results
+from stego_probe.threads import uses_threads
 
 #: Methods whose projection has a width parameter (``dino`` is the identity at full width).
 WIDTH_METHODS = ("pca", "rp", "rp_sparse", "umap", "hnne", "stego")
@@ -246,24 +256,149 @@ def open_or_extract(
     )
 
 
-def ensure_stores(config: SweepConfig, out_dir: str | os.PathLike, progress: bool = True):
+def open_existing_store(config: SweepConfig, which: str, path: str | os.PathLike):
+    """Open a complete store given by the user as the sweep's ``train`` / ``val`` store.
+
+    Nothing is extracted or written. The store must agree with the config: same ``dataset``,
+    ``backbone`` and split (``config.train.split`` / ``config.val.split``), the
+    ``dataset_kwargs`` the store's provenance records (e.g. ``n_classes``, ``n_images`` of
+    ``synthetic``), and ``tokens_flipped`` for the val store of a ``flip`` sweep. A resolution,
+    crop or image limit other than the config's store spec is allowed but warned about (the
+    results rows do not record them; the store's own provenance does).
+
+    Raises:
+        FileNotFoundError: no store at ``path``.
+        ValueError: incomplete, or incompatible with the config (the message names every
+            difference).
+    """
+    from stego_probe.store import FeatureStore
+
+    what = f"{which} store {path} (--{which}-store)"
+    if not FeatureStore.exists(path):
+        raise FileNotFoundError(f"{what}: no feature store there (no zarr.json)")
+    store = FeatureStore.open(path, allow_incomplete=True)
+    if not store.complete:
+        raise ValueError(
+            f"{what}: the store is incomplete; finish it with `stego-probe extract` (which "
+            "resumes) or let the sweep extract its own stores (omit the option)"
+        )
+    prov = dict(store.provenance)
+    spec: StoreSpec = getattr(config, which)
+    info = dict(prov.get("dataset_info") or {})
+    want = {"dataset": config.dataset, "backbone": config.backbone, "split": spec.split}
+    have = {k: prov.get(k) for k in want}
+    diffs = [f"{k}: store {have[k]!r}, config {v!r}" for k, v in want.items() if have[k] != v]
+    n_classes = config.dataset_kwargs.get("n_classes", _default_n_classes(config.dataset))
+    if n_classes is not None and store.n_classes != int(n_classes):
+        diffs.append(f"n_classes: store {store.n_classes!r}, config {int(n_classes)!r}")
+    for k, v in sorted(config.dataset_kwargs.items()):
+        got = info.get(k, prov.get(k))
+        if k == "n_classes" or got is None:
+            continue
+        if json.dumps(got, default=str) != json.dumps(v, default=str):
+            diffs.append(f"dataset_kwargs.{k}: store {got!r}, config {v!r}")
+    if which == "val" and config.flip and not store.has_flipped:
+        diffs.append("flip: the config evaluates flip-averaged codes; the store has no flipped "
+                     "tokens (extract with --flipped)")  # fmt: skip
+    if diffs:
+        raise ValueError(f"{what} does not match sweep {config.name!r}: " + "; ".join(diffs))
+    other = {
+        k: (prov.get(k), getattr(spec, k))
+        for k in ("res", "crop", "limit")
+        if prov.get(k) is not None and prov.get(k) != getattr(spec, k)
+    }
+    if other:
+        warnings.warn(
+            f"{what}: "
+            + ", ".join(f"{k} {a!r} (config {b!r})" for k, (a, b) in other.items())
+            + "; the results use the store as it is",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return FeatureStore.open(path)
+
+
+def _default_n_classes(dataset: str) -> int | None:
+    """The class count a dataset factory uses without an ``n_classes`` argument (None when it
+    has no such argument, e.g. the paper datasets whose count is part of their name)."""
+    import inspect
+
+    from stego_probe.data import _REGISTRY
+
+    if dataset not in _REGISTRY:
+        return None
+    param = inspect.signature(_REGISTRY[dataset][0]).parameters.get("n_classes")
+    if param is None or not isinstance(param.default, int):
+        return None
+    return int(param.default)
+
+
+#: File in the output folder naming the stores a sweep's rows were computed from.
+STORES_FILE = "stores.json"
+
+
+def ensure_stores(
+    config: SweepConfig,
+    out_dir: str | os.PathLike,
+    progress: bool = True,
+    train_store: str | os.PathLike | None = None,
+    val_store: str | os.PathLike | None = None,
+):
     """Open the sweep's train and val stores, extracting whichever is missing or incomplete.
+
+    Args:
+        config: the sweep.
+        out_dir: output folder; stores are extracted under ``<out>/stores/`` (:func:`store_path`).
+        progress: tqdm bars.
+        train_store, val_store: paths of existing complete stores to use instead of
+            ``<out>/stores/...`` (checked by :func:`open_existing_store`; nothing is extracted
+            or copied for them).
+
+    The paths used are recorded in ``<out>/stores.json``; a resume (a folder with results) with
+    other stores is refused, since its rows and cached projections came from the recorded ones.
 
     Returns:
         ``(train_store, val_store)`` as :class:`stego_probe.store.FeatureStore`.
     """
+    given = {"train": train_store, "val": val_store}
+    paths = {
+        w: str(given[w]) if given[w] is not None else store_path(config, out_dir, w) for w in given
+    }
+    # recorded: the sweep's own stores relative to the folder (it may move), others absolute
+    recorded = {
+        w: os.path.relpath(paths[w], out_dir)
+        if given[w] is None
+        else (paths[w] if "://" in paths[w] else os.path.abspath(paths[w]))
+        for w in paths
+    }
+    record = Path(out_dir) / STORES_FILE
+    if record.exists() and has_results(Path(out_dir) / "results.csv"):
+        old = json.loads(record.read_text())
+        diffs = [
+            f"{w}: {old.get(w)!r} -> {recorded[w]!r}" for w in paths if old.get(w) != recorded[w]
+        ]
+        if diffs:
+            raise ValueError(
+                f"{out_dir} holds results computed from other stores ({'; '.join(diffs)}); "
+                "resuming would mix them. Use another output folder, or the same stores"
+            )
     cache: dict = {}
-    return tuple(
-        open_or_extract(
+    stores = tuple(
+        open_existing_store(config, which, given[which])
+        if given[which] is not None
+        else open_or_extract(
             config,
             which,
-            store_path(config, out_dir, which),
+            paths[which],
             flipped=config.flip and which == "val",
             cache=cache,
             progress=progress,
         )
         for which in ("train", "val")
     )
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(recorded, indent=2))
+    return stores
 
 
 # --------------------------------------------------------------------------------------- points
@@ -362,6 +497,11 @@ def pca_spectrum_rows(config: SweepConfig, train_store, cache_dir) -> list[dict]
     return rows
 
 
+#: k-means protocol of the distinctness measures (one restart per seed; ``kmeans_iterations``
+#: counts the iterations until the objective changes by <= ``tol``, a convergence *speed*).
+DISTINCTNESS_KMEANS = {"niter": 50, "tol": 1e-4}
+
+
 def _context(config: SweepConfig, store, point: Point) -> dict:
     prov = store.provenance
     return {
@@ -391,8 +531,15 @@ def _probe_kwargs(config: SweepConfig) -> dict:
     return out
 
 
-def run_point(config: SweepConfig, point: Point, train_store, val_store, cache_dir) -> list[dict]:
-    """Evaluate one sweep point and return its tidy rows (probe metrics + distinctness)."""
+@uses_threads(store="train_store")
+def run_point(
+    config: SweepConfig, point: Point, train_store, val_store, cache_dir, *, threads="auto"
+) -> list[dict]:
+    """Evaluate one sweep point and return its tidy rows (probe metrics + distinctness).
+
+    ``threads``: CPU threads while the point runs (:mod:`stego_probe.threads`; ``"auto"``: 1
+    for small stores, all cores for ViT-sized ones).
+    """
     from stego_probe.evaluate import evaluate_stores
 
     proj = fit_projection(config, point, train_store, cache_dir, val_store=val_store)
@@ -424,8 +571,11 @@ def run_point(config: SweepConfig, point: Point, train_store, val_store, cache_d
             labels,
             n_clusters=val_store.n_classes,
             seeds=tuple(dist.get("seeds", (0, 1, 2))),
+            **DISTINCTNESS_KMEANS,
         )
-        rows += make_rows({**context, "probe": "none", "match": ""}, report)
+        kmeans = {f"kmeans_{k}": v for k, v in DISTINCTNESS_KMEANS.items()}
+        context = {**context, "probe": "none", "match": "", **kmeans, "kmeans_nredo": 1}
+        rows += make_rows(context, report)
     return rows
 
 
@@ -440,75 +590,519 @@ def val_code_sample(val_store, projection, n_tokens: int, seed: int):
     return np.asarray(codes, dtype=np.float32), np.asarray(labels, dtype=np.int64)
 
 
+@uses_threads()
 def run_sweep(
     config: SweepConfig,
     out_dir: str | os.PathLike,
     executor: str = "local",
     progress: bool = True,
+    train_store: str | os.PathLike | None = None,
+    val_store: str | os.PathLike | None = None,
+    *,
+    threads: int | str | None = "auto",
 ) -> pd.DataFrame:
     """Run (or resume) a sweep and return the full results table.
 
+    Before any work (extraction, ``config.json``) the optional packages the sweep needs are
+    checked (:func:`check_dependencies`) and the folder is checked for a resume with other
+    settings. A point that fails does not stop the sweep: the other points run and keep their
+    rows, and :class:`SweepError` lists every failed point at the end.
+
     Args:
         config: the sweep.
-        out_dir: output folder: ``stores/``, ``projections/``, ``results.csv``, ``config.json``.
+        out_dir: output folder: ``stores/``, ``projections/``, ``results.csv``, ``config.json``
+            (and ``failures.log`` after a run with failed points).
         executor: ``local`` (a loop in this process) or ``ray`` (one Ray task per point; needs
-            ``pip install stego-probe[ray]`` and a running or local Ray cluster).
-        progress: show progress bars.
+            ``pip install 'stego-probe[ray]'`` and a running or local Ray cluster).
+        progress: show progress bars (the sweep's shows the current point and a cost-weighted
+            ETA, see :class:`SweepProgress`).
+        threads: CPU threads of torch / FAISS / BLAS while the sweep runs (restored after):
+            ``"auto"``: 1 for small stores, all cores for ViT-sized ones and extraction,
+            ``"all"``, an int or None (library defaults); see :mod:`stego_probe.threads`.
+        train_store, val_store: existing complete stores to use instead of extracting into
+            ``<out>/stores/`` (see :func:`ensure_stores`).
 
     Returns:
         the results table (all rows in ``<out>/results.csv``).
-    """
-    from tqdm.auto import tqdm
 
+    Raises:
+        ImportError: an optional package the sweep needs is missing (nothing is written).
+        ValueError: ``out_dir`` holds results of a sweep with other result-defining settings.
+        SweepError: some points failed (the others' rows are written; re-run to retry).
+    """
     if executor not in ("local", "ray"):
         raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
+    check_dependencies(config, executor)
     out = Path(out_dir)
     _check_resume(config, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
     results = out / "results.csv"
     cache_dir = out / "projections"
-    train_store, val_store = ensure_stores(config, out, progress=progress)
+    train_store, val_store = ensure_stores(
+        config, out, progress=progress, train_store=train_store, val_store=val_store
+    )
     _check_pair(train_store, val_store)
 
     done = done_points(results)
     if "pca" in config.methods and not _has_spectrum(results):
         append_csv(pca_spectrum_rows(config, train_store, cache_dir), results)
-    todo = [p for p in sweep_points(config, train_store.dim) if p not in done]
-    if executor == "local":
-        for point in tqdm(todo, desc=f"sweep {config.name}", disable=not progress):
-            append_csv(run_point(config, point, train_store, val_store, cache_dir), results)
-    elif executor == "ray":
-        _run_ray(config, todo, train_store.path, val_store.path, cache_dir, results, progress)
+    todo = run_order([p for p in sweep_points(config, train_store.dim) if p not in done])
+    if executor == "ray":
+        # One PCA fit per seed, shared by every D: fitted here, or parallel tasks would race to
+        # fit and save the same file.
+        for seed in sorted({p.seed for p in todo if p.method == "pca"}):
+            fit_projection(config, Point("pca", train_store.dim, seed), train_store, cache_dir)
+    tracker = SweepProgress(
+        todo,
+        point_weights(config, todo),
+        desc=f"sweep {config.name}" + (" (ray)" if executor == "ray" else ""),
+        disable=not progress,
+    )
+    with tracker:
+        if executor == "local":
+            _run_local(config, todo, train_store, val_store, cache_dir, results, tracker)
+        else:
+            _run_ray(config, todo, train_store.path, val_store.path, cache_dir, results, tracker)
+    df = read_results(results) if results.exists() else pd.DataFrame(columns=RESULT_COLUMNS)
+    _report_failures(config, out, tracker.failures, len(todo), df)
+    return df
+
+
+class SweepError(RuntimeError):
+    """Some points of a sweep failed; every other point finished and its rows are written.
+
+    The message lists each failed point as ``(method, D=dim, seed=seed): ErrorType: message``;
+    the full tracebacks are in ``<out>/failures.log``. Running the same sweep again retries only
+    the failed points (the finished ones are skipped as usual).
+
+    Attributes:
+        failures: ``[(Point, exception)]`` in the order the points failed.
+        results: the results table with the finished points' rows (a DataFrame).
+    """
+
+    def __init__(self, message: str, failures: list, results: pd.DataFrame) -> None:
+        super().__init__(message)
+        self.failures = failures
+        self.results = results
+
+
+# --------------------------------------------------------------------------------- extras
+
+#: Optional extras a sweep can need: extra -> (what needs it, module to import, package).
+_EXTRAS = {
+    "ray": ("executor='ray'", "ray", "Ray"),
+    "umap": ("method 'umap'", "umap", "umap-learn"),
+    "hnne": ("method 'hnne'", "hnne", "hnne"),
+}
+
+
+def required_extras(config: SweepConfig, executor: str = "local") -> list[str]:
+    """The optional extras (``pip install 'stego-probe[<extra>]'``) a sweep needs.
+
+    ``ray`` for ``executor="ray"``, ``umap`` / ``hnne`` when those methods are swept. A sweep
+    never needs the ``crf`` extra: it evaluates without the dense CRF (``crf`` is false in its
+    rows).
+    """
+    extras = ["ray"] if executor == "ray" else []
+    return extras + [m for m in ("umap", "hnne") if m in config.methods]
+
+
+def check_dependencies(config: SweepConfig, executor: str = "local") -> None:
+    """Import every optional package the sweep needs (:func:`required_extras`).
+
+    :func:`run_sweep` calls it first, so a missing extra fails in seconds, before any store is
+    extracted or anything is written, instead of after hours of extraction.
+
+    Raises:
+        ImportError: naming each missing package, what needs it and its
+            ``pip install 'stego-probe[<extra>]'`` command.
+    """
+    missing = []
+    for extra in required_extras(config, executor):
+        what, module, package = _EXTRAS[extra]
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            missing.append(f"{what} needs {package}: pip install 'stego-probe[{extra}]' ({e})")
+    if missing:
+        raise ImportError(
+            f"sweep {config.name}: {'; '.join(missing)}. Nothing was extracted or written"
+        )
+
+
+# --------------------------------------------------------------------- order and progress
+
+#: Cost of one STEGO training step relative to one step of a trained probe (same batch size),
+#: the prior of :func:`point_weights` until a STEGO point has been timed. Measured on the
+#: ``synthetic`` preset on 2 CPU cores: a STEGO point took 59-67 s, a PCA / RP point 9.2-9.8 s
+#: (200 steps x 16 images for both the head and the linear probe).
+STEGO_STEP_COST = 5.5
+
+
+def point_label(point: Point) -> str:
+    """How progress bars and errors name a point: ``"(method, D=dim, seed=seed)"``."""
+    return f"({point.method}, D={point.dim}, seed={point.seed})"
+
+
+def run_order(points: list[Point]) -> list[Point]:
+    """The order in which :func:`run_sweep` runs ``points``: the first point of every method,
+    then the others in enumeration order (:func:`sweep_points`).
+
+    Timing one point of each method early (the STEGO points are far slower than the others)
+    lets :class:`SweepProgress` correct its cost estimate within the first few points, while
+    the cheap methods' curves still fill in first. The order only depends on ``points``, so a
+    resumed sweep runs its remaining points in the same order; every point is independent
+    (PCA is fitted once per seed and shared by every D whatever the order).
+    """
+    firsts: dict[str, Point] = {}
+    for p in points:
+        firsts.setdefault(p.method, p)
+    head = list(firsts.values())
+    return head + [p for p in points if p not in set(head)]
+
+
+def point_weights(config: SweepConfig, points: list[Point]) -> dict[Point, float]:
+    """Prior cost of each point for the progress ETA, in units of one point's evaluation.
+
+    Every point costs 1 (fit the probes on its codes, score them on val, distinctness). A
+    ``stego`` point adds the training of its head: ``STEGO_STEP_COST * steps * batch_size`` over
+    the ``steps * batch_size`` of the trained probes (``linear``, ``cluster``; 7000 x 32 when
+    neither is swept). :class:`SweepProgress` replaces these priors by measured times as points
+    finish, so they only matter until each method has been timed.
+
+    Returns:
+        point -> weight (> 0).
+    """
+    from stego_probe.probes.cluster_lookup import DEFAULT_BATCH_SIZE, DEFAULT_STEPS
+
+    probe_work = 0
+    for name in ("linear", "cluster"):
+        if name in config.probes:
+            kw = config.probe_kwargs.get(name, {})
+            probe_work += int(kw.get("steps", DEFAULT_STEPS)) * int(
+                kw.get("batch_size", DEFAULT_BATCH_SIZE)
+            )
+    probe_work = probe_work or DEFAULT_STEPS * DEFAULT_BATCH_SIZE
+    stego_extra: dict[int, float] = {}
+    weights = {}
+    for p in points:
+        weights[p] = 1.0
+        if p.method == "stego":
+            if p.dim not in stego_extra:
+                stego_extra[p.dim] = _stego_work(config, p.dim) * STEGO_STEP_COST / probe_work
+            weights[p] += stego_extra[p.dim]
+    return weights
+
+
+def _stego_work(config: SweepConfig, dim: int) -> float:
+    """``steps * batch_size`` of the sweep's STEGO head at width ``dim`` (preset resolved)."""
+    from stego_probe.projections import get_projection
+
+    try:
+        cfg = get_projection("stego", dim, **config.method_kwargs.get("stego", {}))
+        params = cfg.resolved_params()
+        return float(params["steps"]) * float(params["batch_size"])
+    except (TypeError, ValueError, KeyError):  # bad kwargs: the point itself reports them
+        return 7000.0 * 32.0
+
+
+def _error_summary(error: BaseException) -> str:
+    """``"ErrorType: first line of the message"`` (a Ray task error shows its cause)."""
+    cause = getattr(error, "cause", None)  # ray.exceptions.RayTaskError wraps the task's error
+    if isinstance(cause, BaseException):
+        error = cause
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+class SweepProgress:
+    """Progress bar and ETA of a sweep's points, weighted by cost and calibrated as they finish.
+
+    Counting points gives a wrong ETA: a STEGO point trains a head and costs many times a PCA or
+    RP point. Here the time left is estimated as
+
+        sum over unfinished points of  weight(point) * seconds_per_weight(method)
+
+    divided by the measured parallelism (work-seconds finished per wall-second: about 1 for the
+    local loop, the number of busy workers with Ray). ``seconds_per_weight`` of a method is
+    measured on its finished points; for a method with none finished yet, the rate of all finished
+    points is used with the prior weights (:func:`point_weights`). The bar fills with the
+    estimated share of the work done and shows the points done, failures, the ETA and the current
+    point ``(method, D, seed)``.
+
+    Args:
+        points: the points to run.
+        weights: prior cost of each point (missing points weigh 1).
+        desc: bar description.
+        disable: no bar (the bookkeeping and :meth:`eta` still work).
+        clock: a ``time.monotonic``-like function (tests pass a fake clock).
+
+    Attributes:
+        done: finished point -> measured seconds (None for a failed point).
+        failures: ``[(point, exception)]`` in the order the points failed.
+        running: points started and not finished, in start order.
+    """
+
+    #: bar resolution (the bar counts thousandths of the estimated work).
+    _STEPS = 1000
+
+    def __init__(
+        self,
+        points: list[Point],
+        weights: dict[Point, float] | None = None,
+        *,
+        desc: str = "sweep",
+        disable: bool = False,
+        clock=time.monotonic,
+    ) -> None:
+        from tqdm.auto import tqdm
+
+        self.points = list(points)
+        weights = weights or {}
+        self.weights = {p: float(weights.get(p, 1.0)) for p in self.points}
+        self.clock = clock
+        self.done: dict[Point, float | None] = {}
+        self.failures: list[tuple[Point, BaseException]] = []
+        self.running: list[Point] = []
+        self._started: dict[Point, float] = {}
+        self._t0: float | None = None
+        self._t_last: float | None = None
+        self._last: Point | None = None
+        self.bar = tqdm(
+            total=self._STEPS,
+            desc=desc,
+            disable=disable,
+            bar_format=f"{{desc}}: {{percentage:3.0f}}%|{{bar}}| 0/{len(self.points)} points",
+        )
+        self._show()
+
+    def __enter__(self) -> SweepProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the bar."""
+        self.bar.close()
+
+    def start(self, point: Point) -> None:
+        """Mark ``point`` as started (the local loop) or submitted (Ray)."""
+        now = self.clock()
+        if self._t0 is None:
+            self._t0 = self._t_last = now
+        self._started[point] = now
+        self.running.append(point)
+        self._show()
+
+    def finish(
+        self, point: Point, seconds: float | None = None, error: BaseException | None = None
+    ) -> None:
+        """Mark ``point`` as finished after ``seconds`` of work (default: since :meth:`start`),
+        or as failed with ``error`` (its time is not used for the estimate)."""
+        now = self.clock()
+        if self._t0 is None:
+            self._t0 = now
+        if point in self.running:
+            self.running.remove(point)
+        if seconds is None:
+            seconds = now - self._started.get(point, now)
+        self.done[point] = None if error is not None else max(float(seconds), 0.0)
+        self._t_last, self._last = now, point
+        if error is not None:
+            self.failures.append((point, error))
+            if not self.bar.disable:
+                msg = f"sweep point {point_label(point)} failed: {_error_summary(error)}"
+                self.bar.write(msg, file=sys.stderr)
+        self._show()
+
+    # ---------------------------------------------------------------------------- estimate
+    def _rates(self) -> tuple[float | None, dict[str, float]]:
+        """Seconds per unit weight: over all timed points, and per method."""
+        per: dict[str, list[float]] = {}
+        for p, s in self.done.items():
+            if s is not None:
+                acc = per.setdefault(p.method, [0.0, 0.0])
+                acc[0] += s
+                acc[1] += self.weights.get(p, 1.0)
+        if not per:
+            return None, {}
+        total_s = sum(a[0] for a in per.values())
+        total_w = sum(a[1] for a in per.values())
+        return total_s / total_w, {m: a[0] / a[1] for m, a in per.items()}
+
+    def _estimate(self, point: Point, overall: float, per: dict[str, float]) -> float:
+        return self.weights.get(point, 1.0) * per.get(point.method, overall)
+
+    def remaining_work(self) -> float | None:
+        """Estimated work-seconds of the unfinished points (None before a point is timed)."""
+        overall, per = self._rates()
+        if overall is None:
+            return None
+        return sum(self._estimate(p, overall, per) for p in self.points if p not in self.done)
+
+    def eta(self) -> float | None:
+        """Estimated wall-clock seconds until every point has finished (None before the first
+        point has been timed)."""
+        left = self.remaining_work()
+        if left is None:
+            return None
+        work = sum(s for s in self.done.values() if s is not None)
+        wall = (self._t_last or 0.0) - (self._t0 or 0.0)
+        throughput = work / wall if wall > 0 and work > 0 else 1.0
+        return max(left / throughput - (self.clock() - self._t_last), 0.0)
+
+    def fraction_done(self) -> float:
+        """Estimated share of the work done, in [0, 1]."""
+        if not self.points:
+            return 1.0
+        overall, per = self._rates()
+        if overall is None:
+            done = sum(self.weights[p] for p in self.done if p in self.weights)
+            return done / sum(self.weights.values())
+        done = sum(
+            s if s is not None else self._estimate(p, overall, per) for p, s in self.done.items()
+        )
+        left = self.remaining_work() or 0.0
+        return done / (done + left) if done + left > 0 else 1.0
+
+    def postfix(self) -> str:
+        """The bar's text: points done, failures, ETA and the current point."""
+        parts = [f"{len(self.done)}/{len(self.points)} points"]
+        if self.failures:
+            parts.append(f"{len(self.failures)} failed")
+        eta = self.eta()
+        if eta is not None and len(self.done) < len(self.points):
+            parts.append(f"eta {self.bar.format_interval(eta)}")
+        if len(self.running) == 1:
+            parts.append(f"now {point_label(self.running[0])}")
+        elif self.running:
+            parts.append(f"{len(self.running)} submitted")
+            if self._last is not None:
+                parts.append(f"last {point_label(self._last)}")
+        return ", ".join(parts)
+
+    def _show(self) -> None:
+        self.bar.n = int(round(self.fraction_done() * self._STEPS))
+        text = self.postfix().replace("{", "{{").replace("}", "}}")
+        self.bar.bar_format = "{desc}: {percentage:3.0f}%|{bar}| " + text + " [{elapsed}]"
+        self.bar.refresh()
+
+
+def _record(point: Point, outcome, seconds, results: Path, tracker: SweepProgress) -> None:
+    """Shared by both executors: append a finished point's rows to ``results`` (as soon as it
+    finishes, so nothing finished is lost), or record its failure (an exception)."""
+    if isinstance(outcome, BaseException):
+        tracker.finish(point, error=outcome)
     else:
-        raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
-    if not results.exists():
-        return pd.DataFrame(columns=RESULT_COLUMNS)
-    return read_results(results)
+        append_csv(outcome, results)
+        tracker.finish(point, seconds)
+
+
+def _run_local(config, todo, train_store, val_store, cache_dir, results, tracker) -> None:
+    for point in todo:
+        tracker.start(point)
+        try:
+            outcome = run_point(config, point, train_store, val_store, cache_dir)
+        except Exception as e:  # reported with its point at the end; the others still run
+            outcome = e
+        _record(point, outcome, None, results, tracker)
+
+
+def _report_failures(config, out: Path, failures, n_points: int, df: pd.DataFrame) -> None:
+    """Write ``failures.log`` and raise :class:`SweepError` if points failed (else remove an
+    earlier run's log)."""
+    log = out / "failures.log"
+    if not failures:
+        log.unlink(missing_ok=True)
+        return
+    with log.open("w") as f:
+        for point, error in failures:
+            f.write(f"=== {point_label(point)}\n{''.join(traceback.format_exception(error))}\n")
+    lines = "\n".join(f"  {point_label(p)}: {_error_summary(e)}" for p, e in failures)
+    raise SweepError(
+        f"sweep {config.name}: {len(failures)} of {n_points} points failed:\n{lines}\n"
+        f"The other {n_points - len(failures)} points finished; all finished rows are in "
+        f"{out / 'results.csv'}, the tracebacks in {log}. Run the same sweep again to retry "
+        "only the failed points",
+        failures,
+        df,
+    ) from failures[0][1]
 
 
 #: Fields that may differ when a sweep is resumed into the same folder: they add points or
 #: change where / how fast things run. Any other field defines the rows already written.
 RESUMABLE_FIELDS = ("name", "methods", "dims", "seeds", "data_root", "batch_size", "device")
 
+#: Fields the fitted projections in ``projections/`` depend on (besides method, D and seed).
+PROJECTION_FIELDS = (
+    "dataset",
+    "dataset_kwargs",
+    "backbone",
+    "weights",
+    "backbone_kwargs",
+    "train",
+    "val",
+    "flip",
+    "method_kwargs",
+)
+
+#: Fields a store's content depends on that its path (:func:`store_path`) does not encode.
+STORE_FIELDS = ("dataset_kwargs", "weights", "backbone_kwargs")
+
+
+def has_results(results_path: str | os.PathLike) -> bool:
+    """Whether a results CSV exists and holds at least one row."""
+    path = Path(results_path)
+    if not path.is_file():
+        return False
+    try:
+        return len(pd.read_csv(path, nrows=1)) > 0
+    except pd.errors.EmptyDataError:
+        return False
+
 
 def _check_resume(config: SweepConfig, out: Path) -> None:
-    """Refuse to resume into ``out`` a sweep whose result-defining fields differ."""
+    """Refuse to resume into ``out`` a sweep whose result-defining fields differ.
+
+    Only a folder with results rows is a resume. In a folder without any (a run that failed
+    before its first point finished), ``config.json`` is simply replaced; what that run left
+    under other settings and this run would reuse is removed first: ``projections/`` if a field
+    of :data:`PROJECTION_FIELDS` differs, and the store at this sweep's store path if a field of
+    :data:`STORE_FIELDS` differs (or ``flip`` is now on, for the val store).
+    """
     path = out / "config.json"
     if not path.exists():
         return
     old = json.loads(path.read_text())
     new = json.loads(json.dumps(config.to_dict(), default=str))
-    diffs = [
-        f"{k}: {old.get(k)!r} -> {v!r}"
-        for k, v in new.items()
-        if k not in RESUMABLE_FIELDS and old.get(k) != v
-    ]
-    if diffs:
+    changed = [k for k, v in new.items() if k not in RESUMABLE_FIELDS and old.get(k) != v]
+    if not changed:
+        return
+    if has_results(out / "results.csv"):
+        diffs = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed]
         raise ValueError(
             f"{out} holds a sweep with another configuration ({'; '.join(diffs)}); resuming "
             "would mix their results. Use another output folder, or delete this one"
         )
+    stale = []
+    if set(changed) & set(PROJECTION_FIELDS):
+        stale.append(out / "projections")
+    for which in ("train", "val"):
+        if set(changed) & set(STORE_FIELDS) or (
+            which == "val" and "flip" in changed and config.flip
+        ):
+            stale.append(Path(store_path(config, out, which)))
+    for p in stale:
+        if p.exists():
+            warnings.warn(
+                f"{out} has no results yet, so this is not a resume; removing {p}, left by an "
+                f"earlier run with other settings ({', '.join(changed)})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            shutil.rmtree(p)
 
 
 def _has_spectrum(results: Path) -> bool:
@@ -528,65 +1122,108 @@ def _check_pair(train_store, val_store) -> None:
     )
 
 
-def _run_ray(config, todo, train_path, val_path, cache_dir, results, progress) -> None:
-    try:
-        import ray
-    except ImportError as e:  # pragma: no cover - depends on the optional extra
-        raise ImportError(
-            "executor='ray' needs Ray: pip install 'stego-probe[ray]' (or use --executor local)"
-        ) from e
+def _run_ray(config, todo, train_path, val_path, cache_dir, results, tracker) -> None:
+    import ray  # checked by check_dependencies
     import torch
-    from tqdm.auto import tqdm
 
     # Ray hides GPUs from tasks that do not ask for one.
     @ray.remote(num_gpus=1 if torch.cuda.is_available() else 0)
     def task(cfg, point):
         from stego_probe.store import FeatureStore
 
-        return run_point(
+        start = time.perf_counter()
+        rows = run_point(
             cfg, point, FeatureStore.open(train_path), FeatureStore.open(val_path), cache_dir
         )
+        return rows, time.perf_counter() - start
 
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True)
-    pending = {task.remote(config, p): p for p in todo}
-    with tqdm(total=len(pending), desc=f"sweep {config.name} (ray)", disable=not progress) as bar:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                pending.pop(ref)
-                # Rows are appended by the driver only, so the CSV has a single writer.
-                append_csv(ray.get(ref), results)
-                bar.update()
+    pending = {}
+    for p in todo:
+        pending[task.remote(config, p)] = p
+        tracker.start(p)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            point = pending.pop(ref)
+            # Rows are appended by the driver only, so the CSV has a single writer.
+            try:
+                rows, seconds = ray.get(ref)
+            except Exception as e:  # a failed task: reported at the end, the others go on
+                _record(point, e, None, results, tracker)
+            else:
+                _record(point, rows, seconds, results, tracker)
 
 
-def set_num_threads(n: int | None) -> None:
-    """Limit torch and FAISS to ``n`` CPU threads (None leaves the defaults).
+def set_num_threads(n: int | str | None) -> None:
+    """Backward-compatible alias of :func:`stego_probe.threads.set_num_threads` (torch, FAISS
+    and BLAS threads for the rest of the process; None leaves the defaults)."""
+    from stego_probe import threads
 
-    Sweeps on small stores run many tiny tensor operations; on a shared or small CPU one thread
-    avoids OpenMP spin-waiting and is several times faster (measured 4x on 2 cores).
-    """
-    if n is None:
-        return
-    import faiss
-    import torch
-
-    torch.set_num_threads(int(n))
-    faiss.omp_set_num_threads(int(n))
+    threads.set_num_threads(n)
 
 
 def summary_table(df: pd.DataFrame, metric: str = "miou") -> pd.DataFrame:
     """Mean ± std over seeds of ``metric`` per (method, dim) and probe, as a wide table.
 
+    Methods are shown by their display name (:func:`stego_probe.plots.method_label`: the raw
+    features after their backbone, ``"DINO"`` only for a DINO); when the rows include CRF rows,
+    a method that has them is split into ``"... with CRF"`` / ``"... w/o CRF"``; when they
+    include several evaluation modes, the mode is appended (``"STEGO [val]"``). Rows repeated
+    with the same seed count once (the last wins), as in the figures.
+
+    Args:
+        df: results rows (``method``, ``dim``, ``seed``, ``probe``, ``metric``, ``value``; the
+            ``backbone``, ``crf`` and ``mode`` columns are used when present).
+        metric: the metric to summarise.
+
     Returns:
-        DataFrame indexed by (method, dim) with one ``"<probe>"`` column of ``"mean ± std"``
-        strings (a readable terminal summary).
+        DataFrame indexed by (method label, dim) with one ``"<probe>"`` column of strings:
+        ``"41.2 ±  1.3 (n=3)"`` (mean ± sample std over n seeds) or ``"41.2 (n=1)"`` (one seed:
+        the mean only). ``table.attrs["note"]`` says the same in one line (e.g. ``"mean ± sample
+        std over 3 seeds"`` or ``"1 seed (n=1): mean only"``), for a printed header. Empty if
+        there are no such rows.
     """
-    sel = df[(df["metric"] == metric) & (df["probe"] != "none")]
+    from stego_probe.plots import method_label
+
+    sel = df[(df["metric"] == metric) & (df["probe"] != "none")].copy()
     if sel.empty:
         return pd.DataFrame()
-    g = sel.groupby(["method", "dim", "probe"])["value"].agg(["mean", "std"]).reset_index()
+    if "crf" in sel.columns:
+        sel["crf"] = sel["crf"].map(lambda v: str(v).strip().lower() in ("true", "1", "yes"))
+    else:
+        sel["crf"] = False
+    if "mode" not in sel.columns:
+        sel["mode"] = ""
+    sel["mode"] = sel["mode"].fillna("").astype(str)
+    keys = ["method", "crf", "mode", "dim", "probe"]
+    sel = sel.drop_duplicates(keys + ["seed"], keep="last")
+    g = sel.groupby(keys)["value"].agg(["mean", "std", "count"]).reset_index()
+    crf_methods = set(sel.loc[sel["crf"], "method"])
+    several_modes = sel["mode"].nunique() > 1
+
+    def label(method, crf, mode) -> str:
+        out = method_label(method, sel)
+        if method in crf_methods:
+            out += " with CRF" if crf else " w/o CRF"
+        return out + (f" [{mode}]" if several_modes and mode else "")
+
+    g["label"] = [label(*k) for k in zip(g["method"], g["crf"], g["mode"])]
     g["cell"] = [
-        f"{m:5.1f} ± {0.0 if np.isnan(s) else s:4.1f}" for m, s in zip(g["mean"], g["std"])
+        f"{m:5.1f} ± {s:4.1f} (n={n})" if n > 1 else f"{m:5.1f} (n=1)"
+        for m, s, n in zip(g["mean"], g["std"], g["count"])
     ]
-    return g.pivot_table(index=["method", "dim"], columns="probe", values="cell", aggfunc="first")
+    table = g.pivot_table(index=["label", "dim"], columns="probe", values="cell", aggfunc="first")
+    table.index = table.index.set_names(["method", "dim"])
+    table.columns.name = "probe"
+    multi = sorted(set(int(n) for n in g["count"] if n > 1))
+    if not multi:
+        note = "1 seed (n=1): mean only"
+    else:
+        k = str(multi[0]) if len(multi) == 1 else f"{multi[0]}–{multi[-1]}"
+        note = f"mean ± sample std over {k} seeds"
+        if (g["count"] <= 1).any():
+            note += "; (n=1) cells: one seed, mean only"
+    table.attrs["note"] = note
+    return table

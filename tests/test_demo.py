@@ -137,3 +137,108 @@ def test_best_dim():
     assert demo.best_dim(df, "stego") == 12
     assert demo.best_dim(df, "stego", "linear") == 3
     assert demo.best_dim(df, "rp") is None
+
+
+# ------------------------------------------------------------------------------------------
+# labels that say what was run
+# ------------------------------------------------------------------------------------------
+
+
+def _all_texts(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    FigureCanvasAgg(fig).draw()
+    return [t.get_text() for t in fig.findobj(Text) if t.get_visible() and t.get_text()]
+
+
+def test_demo_summary_names_the_backbone_and_the_seeds(demo_run):
+    text = demo_run["stdout"]
+    summary = text[text.index("miou (%)") : text.index("results: ")]
+    # one seed: the mean only, said so; the raw features are the descriptor's, not DINO's
+    assert "±" not in summary and "1 seed (n=1)" in summary and "(n=1)" in summary
+    assert "descriptor (raw)" in summary and "DINO" not in summary
+    assert "dino" not in summary.lower().replace("descriptor", "")
+
+
+def test_demo_figures_label_the_descriptor_backbone(demo_run, tmp_path, monkeypatch):
+    from stego_probe import plots
+
+    figs = {}
+
+    def capture(fig, path, dpi=200):
+        figs[Path(path).stem] = fig
+        return Path(path)
+
+    monkeypatch.setattr(plots, "save_figure", capture)
+    df = read_results(demo_run["out"] / "results.csv")
+    config = demo.demo_config(quick=True)
+    demo.extra_figures(config, df, demo_run["out"], tmp_path)
+    plots.plot_all(df, tmp_path, published=False, fmt="png")
+    assert set(figs) == set(FIGURES)
+    for name, fig in figs.items():
+        texts = _all_texts(fig)
+        bad = [t for t in texts if "DINO" in t or "ViT" in t or "CRF" in t]
+        assert not bad, (name, bad)
+    qual = [ax.get_title() for ax in figs["qualitative"].axes if ax.get_title()]
+    assert qual[:3] == ["Image", "Ground truth", "descriptor (raw)\nD=64, k-means"]
+    assert qual[3].startswith("STEGO\nD=") and qual[4].startswith("PCA\nD=")
+    maps = [ax.get_title() for ax in figs["feature_map"].axes]
+    assert maps[0] == "descriptor (raw), D=64" and maps[1].startswith("STEGO, D=")
+    assert "backbone width $C=64$" in figs["all_datasets_miou"].axes[0].get_title()
+    assert (
+        "1 seed (n=1): no error bars" in figs["all_datasets_miou"].legends[0].get_title().get_text()
+    )
+
+
+def _summary_rows(backbone, seeds):
+    import pandas as pd
+
+    rows = []
+    for method in ("dino", "pca"):
+        for s in seeds:
+            rows.append(
+                {
+                    "backbone": backbone,
+                    "method": method,
+                    "dim": 64 if method == "dino" else 3,
+                    "seed": s,
+                    "probe": "kmeans",
+                    "crf": False,
+                    "mode": "val",
+                    "metric": "miou",
+                    "value": 10.0 + 2.0 * s,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_summary_table_states_seeds_and_backbone():
+    from stego_probe.sweep import summary_table
+
+    one = summary_table(_summary_rows("descriptor", [0]))
+    assert one.loc[("descriptor (raw)", 64), "kmeans"] == " 10.0 (n=1)"
+    assert one.attrs["note"] == "1 seed (n=1): mean only"
+    assert "±" not in one.to_string() and "DINO" not in one.to_string()
+    three = summary_table(_summary_rows("dino_vits8", [0, 1, 2]))
+    assert three.loc[("DINO", 64), "kmeans"] == f" 12.0 ± {np.std([10, 12, 14], ddof=1):4.1f} (n=3)"
+    assert three.attrs["note"] == "mean ± sample std over 3 seeds"
+    assert list(three.index.names) == ["method", "dim"]
+    # a re-run with the same seed counts once (the last wins), as in the figures
+    rerun = _summary_rows("descriptor", [0, 0])
+    rerun.loc[1, "value"] = 20.0
+    assert summary_table(rerun).loc[("descriptor (raw)", 64), "kmeans"] == " 20.0 (n=1)"
+    # CRF wording only with CRF rows; then a method with CRF rows is split in two
+    crf = _summary_rows("dino_vits8", [0])
+    crf = pd_concat(crf, crf[crf.method == "dino"].assign(crf=True, value=50.0))
+    table = summary_table(crf)
+    assert table.loc[("DINO with CRF", 64), "kmeans"] == " 50.0 (n=1)"
+    assert table.loc[("DINO w/o CRF", 64), "kmeans"] == " 10.0 (n=1)"
+    assert ("PCA", 3) in table.index
+    assert not any("CRF" in str(i) for i in three.index.get_level_values(0))
+
+
+def pd_concat(*frames):
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True)

@@ -1,5 +1,6 @@
 """Tests of the evaluation pipeline (arrays, stores, CLI)."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ K = 3
 FAST = {
     "kmeans": {"niter": 10, "nredo": 1},
     "cluster": {"steps": 30, "batch_size": 4},
-    "linear": {"steps": 120, "batch_size": 4},
+    "linear": {"steps": 300, "batch_size": 4},
 }
 
 
@@ -278,7 +279,7 @@ def test_cli_evaluate_appends_rows(stores, tmp_path, capsys):
     argv = ["evaluate", "--train-store", str(train.path), "--val-store", str(val.path),
             "--probe", "kmeans,linear", "--probe", "cluster", "--steps", "20",
             "--train-batch-size", "4", "--niter", "5", "--nredo", "1", "--no-progress",
-            "--out", str(out)]  # fmt: skip
+            "--seeds", "0", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "kmeans" in printed and "miou" in printed
@@ -401,3 +402,230 @@ def test_released_checkpoint_probes_on_stores_eval_mode(tmp_path):
 
 
 torch.set_num_threads(1)
+
+
+def test_probe_results_do_not_depend_on_the_global_scale_of_the_codes():
+    # the trap of issue 8 item 2: small-scale features must not handicap any probe
+    codes, tok, pix = onehot_data(n=8, noise=0.2, seed=3)
+    codes = codes + 2.0  # an offset, as raw backbone features have
+    kw = dict(probes="kmeans,cluster,linear", mode="token", probe_kwargs=FAST)
+    base = evaluate_codes(codes, tok, codes, tok, K, **kw)
+    small = evaluate_codes(codes * 0.01, tok, codes * 0.01, tok, K, **kw)
+    # cosine probes: the global scale cancels exactly (up to float rounding)
+    for name in ("kmeans", "cluster"):
+        assert small[name]["miou"] == pytest.approx(base[name]["miou"], abs=1e-6)
+    # the linear probe standardises its input: equal within noise
+    assert small["linear"]["accuracy"] == pytest.approx(base["linear"]["accuracy"], abs=1.0)
+    assert base["linear"]["accuracy"] > 90
+    # the reference's raw-input probe is the one with the trap
+    raw = {**FAST, "linear": {**FAST["linear"], "standardize": "none"}}
+    raw_small = evaluate_codes(
+        codes * 0.01, tok, codes * 0.01, tok, K, probes="linear", mode="token", probe_kwargs=raw
+    )
+    assert raw_small["linear"]["accuracy"] < base["linear"]["accuracy"] - 10
+
+
+# ------------------------------------------------------------------ k-means protocol, exports
+
+
+def test_kmeans_protocol_is_recorded_in_the_rows(stores):
+    train, val, _ = stores
+    kw = dict(probes="kmeans,linear", progress=False, batch_size=4, return_probes=True)
+    probe_kwargs = {**FAST, "kmeans": {"niter": 40, "nredo": 2, "tol": 0}}
+    frame, fitted = evaluate_stores(train, val, probe_kwargs=probe_kwargs, **kw)
+    km = frame[frame.probe == "kmeans"]
+    assert (km["kmeans_niter"] == 40).all() and (km["kmeans_nredo"] == 2).all()
+    assert (km["kmeans_tol"] == 0).all()
+    assert (km["kmeans_n_iter"] == fitted["kmeans"].n_iter_).all()
+    assert 2 <= fitted["kmeans"].n_iter_ < 40 and fitted["kmeans"].converged_
+    assert frame[frame.probe == "linear"][["kmeans_niter", "kmeans_n_iter"]].isna().all().all()
+    # an early stop and a fixed count are recorded as such (tol=None is stored as 0)
+    for tol, want in ((1e-2, 1e-2), (None, 0.0)):
+        probe_kwargs["kmeans"]["tol"] = tol
+        frame, fitted = evaluate_stores(train, val, probe_kwargs=probe_kwargs, **kw)
+        km = frame[frame.probe == "kmeans"]
+        assert (km["kmeans_tol"] == want).all()
+        assert (km["kmeans_n_iter"] == fitted["kmeans"].n_iter_).all()
+    assert (km["kmeans_n_iter"] == 40).all()  # tol=None: exactly niter iterations
+
+
+def test_old_results_tables_without_kmeans_columns_are_read(tmp_path):
+    from stego_probe.results import KMEANS_COLUMNS, append_csv, make_rows
+
+    old = tmp_path / "old.csv"
+    cols = [c for c in RESULT_COLUMNS if c not in KMEANS_COLUMNS]
+    pd.DataFrame([{**{c: "x" for c in cols}, "value": 1.5}], columns=cols).to_csv(old, index=False)
+    df = read_results(old)
+    assert list(df.columns) == RESULT_COLUMNS and df[KMEANS_COLUMNS].isna().all().all()
+    new = make_rows({"probe": "kmeans", "kmeans_niter": 300, "kmeans_tol": 0.0}, {"miou": 2.0})
+    both = append_csv(new, old)
+    assert both["kmeans_niter"].tolist()[1] == 300 and np.isnan(both["kmeans_niter"].iloc[0])
+    assert list(read_results(old)["kmeans_niter"].fillna(-1)) == [-1, 300]
+
+
+def test_saved_predictions_rescore_to_the_reported_numbers(stores, tmp_path):
+    from stego_probe.export import iter_predictions, score_predictions
+
+    train, val, (_, _, _, vpix, _) = stores
+    out = tmp_path / "pred"
+    # 4 clusters for 3 classes: the Hungarian matching leaves one cluster without a class
+    probe_kwargs = {**FAST, "kmeans": {"niter": 30, "nredo": 1, "n_clusters": 4}}
+    for mode in ("pixel", "token"):
+        folder = out / mode
+        frame = evaluate_stores(
+            train, val, probes="kmeans,linear", probe_kwargs=probe_kwargs, mode=mode,
+            batch_size=4, progress=False, save_predictions=folder,
+        )  # fmt: skip
+        for probe in ("kmeans", "linear"):
+            got = score_predictions(folder / probe, val)
+            want = frame[frame.probe == probe].set_index("metric")["value"]
+            assert got["accuracy"] == pytest.approx(want["accuracy"], abs=1e-9)
+            assert got["miou"] == pytest.approx(want["miou"], abs=1e-9)
+            mapping = json.loads((folder / probe / "mapping.json").read_text())
+            assert mapping["class_names"] == ["a", "b", "c"] and mapping["dtype"] == "uint8"
+            assert list(mapping["files"]) == list(val.ids)
+            preds = dict(iter_predictions(folder / probe))
+            shape = vpix.shape[1:] if mode == "pixel" else val.grid
+            assert all(p.shape == tuple(shape) for p in preds.values())
+            assert set(np.unique(np.concatenate([p.ravel() for p in preds.values()]))) <= {
+                -1, 0, 1, 2,
+            }  # fmt: skip
+        km = json.loads((folder / "kmeans" / "mapping.json").read_text())
+        assert km["n_clusters"] == 4 and sorted(km["cluster_to_class"]) == [-1, 0, 1, 2]
+    # every valid pixel of the one-hot data is predicted right by the linear probe
+    lin = dict(iter_predictions(out / "pixel" / "linear"))
+    np.testing.assert_array_equal(np.stack([lin[i] for i in val.ids]), vpix)
+    with pytest.raises(ValueError, match="not an empty directory"):
+        evaluate_stores(train, val, probes="linear", probe_kwargs=FAST, progress=False,
+                        save_predictions=out)  # fmt: skip
+
+
+def test_saved_probes_reload_and_predict_identically(stores, tmp_path):
+    from stego_probe.export import load_probes, save_probes
+
+    train, val, (_, _, vcodes, vpix, _) = stores
+    kw = dict(probe_kwargs=FAST, progress=False, batch_size=4)
+    frame, fitted = evaluate_stores(
+        train, val, probes="kmeans,cluster,linear", return_probes=True, **kw
+    )
+    paths = save_probes(fitted, tmp_path / "probes", {"seed": 0})
+    assert sorted(p.name for p in paths.values()) == ["cluster.npz", "kmeans.npz", "linear.npz"]
+    loaded = load_probes(tmp_path / "probes")
+    assert list(loaded) == ["kmeans", "cluster", "linear"]
+    x = vcodes.astype(np.float16).astype(np.float32)
+    for name, probe in loaded.items():
+        assert type(probe) is type(fitted[name])
+        np.testing.assert_array_equal(
+            predict_batch(name, probe, x, vpix.shape[1:]),
+            predict_batch(name, fitted[name], x, vpix.shape[1:]),
+        )
+    again = evaluate_stores(train, val, probes=loaded, **kw)
+    pd.testing.assert_series_equal(again["value"], frame["value"])
+    with pytest.raises(ValueError, match="not an empty directory"):
+        save_probes(fitted, tmp_path / "probes")
+
+
+def test_cli_evaluate_seeds_kmeans_flags_and_exports(stores, tmp_path, capsys):
+    from stego_probe.export import load_probes, score_predictions
+
+    train, val, _ = stores
+    out = tmp_path / "r.csv"
+    argv = ["evaluate", "--train-store", str(train.path), "--val-store", str(val.path),
+            "--probe", "kmeans,linear", "--steps", "20", "--train-batch-size", "4",
+            "--niter", "60", "--tol", "0", "--nredo", "2", "--seeds", "0,1", "--no-progress",
+            "--save-probes", str(tmp_path / "probes"),
+            "--save-predictions", str(tmp_path / "pred"), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "mean ± std over 2 seed(s) 0,1" in printed and "fixed point reached" in printed
+    df = read_results(out)
+    assert sorted(df["seed"].unique()) == [0, 1]
+    km = df[df.probe == "kmeans"]
+    assert (km["kmeans_niter"] == 60).all() and (km["kmeans_nredo"] == 2).all()
+    assert (km["kmeans_tol"] == 0).all() and (km["kmeans_n_iter"] < 60).all()
+    for seed in (0, 1):
+        rows = df[(df.seed == seed) & (df.probe == "kmeans")].set_index("metric")["value"]
+        got = score_predictions(tmp_path / "pred" / f"seed{seed}" / "kmeans", val)
+        assert got["miou"] == pytest.approx(rows["miou"], abs=1e-9)
+        probes = load_probes(tmp_path / "probes" / f"seed{seed}")
+        assert probes["kmeans"].random_state == seed and probes["kmeans"].nredo == 2
+    # --tol none -> exactly niter iterations, recorded as tol 0
+    assert main(argv[:-6] + ["--tol", "none", "--seed", "3", "--out", str(out)]) == 0
+    capsys.readouterr()
+    km = read_results(out).query("seed == 3 and probe == 'kmeans'")
+    assert (km["kmeans_n_iter"] == 60).all() and (km["kmeans_tol"] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "flag,value,words",
+    [
+        ("--tol", "-1", "finite number >= 0 or 'none'"),
+        ("--tol", "abc", "a number >= 0 or 'none'"),
+        ("--tol", "nan", "finite number"),
+        ("--niter", "0", "positive integer"),
+        ("--nredo", "1.5", "positive integer"),
+        ("--seeds", "0,0", "distinct non-negative"),
+        ("--seeds", "a", "comma-separated integers"),
+        ("--seed", "1,2", "expected one seed"),
+    ],
+)
+def test_cli_evaluate_bad_kmeans_flags(stores, tmp_path, capsys, flag, value, words):
+    train, val, _ = stores
+    argv = ["evaluate", "--train-store", str(train.path), "--val-store", str(val.path),
+            "--out", str(tmp_path / "r.csv"), flag, value]  # fmt: skip
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and words in err
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_cli_evaluate_refuses_non_empty_export_folders(stores, tmp_path, capsys):
+    train, val, _ = stores
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "x.txt").write_text("keep")
+    for flag in ("--save-probes", "--save-predictions"):
+        argv = ["evaluate", "--train-store", str(train.path), "--val-store", str(val.path),
+                "--probe", "kmeans", "--niter", "5", "--seeds", "0", flag, str(busy),
+                "--no-progress", "--out", str(tmp_path / "r.csv")]  # fmt: skip
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert flag in err and "not an empty directory" in err
+    assert (busy / "x.txt").read_text() == "keep" and not (tmp_path / "r.csv").exists()
+
+
+@pytest.fixture(scope="module")
+def demo_world_stores(tmp_path_factory):
+    """Train / val stores of the demo's world (synthetic scenes, descriptor backbone), small."""
+    from stego_probe.backbones import get_backbone
+    from stego_probe.data import get_dataset
+    from stego_probe.extract import extract
+
+    root = tmp_path_factory.mktemp("demo_world")
+    backbone = get_backbone("descriptor")
+    out = []
+    for split, n in (("train", 48), ("val", 12)):
+        ds = get_dataset("synthetic", split=split, n_images=n)
+        out.append(extract(ds, backbone, str(root / split), res=64, progress=False))
+    return out
+
+
+def test_full_width_pca_and_raw_features_agree_under_the_linear_probe(demo_world_stores):
+    # A full-width PCA is a rotation of the (standardised) raw features: the linear probe
+    # must see the same information in both. Before input standardisation the raw features
+    # trailed by ~35 mIoU on the demo's data.
+    from stego_probe.projections import get_projection
+
+    train, val = demo_world_stores
+    pca = get_projection("pca", None, random_state=0).fit(train)
+    kw = dict(probes="linear", steps=150, probe_kwargs={"linear": {"batch_size": 8}})
+    raw = evaluate_stores(train, val, progress=False, **kw)
+    rot = evaluate_stores(train, val, projection=pca, progress=False, **kw)
+    miou = [f[f.metric == "miou"]["value"].item() for f in (raw, rot)]
+    assert abs(miou[0] - miou[1]) < 6, miou
+    assert min(miou) > 40, miou
+    parity = {"linear": {"batch_size": 8, "standardize": "none"}}
+    old = evaluate_stores(train, val, progress=False, **{**kw, "probe_kwargs": parity})
+    assert old[old.metric == "miou"]["value"].item() < miou[0] - 10  # the trap is real here

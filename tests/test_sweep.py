@@ -4,9 +4,11 @@ One tiny sweep (synthetic scenes, descriptor backbone at 48 px, 16 images per sp
 optimisation steps) is run once per module and shared; tests that mutate a run work on a copy.
 """
 
-import importlib.util
 import json
 import shutil
+import sys
+import types
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,13 +19,17 @@ import yaml
 
 from stego_probe import sweep
 from stego_probe.cli.main import main
-from stego_probe.results import RESULT_COLUMNS, read_results
+from stego_probe.results import RESULT_COLUMNS, make_rows, read_results
 from stego_probe.sweep import (
     Point,
     SweepConfig,
+    SweepError,
+    SweepProgress,
     done_points,
     list_presets,
     load_config,
+    point_weights,
+    run_order,
     run_sweep,
     summary_table,
     sweep_points,
@@ -82,6 +88,21 @@ def point_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The rows of sweep points (no Figure 3 spectrum), sorted by KEY."""
     df = df[df["metric"] != "explained_variance_ratio"]
     return df.sort_values(KEY).reset_index(drop=True)
+
+
+def failing_run_point(fail: dict[Point, str], calls: list | None = None):
+    """A fast stand-in for ``sweep.run_point``: one kmeans miou row per point (value = D), or a
+    ``ValueError(fail[point])`` for the points in ``fail``."""
+
+    def run_point(config, point, train_store, val_store, cache_dir):
+        if calls is not None:
+            calls.append(point)
+        if point in fail:
+            raise ValueError(fail[point])
+        context = {**sweep._context(config, val_store, point), "probe": "kmeans"}
+        return make_rows({**context, "match": "hungarian"}, {"miou": float(point.dim)})
+
+    return run_point
 
 
 # ----------------------------------------------------------------------------------- configs
@@ -207,7 +228,8 @@ def test_summary_table():
     rows.append({"method": "pca", "dim": 3, "seed": 0, "probe": "none", "metric": "miou"})
     table = summary_table(pd.DataFrame(rows).fillna({"value": 99.0}))
     assert list(table.columns) == ["kmeans"]
-    assert table.loc[("pca", 3), "kmeans"] == f"{15.0:5.1f} ± {np.std([10, 20], ddof=1):4.1f}"
+    want = f"{15.0:5.1f} ± {np.std([10, 20], ddof=1):4.1f} (n=2)"
+    assert table.loc[("PCA", 3), "kmeans"] == want
     assert summary_table(pd.DataFrame(rows), "accuracy").empty
 
 
@@ -283,11 +305,11 @@ def test_killed_sweep_resumes_to_the_uninterrupted_table(tiny_run, tmp_path, mon
     def killed_on_third(config, point, *args, **kwargs):
         calls.append(point)
         if len(calls) == 3:
-            raise RuntimeError("killed")
+            raise KeyboardInterrupt  # a kill stops at once (a failing point would not)
         return real(config, point, *args, **kwargs)
 
     monkeypatch.setattr(sweep, "run_point", killed_on_third)
-    with pytest.raises(RuntimeError, match="killed"):
+    with pytest.raises(KeyboardInterrupt):
         run_sweep(config, out, progress=False)
     partial = read_results(out / "results.csv")
     finished = set(calls[:2])
@@ -327,10 +349,9 @@ def test_extended_grid_computes_only_new_points(tiny_run, tmp_path, monkeypatch)
 
 
 def test_resume_refuses_another_configuration(tiny_run, tmp_path):
-    out = tmp_path / "run"
-    out.mkdir()
-    shutil.copy(tiny_run.out / "config.json", out / "config.json")
+    out = copy_run(tiny_run, tmp_path / "run", ("config.json", "results.csv"))
     before = (out / "config.json").read_text()
+    table = (out / "results.csv").read_bytes()
     changed = {
         "dataset_kwargs": {"n_images": 20},
         "backbone": "dino_vits8",
@@ -340,7 +361,8 @@ def test_resume_refuses_another_configuration(tiny_run, tmp_path):
         with pytest.raises(ValueError, match=key):
             run_sweep(tiny_config(**{key: value}), out, progress=False)
     assert (out / "config.json").read_text() == before
-    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+    assert (out / "results.csv").read_bytes() == table
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "results.csv"]
 
 
 def test_mismatched_stores_refused(tiny_run, tmp_path, monkeypatch):
@@ -366,11 +388,30 @@ def test_bad_executor(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ray") is not None, reason="ray is installed")
-def test_ray_executor_without_ray(tiny_run, tmp_path):
-    out = copy_run(tiny_run, tmp_path / "run", ("stores", "projections", "results.csv"))
-    with pytest.raises(ImportError, match=r"stego-probe\[ray\]"):
-        run_sweep(tiny_run.config, out, executor="ray", progress=False)
+@pytest.mark.parametrize(
+    "module, extra, executor, methods",
+    [
+        ("ray", "ray", "ray", ["dino", "pca"]),
+        ("umap", "umap", "local", ["pca", "umap"]),
+        ("hnne", "hnne", "local", ["hnne"]),
+    ],
+)
+def test_missing_extra_fails_before_any_work(
+    tmp_path, monkeypatch, module, extra, executor, methods
+):
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import <module>` raise ImportError
+
+    def boom(*args, **kwargs):
+        raise AssertionError("work started before the dependency check")
+
+    monkeypatch.setattr(sweep, "ensure_stores", boom)
+    monkeypatch.setattr("stego_probe.extract.extract", boom)
+    out = tmp_path / "run"
+    with pytest.raises(ImportError, match=rf"pip install 'stego-probe\[{extra}\]'"):
+        run_sweep(tiny_config(methods=methods), out, executor=executor, progress=False)
+    assert not out.exists()  # no store directory, no config.json
+    assert sweep.required_extras(tiny_config(methods=methods), executor) == [extra]
+    assert sweep.required_extras(tiny_config(), "local") == []
 
 
 # --------------------------------------------------------------------------------------- CLI
@@ -384,7 +425,7 @@ def test_cli_sweep(tiny_run, tmp_path, capsys):
     rc = main(["sweep", "--preset", str(preset), "--out", str(out), "--dims", "3", "--no-progress"])
     text = capsys.readouterr().out
     assert rc == 0
-    assert "mIoU (%) mean ± std over seeds, tiny" in text and "results.csv" in text
+    assert "mIoU (%), 1 seed (n=1): mean only, tiny" in text and "results.csv" in text
     df = read_results(out / "results.csv")
     assert done_points(out / "results.csv") == {Point("pca", 3, 0), Point("pca", C, 0)}
     miou = df[(df["method"] == "pca") & (df["dim"] == 3) & (df["metric"] == "miou")]
@@ -394,3 +435,402 @@ def test_cli_sweep(tiny_run, tmp_path, capsys):
     # errors are printed without a traceback
     rc = main(["sweep", "--preset", "nosuchpreset", "--out", str(tmp_path / "x")])
     assert rc == 1 and "nosuchpreset" in capsys.readouterr().err
+
+
+def test_cli_sweep_failed_points_exit_nonzero(tiny_run, tmp_path, capsys, monkeypatch):
+    preset = tmp_path / "tiny.yaml"
+    data = {**load_config("synthetic", TINY).to_dict(), "name": "tiny", "methods": ["pca"]}
+    preset.write_text(yaml.safe_dump(data))
+    out = copy_run(tiny_run, tmp_path / "run")
+    monkeypatch.setattr(sweep, "run_point", failing_run_point({Point("pca", C, 0): "no memory"}))
+    rc = main(["sweep", "--preset", str(preset), "--out", str(out), "--dims", "3", "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert f"(pca, D={C}, seed=0): ValueError: no memory" in captured.err
+    assert "1 of 2 points failed" in captured.err
+    # the finished point is summarised and kept
+    assert "kmeans" in captured.out and "results.csv" in captured.out
+    assert done_points(out / "results.csv") == {Point("pca", 3, 0)}
+
+
+# ------------------------------------------------------------------------- early failures
+
+
+def test_failing_point_keeps_the_others_and_reports_all(tiny_run, tmp_path, monkeypatch, capsys):
+    out = copy_run(tiny_run, tmp_path / "run")
+    config = tiny_config(methods=["dino", "pca", "rp"])
+    fail = {Point("pca", 3, 0): "boom pca", Point("rp", C, 0): "boom rp"}
+    calls: list[Point] = []
+    monkeypatch.setattr(sweep, "run_point", failing_run_point(fail, calls))
+    with pytest.raises(SweepError) as info:
+        run_sweep(config, out, progress=True)
+    points = set(sweep_points(config, C))
+    assert set(calls) == points  # the sweep went on after the first failure
+    err = info.value
+    assert [p for p, _ in err.failures] == [p for p in calls if p in fail]
+    msg = str(err)
+    assert "2 of 5 points failed" in msg
+    assert "(pca, D=3, seed=0): ValueError: boom pca" in msg
+    assert f"(rp, D={C}, seed=0): ValueError: boom rp" in msg
+    assert isinstance(err, RuntimeError) and isinstance(err.__cause__, ValueError)
+    # every finished point's rows are written, and returned with the error
+    assert done_points(out / "results.csv") == points - set(fail)
+    pd.testing.assert_frame_equal(err.results, read_results(out / "results.csv"))
+    assert (err.results["metric"] == "explained_variance_ratio").sum() == C
+    log = (out / "failures.log").read_text()
+    assert "=== (pca, D=3, seed=0)" in log and "Traceback" in log and "boom rp" in log
+    # the bar named the points and reported the failures as they happened
+    text = capsys.readouterr().err
+    assert "now (dino, D=64, seed=0)" in text and "now (rp, D=3, seed=0)" in text
+    assert "sweep point (pca, D=3, seed=0) failed: ValueError: boom pca" in text
+    assert "5/5 points, 2 failed" in text
+
+    # running again retries only the failed points; a clean run removes the log
+    calls.clear()
+    monkeypatch.setattr(sweep, "run_point", failing_run_point({}, calls))
+    df = run_sweep(config, out, progress=False)
+    assert sorted(calls, key=str) == sorted(fail, key=str)
+    assert done_points(out / "results.csv") == points
+    assert not (out / "failures.log").exists()
+    assert not point_rows(df).duplicated(KEY).any()
+
+
+class FakeTaskError(Exception):
+    """Like ``ray.exceptions.RayTaskError``: a remote traceback text, the task's error in
+    ``cause``."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(f"ray::task() (pid=1)\n  File 'remote.py'\n{cause!r}")
+        self.cause = cause
+
+
+class FakeRay(types.ModuleType):
+    """In-process stand-in for the few Ray calls of the sweep driver. Tasks run when their result
+    is fetched; ``wait`` hands them back in reverse submission order."""
+
+    def __init__(self):
+        super().__init__("ray")
+        self.initialized = False
+        self.tasks: list = []
+        self.options: dict = {}
+
+    def is_initialized(self):
+        return self.initialized
+
+    def init(self, **kwargs):
+        self.initialized = True
+
+    def remote(self, **options):
+        self.options = options
+
+        def decorate(fn):
+            def submit(*args):
+                self.tasks.append((fn, args))
+                return len(self.tasks) - 1  # the object ref
+
+            return types.SimpleNamespace(remote=submit)
+
+        return decorate
+
+    def wait(self, refs, num_returns=1):
+        return refs[-num_returns:], refs[:-num_returns]
+
+    def get(self, ref):
+        fn, args = self.tasks[ref]
+        try:
+            return fn(*args)
+        except Exception as e:
+            raise FakeTaskError(e) from e
+
+
+def test_ray_executor_keeps_finished_points_and_reports_failures(tiny_run, tmp_path, monkeypatch):
+    ray = FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    out = copy_run(tiny_run, tmp_path / "run")
+    config = tiny_config(methods=["pca", "rp"], seeds=[0, 1])
+    inner = failing_run_point({Point("rp", 3, 1): "cuda error"})
+
+    def run_point(config, point, train_store, val_store, cache_dir):
+        if point.method == "pca":  # fitted once per seed by the driver, before any task
+            assert (Path(cache_dir) / f"pca_seed{point.seed}.pt").exists()
+        return inner(config, point, train_store, val_store, cache_dir)
+
+    monkeypatch.setattr(sweep, "run_point", run_point)
+    with pytest.raises(SweepError, match=r"\(rp, D=3, seed=1\): ValueError: cuda error") as info:
+        run_sweep(config, out, executor="ray", progress=False)
+    assert ray.initialized and "num_gpus" in ray.options
+    points = set(sweep_points(config, C))
+    assert len(ray.tasks) == len(points) == 8
+    assert done_points(out / "results.csv") == points - {Point("rp", 3, 1)}
+    assert "1 of 8 points failed" in str(info.value)
+    assert "cuda error" in (out / "failures.log").read_text()
+
+
+def test_folder_without_results_is_not_a_resume(tiny_run, tmp_path, monkeypatch):
+    from stego_probe.projections import load_projection
+
+    out = copy_run(tiny_run, tmp_path / "run")
+    first = tiny_config(methods=["rp"], dims=[3])
+
+    def evaluate_fails(*args, **kwargs):
+        raise RuntimeError("probe crashed")
+
+    # a first run fails before any result, after fitting its projections
+    with monkeypatch.context() as m:
+        m.setattr("stego_probe.evaluate.evaluate_stores", evaluate_fails)
+        with pytest.raises(SweepError, match="2 of 2 points failed"):
+            run_sweep(first, out, progress=False)
+    assert (out / "config.json").exists() and not (out / "results.csv").exists()
+    assert load_projection(out / "projections" / "rp_d3_seed0.pt").standardize == "train"
+
+    # a run with other result-defining settings is not refused: it starts afresh
+    second = tiny_config(
+        methods=["rp"],
+        dims=[3],
+        method_kwargs={**TINY["method_kwargs"], "rp": {"standardize": None}},
+        probe_kwargs={**TINY["probe_kwargs"], "linear": {"steps": 5, "batch_size": 4}},
+    )
+    with pytest.warns(RuntimeWarning, match="removing .*projections"):
+        df = run_sweep(second, out, progress=False)
+    assert json.loads((out / "config.json").read_text()) == json.loads(
+        json.dumps(second.to_dict(), default=str)
+    )
+    assert done_points(out / "results.csv") == set(sweep_points(second, C))
+    assert {"accuracy", "miou"} <= set(df["metric"])
+    # the stale projection fitted under the first settings was not reused
+    assert load_projection(out / "projections" / "rp_d3_seed0.pt").standardize is None
+    # now the folder has results: other settings are refused again
+    with pytest.raises(ValueError, match="another configuration"):
+        run_sweep(first, out, progress=False)
+
+
+@pytest.mark.parametrize(
+    "change, removed",
+    [
+        ({"dataset_kwargs": {"n_images": 20, "size": [48, 64]}}, True),  # other store content
+        ({"probe_kwargs": {"linear": {"steps": 3}}}, False),  # stores and fits still valid
+    ],
+)
+def test_fresh_folder_drops_only_stale_stores_and_fits(tmp_path, monkeypatch, change, removed):
+    config, out = tiny_config(**change), tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(tiny_config().to_dict(), default=str))
+    left = [Path(sweep.store_path(config, out, w)) for w in ("train", "val")]
+    left.append(out / "projections")
+    for d in left:
+        d.mkdir(parents=True)
+        (d / "marker").write_text("left by the failed run")
+    seen = {}
+
+    def stop(config, out_dir, **kwargs):
+        seen.update({d: d.exists() for d in left})
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(sweep, "ensure_stores", stop)
+    with pytest.warns(RuntimeWarning) if removed else warnings.catch_warnings():
+        if not removed:
+            warnings.simplefilter("error")
+        with pytest.raises(RuntimeError, match="stop"):
+            run_sweep(config, out, progress=False)
+    assert seen == {d: not removed for d in left}
+    assert json.loads((out / "config.json").read_text())["dataset_kwargs"] == (
+        config.dataset_kwargs
+    )
+
+
+# ------------------------------------------------------------------------------- progress
+
+
+def test_run_order_times_every_method_early():
+    config = tiny_config(methods=["dino", "pca", "rp", "stego"], dims=[3, 12], seeds=[0, 1])
+    points = sweep_points(config, C)
+    order = run_order(points)
+    assert sorted(order, key=str) == sorted(points, key=str) and len(order) == len(points)
+    assert order[:4] == [Point("dino", C, 0), Point("pca", 3, 0), Point("rp", 3, 0)] + [
+        Point("stego", 3, 0)
+    ]
+    rest = [p for p in points if p not in order[:4]]
+    assert order[4:] == rest  # then the enumeration order
+    assert run_order(order) == order  # deterministic: a resumed sweep keeps its order
+    todo = [p for p in points if p.seed == 1]
+    assert run_order(todo)[:4] == [Point(m, C if m == "dino" else 3, 1) for m in config.methods]
+
+
+def test_point_weights_follow_training_steps():
+    config = tiny_config(methods=["pca", "stego"])
+    w = point_weights(config, sweep_points(config, C))
+    stego = 1 + sweep.STEGO_STEP_COST * (4 * 4) / (10 * 4)  # head 4 x 4, linear probe 10 x 4
+    assert w[Point("pca", 3, 0)] == 1.0
+    assert w[Point("stego", 3, 0)] == pytest.approx(stego)
+    # with the cluster probe as well, the probes' share of the work doubles
+    probe_kwargs = {name: {"steps": 10, "batch_size": 4} for name in ("linear", "cluster")}
+    both = tiny_config(methods=["stego"], probes=["linear", "cluster"], probe_kwargs=probe_kwargs)
+    w2 = point_weights(both, [Point("stego", 3, 0)])
+    assert w2[Point("stego", 3, 0)] == pytest.approx(1 + sweep.STEGO_STEP_COST * 16 / 80)
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_progress_eta_is_calibrated_per_method():
+    """Cheap points first and STEGO points last: counting points underestimates the time left
+    5-fold; the weighted, per-method estimate is exact once each method has been timed."""
+    cheap = [Point("pca", d, 0) for d in (3, 6, 12, 24, 48, 64)]
+    stego = [Point("stego", d, 0) for d in (3, 12, 64)]
+    cost = {**{p: 2.0 for p in cheap}, **{p: 40.0 for p in stego}}
+    clock = Clock()
+    bar = SweepProgress(
+        run_order(cheap + stego), {p: 3.0 if p in stego else 1.0 for p in cheap + stego},
+        disable=True, clock=clock,
+    )  # fmt: skip
+    assert bar.eta() is None and bar.fraction_done() == 0.0
+    history = []
+    for p in bar.points:
+        bar.start(p)
+        assert p.method in bar.postfix() and f"D={p.dim}" in bar.postfix()
+        clock.t += cost[p]
+        bar.finish(p)
+        history.append((p, bar.eta(), bar.fraction_done()))
+    truth = sum(cost.values())
+    # after the first PCA point only the prior (STEGO = 3 PCA points) is known
+    assert history[0][1] == pytest.approx(5 * 2 + 3 * 3 * 2)
+    # after the first STEGO point (2nd in run order) the estimate is exact
+    assert history[1][0] == stego[0]
+    assert history[1][1] == pytest.approx(truth - 2 - 40)
+    for i, (_, eta, frac) in enumerate(history[1:], start=1):
+        elapsed = sum(cost[p] for p, *_ in history[: i + 1])
+        assert eta == pytest.approx(truth - elapsed)
+        assert frac == pytest.approx(elapsed / truth)
+    assert history[-1][2] == 1.0 and bar.eta() == 0.0
+
+
+def test_progress_eta_divides_by_measured_parallelism():
+    clock = Clock()
+    points = [Point("rp", d, 0) for d in (3, 6, 12, 24, 48, 64)]
+    bar = SweepProgress(points, disable=True, clock=clock)
+    for p in points:
+        bar.start(p)  # Ray: all submitted at once
+    assert "6 submitted" in bar.postfix()
+    clock.t = 10.0
+    for p in points[:2]:  # two workers: two 10 s points finish at t = 10
+        bar.finish(p, seconds=10.0)
+    assert bar.eta() == pytest.approx(4 * 10.0 / 2)
+    assert "last (rp, D=6, seed=0)" in bar.postfix()
+    bar.finish(points[2], error=RuntimeError("x"))  # failures do not bias the estimate
+    assert bar.eta() == pytest.approx(3 * 10.0 / 2)
+    assert [p for p, _ in bar.failures] == [points[2]] and bar.done[points[2]] is None
+
+
+# ------------------------------------------------------------- existing stores, k-means flags
+
+
+def test_sweep_uses_given_stores_without_copying(tiny_run, tmp_path, monkeypatch):
+    train = sweep.store_path(tiny_run.config, tiny_run.out, "train")
+    val = sweep.store_path(tiny_run.config, tiny_run.out, "val")
+    monkeypatch.setattr("stego_probe.extract.extract", lambda *a, **k: pytest.fail("extracted"))
+    config = tiny_config(methods=["pca"], dims=[3])
+    out = tmp_path / "run"
+    df = run_sweep(config, out, progress=False, train_store=train, val_store=val)
+    assert not (out / "stores").exists()  # nothing extracted or copied
+    assert json.loads((out / "stores.json").read_text()) == {
+        "train": str(Path(train).resolve()),
+        "val": str(Path(val).resolve()),
+    }
+    # the same stores give the same rows as the sweep that extracted them
+    got = point_rows(df[(df.method == "pca") & (df.dim == 3)])
+    ref = tiny_run.df
+    want = point_rows(ref[(ref.method == "pca") & (ref.dim == 3)])
+    assert got[KEY].equals(want[KEY])
+    np.testing.assert_allclose(got["value"], want["value"], rtol=0, atol=1e-6)
+    # a resume of this folder with other stores would mix results: refused
+    with pytest.raises(ValueError, match="other stores"):
+        run_sweep(config, out, progress=False, train_store=val, val_store=val)
+
+
+def test_given_stores_must_match_the_config(tiny_run, tmp_path):
+    from stego_probe.backbones import get_backbone
+    from stego_probe.data import get_dataset
+    from stego_probe.extract import extract
+    from stego_probe.store import FeatureStore
+
+    train = sweep.store_path(tiny_run.config, tiny_run.out, "train")
+    config = tiny_config(methods=["pca"], dims=[3])
+    ds = get_dataset("synthetic", split="val", n_images=2, n_classes=3, size=(48, 64))
+    other = extract(ds, get_backbone("descriptor"), tmp_path / "other", res=48, progress=False)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="val store") as info:
+        run_sweep(config, out, progress=False, train_store=train, val_store=other.path)
+    msg = str(info.value)
+    assert "n_classes: store 3, config 6" in msg and "dataset_kwargs.n_images: store 2" in msg
+    assert not (out / "results.csv").exists() and not (out / "stores").exists()
+    # the wrong split for the train store
+    val = sweep.store_path(tiny_run.config, tiny_run.out, "val")
+    with pytest.raises(ValueError, match="split: store 'val', config 'train'"):
+        run_sweep(config, out, progress=False, train_store=val, val_store=val)
+    with pytest.raises(FileNotFoundError, match="no feature store"):
+        run_sweep(config, out, progress=False, train_store=tmp_path / "nothing")
+    # an incomplete store
+    part = FeatureStore.create(
+        tmp_path / "part", n_images=4, grid=(6, 6), dim=64, label_shape=(48, 48),
+        provenance=dict(FeatureStore.open(val).provenance), chunk_images=2,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="incomplete"):
+        run_sweep(config, out, progress=False, train_store=train, val_store=part.path)
+    # resolution differs from the preset's store spec: allowed, with a warning
+    with pytest.warns(RuntimeWarning, match="res 48 .config 64."):
+        sweep.open_existing_store(tiny_config(val={"res": 64}), "val", val)
+
+
+def test_cli_sweep_kmeans_flags_and_existing_stores(tiny_run, tmp_path, capsys):
+    train = sweep.store_path(tiny_run.config, tiny_run.out, "train")
+    val = sweep.store_path(tiny_run.config, tiny_run.out, "val")
+    preset = tmp_path / "tiny.yaml"
+    data = {**load_config("synthetic", TINY).to_dict(), "name": "tiny", "methods": ["rp"]}
+    preset.write_text(yaml.safe_dump(data))
+    out = tmp_path / "run"
+    argv = ["sweep", "--preset", str(preset), "--out", str(out), "--dims", "3", "--no-progress",
+            "--tol", "1e-3", "--niter", "7", "--nredo", "2",
+            "--train-store", train, "--val-store", val]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert not (out / "stores").exists()
+    config = json.loads((out / "config.json").read_text())
+    # merged into the preset's k-means settings (n_train kept)
+    want = {"n_train": 2000, "niter": 7, "nredo": 2, "tol": 1e-3}
+    assert config["probe_kwargs"]["kmeans"] == want
+    df = read_results(out / "results.csv")
+    km = df[df.probe == "kmeans"]
+    assert len(km) and (km["kmeans_tol"] == 1e-3).all() and (km["kmeans_niter"] == 7).all()
+    assert (km["kmeans_nredo"] == 2).all() and km["kmeans_n_iter"].between(1, 7).all()
+    # distinctness rows record their own k-means protocol
+    dist = df[df.probe == "none"]
+    assert (dist["kmeans_tol"] == 1e-4).all() and (dist["kmeans_niter"] == 50).all()
+    assert (dist["kmeans_nredo"] == 1).all() and dist["kmeans_n_iter"].isna().all()
+    # unset flags keep the preset's values; bad values are argparse errors
+    for flag, value in (("--tol", "-1"), ("--niter", "0"), ("--nredo", "x")):
+        with pytest.raises(SystemExit) as info:
+            main(["sweep", "--preset", str(preset), "--out", str(tmp_path / "x"), flag, value])
+        assert info.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_presets_state_the_kmeans_stopping_rule():
+    for name in list_presets():
+        km = load_config(name).probe_kwargs["kmeans"]
+        assert km["tol"] == 0 and km["niter"] >= 300 and km["nredo"] >= 3, name
+        assert len(load_config(name).seeds) >= 3, name
+
+
+def test_has_results(tiny_run, tmp_path):
+    path = tmp_path / "results.csv"
+    assert not sweep.has_results(path)
+    path.write_text("")
+    assert not sweep.has_results(path)
+    path.write_text(",".join(RESULT_COLUMNS) + "\n")  # a header only
+    assert not sweep.has_results(path)
+    assert sweep.has_results(tiny_run.out / "results.csv")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from stego_probe.cli.backbone_options import add_backbone_kwargs_argument
+from stego_probe.threads import add_threads_argument
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -25,7 +28,9 @@ def register(sub) -> None:
         "--backbone", help="backbone registry name, e.g. dino_vits8 (default: descriptor)"
     )
     p.add_argument("--weights", help="local weights file for --backbone")
+    add_backbone_kwargs_argument(p)
     p.add_argument("--quick", action="store_true", help="a tiny configuration (seconds)")
+    add_threads_argument(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
@@ -40,7 +45,9 @@ def run(args) -> int:
         figures=args.figures or f"figures/demo{suffix}",
         backbone=args.backbone,
         weights=args.weights,
+        backbone_kwargs=args.backbone_kwargs,
         quick=args.quick,
         progress=not args.no_progress,
+        threads=args.threads,
     )
     return 0

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from stego_probe.cli.backbone_options import add_backbone_kwargs_argument
+from stego_probe.cli.evaluate import add_kmeans_arguments, kmeans_kwargs
+from stego_probe.threads import add_threads_argument
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -24,8 +28,9 @@ def register(sub) -> None:
             "Run the dimension sweep of a preset: extract the train/val stores if missing, then "
             "for each method, dim and seed fit the projection, probe it (k-means / linear / "
             "cluster), measure distinctness, and append tidy rows to OUT/results.csv. Re-running "
-            "resumes: finished points are skipped. Presets: synthetic, cocostuff27, "
-            "cityscapes27, potsdam3 (or a YAML file)."
+            "resumes: finished points are skipped. A failing point does not stop the others; "
+            "the command lists the failures (tracebacks in OUT/failures.log) and exits 1. "
+            "Presets: synthetic, cocostuff27, cityscapes27, potsdam3 (or a YAML file)."
         ),
     )
     p.add_argument("--preset", required=True, help="preset name or YAML file")
@@ -37,24 +42,36 @@ def register(sub) -> None:
         "--backbone", help="override the preset's backbone (see `stego-probe backbones`)"
     )
     p.add_argument("--weights", help="local weights file for the backbone")
+    add_backbone_kwargs_argument(p)
     p.add_argument("--methods", type=_strs, help="comma list, e.g. dino,pca,rp,stego")
     p.add_argument("--dims", type=_ints, help="comma list of D values, e.g. 3,6,12,24")
     p.add_argument("--seeds", type=_ints, help="comma list of seeds, e.g. 0,1,2")
     p.add_argument("--probes", type=_strs, help="comma list of kmeans,linear,cluster")
     p.add_argument("--mode", choices=["pixel", "token"], help="pixel (reference) or token (fast)")
     p.add_argument("--device", help="auto, cpu or cuda")
+    add_kmeans_arguments(p, defaults=False)
+    p.add_argument(
+        "--train-store",
+        metavar="PATH",
+        help="use this existing complete train store instead of extracting OUT/stores/... "
+        "(must match the preset's dataset, backbone, split and dataset options)",
+    )
+    p.add_argument(
+        "--val-store", metavar="PATH", help="the same for the val store (see --train-store)"
+    )
     p.add_argument(
         "--executor",
         choices=["local", "ray"],
         default="local",
         help="local loop (default) or one Ray task per point (pip install 'stego-probe[ray]')",
     )
+    add_threads_argument(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from stego_probe.sweep import load_config, run_sweep, summary_table
+    from stego_probe.sweep import SweepError, load_config, run_sweep, summary_table
 
     config = load_config(
         args.preset,
@@ -62,18 +79,34 @@ def run(args) -> int:
             "data_root": args.data_root,
             "backbone": args.backbone,
             "weights": args.weights,
+            "backbone_kwargs": args.backbone_kwargs or None,
             "methods": args.methods,
             "dims": args.dims,
             "seeds": args.seeds,
             "probes": args.probes,
             "mode": args.mode,
             "device": args.device,
+            "probe_kwargs": {"kmeans": kmeans_kwargs(args)} if kmeans_kwargs(args) else None,
         },
     )
-    df = run_sweep(config, args.out, executor=args.executor, progress=not args.no_progress)
+    failed = None
+    try:
+        df = run_sweep(
+            config,
+            args.out,
+            executor=args.executor,
+            progress=not args.no_progress,
+            train_store=args.train_store,
+            val_store=args.val_store,
+            threads=args.threads,
+        )
+    except SweepError as e:  # some points failed: summarise the finished ones, then exit 1
+        df, failed = e.results, e
     table = summary_table(df)
     if not table.empty:
-        print(f"mIoU (%) mean ± std over seeds, {config.name}:")
+        print(f"mIoU (%), {table.attrs['note']}, {config.name}:")
         print(table.to_string())
     print(f"results: {args.out}/results.csv")
+    if failed is not None:
+        raise failed
     return 0
