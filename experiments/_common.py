@@ -45,8 +45,9 @@ SWEEP_ROOT = "runs/figure4"
 
 def begin(args: argparse.Namespace, name: str) -> None:
     """Print the experiment name, the git SHA and the sorted arguments (one per line), then
-    apply ``--threads`` for the rest of the script (:func:`stego_probe.threads.set_num_threads`:
-    ``auto`` is the package's thread policy, docs/threads.md)."""
+    apply an explicit ``--threads`` for the rest of the script
+    (:func:`stego_probe.threads.set_num_threads`); ``auto`` leaves the choice to the thread
+    policy of each library call (docs/threads.md)."""
     from stego_probe import __version__
     from stego_probe.provenance import git_sha
     from stego_probe.threads import set_num_threads
@@ -55,7 +56,11 @@ def begin(args: argparse.Namespace, name: str) -> None:
     print(f"git:\n  {git_sha(Path(__file__).resolve().parent) or 'unknown (not a git checkout)'}")
     print("\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())))
     print(flush=True)
-    set_num_threads(args.threads)
+    # "auto" is applied per call by the library's entry points (1 thread for small-tensor work,
+    # all cores for backbone forwards and ViT-sized stores); pinning the whole process to the
+    # small-work count would also slow the scripts' own large calls (e.g. Figure 3's PCA fit).
+    if args.threads != "auto":
+        set_num_threads(args.threads)
 
 
 # ---------------------------------------------------------------------------------- arguments

@@ -73,6 +73,8 @@ PROBES = PROBE_NAMES
 MODES = ("pixel", "token")
 #: Store provenance keys that must agree between the training and the validation store.
 COMPATIBLE_KEYS = ("backbone", "weights_sha256", "dataset", "n_classes", "patch_size", "embed_dim")
+#: Tokens sampled for the linear probe's input statistics when no k-means sample is drawn.
+STATS_TOKENS = 100_000
 #: Inverse temperature of the soft cluster assignment fed to the CRF (reference: 2).
 CRF_ALPHA = 2.0
 
@@ -671,8 +673,9 @@ def evaluate_stores(
         match: matching of the unsupervised probes (linear always uses ``"identity"``).
         steps, train_batch_size: training mini-batches and images per batch of the cluster and
             linear probes (reference: 7000 x 32; Potsdam 5000 x 16).
-        n_train: tokens sampled from the training store for the k-means probe (and for the
-            linear probe's input statistics; k-means's own ``n_train`` wins when both run).
+        n_train: tokens sampled from the training store for the k-means probe; the linear
+            probe's input statistics come from the same sample (from ``min(n_train,
+            STATS_TOKENS)`` tokens when k-means does not run).
         probe_kwargs: ``{probe: {constructor kwargs}}`` overriding the above.
         batch_size: validation images per batch (reference: 8).
         images: ``(indices, ids) -> (B, H, W, 3) uint8`` evaluation images for the CRF (see
@@ -732,8 +735,12 @@ def evaluate_stores(
     needs_stats = [p for p in stream.values() if getattr(p, "standardize", "none") != "none"]
     sample = None
     if fit_kmeans or needs_stats:
-        # One seeded token sample serves the k-means fit and the linear probe's input statistics.
-        n_sample = int(kwargs.get("kmeans", {}).get("n_train", n_train)) if fit_kmeans else n_train
+        # One seeded token sample serves the k-means fit and the linear probe's input statistics
+        # (which alone need far fewer tokens than k-means: mean and std per channel).
+        if fit_kmeans:
+            n_sample = int(kwargs.get("kmeans", {}).get("n_train", n_train))
+        else:
+            n_sample = min(int(n_train), STATS_TOKENS)
         tokens = train_store.sample_tokens(int(n_sample), seed=seed)
         sample = check_finite(project(tokens), f"train store {train_store.path} codes")
     if fit_kmeans:

@@ -37,7 +37,7 @@ import pandas as pd
 import yaml
 
 from stego_probe.results import RESULT_COLUMNS, append_csv, make_rows, read_results
-from stego_probe.threads import uses_threads
+from stego_probe.threads import limit, store_workload, uses_threads
 
 #: Methods whose projection has a width parameter (``dino`` is the identity at full width).
 WIDTH_METHODS = ("pca", "rp", "rp_sparse", "umap", "hnne", "stego")
@@ -645,14 +645,16 @@ def run_sweep(
     _check_pair(train_store, val_store)
 
     done = done_points(results)
-    if "pca" in config.methods and not _has_spectrum(results):
-        append_csv(pca_spectrum_rows(config, train_store, cache_dir), results)
     todo = run_order([p for p in sweep_points(config, train_store.dim) if p not in done])
-    if executor == "ray":
-        # One PCA fit per seed, shared by every D: fitted here, or parallel tasks would race to
-        # fit and save the same file.
-        for seed in sorted({p.seed for p in todo if p.method == "pca"}):
-            fit_projection(config, Point("pca", train_store.dim, seed), train_store, cache_dir)
+    # The PCA fits made here read the train store like a sweep point does: same thread policy.
+    with limit("auto", store_workload(train_store)):
+        if "pca" in config.methods and not _has_spectrum(results):
+            append_csv(pca_spectrum_rows(config, train_store, cache_dir), results)
+        if executor == "ray":
+            # One PCA fit per seed, shared by every D: fitted here, or parallel tasks would race
+            # to fit and save the same file.
+            for seed in sorted({p.seed for p in todo if p.method == "pca"}):
+                fit_projection(config, Point("pca", train_store.dim, seed), train_store, cache_dir)
     tracker = SweepProgress(
         todo,
         point_weights(config, todo),

@@ -1,5 +1,6 @@
 """Tests of the torch probes: the reference cluster probe and the linear probe."""
 
+import json
 import math
 
 import numpy as np
@@ -368,3 +369,28 @@ def test_linear_probe_standardisation_round_trips_and_streams(tmp_path):
     streamed.partial_fit(codes[:4], labels[:4])
     with pytest.raises(ValueError, match="standardize"):
         LinearProbe(4, standardize="batch", steps=1).fit(codes, labels)
+
+
+def test_linear_probe_files_from_before_standardisation_load_as_raw_input(tmp_path):
+    codes, labels = small_scale_codes(3)
+    probe = LinearProbe(4, steps=5, batch_size=4, standardize="none").fit(codes, labels)
+    path = probe.save(tmp_path / "old.npz")
+    # rewrite the file as an older version wrote it: no "standardize" parameter
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["__meta__"]))
+    del meta["params"]["standardize"]
+    arrays["__meta__"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+    back = LinearProbe.load(path)
+    assert back.standardize == "none"
+    np.testing.assert_array_equal(back.predict(codes), probe.predict(codes))
+
+
+def test_linear_probe_initialize_resets_the_statistics():
+    codes, labels = small_scale_codes(4)
+    probe = LinearProbe(4, steps=2, batch_size=4).fit(codes, labels)
+    probe.initialize(3)  # another width: the old statistics must not survive
+    assert getattr(probe, "mean_", None) is None
+    probe.fit_scaler(codes[:, :3]).partial_fit(codes[:, :3], labels)
+    assert probe.mean_.shape == (3,)

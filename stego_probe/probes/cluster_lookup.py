@@ -205,6 +205,8 @@ class MinibatchProbe(BaseEstimator):
     """
 
     _requires_labels = False
+    #: Constructor defaults of files saved before a parameter existed (``load`` fills them in).
+    _legacy_params: dict = {}
 
     def _reset(self) -> None:
         for attr in ("params_", "optimizer_", "n_features_in_", "seed_"):
@@ -363,7 +365,7 @@ class MinibatchProbe(BaseEstimator):
             arrays = {k: z[k] for k in z.files if k not in ("__meta__", "loss_history")}
             history = z["loss_history"].tolist()
         extra = {k[6:]: arrays.pop(k) for k in list(arrays) if k.startswith("extra:")}
-        probe = cls(**meta["params"])
+        probe = cls(**{**cls._legacy_params, **meta["params"]})
         probe._reset()
         probe.seed_ = int(meta.get("seed", meta["params"].get("random_state") or 0))
         probe._ensure_init(meta["n_features_in"])

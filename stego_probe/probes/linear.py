@@ -173,6 +173,8 @@ class LinearProbe(MinibatchProbe):
     """
 
     _requires_labels = True
+    # files written before input standardisation existed hold a raw-input probe
+    _legacy_params = {"standardize": "none"}
 
     def __init__(
         self,
@@ -204,8 +206,9 @@ class LinearProbe(MinibatchProbe):
     def fit_scaler(self, codes):
         """Set the input statistics from training codes (streamed; see :func:`code_statistics`).
 
-        Call it before :meth:`partial_fit` when training on a stream; :meth:`fit` calls it on
-        its own codes. A no-op with ``standardize="none"``.
+        Call it before :meth:`partial_fit` when training on a stream (after :meth:`initialize`,
+        which resets the probe); :meth:`fit` calls it on its own codes. A no-op with
+        ``standardize="none"``.
 
         Args:
             codes: ``(N, D, h, w)`` or ``(M, D)`` training codes, or an iterable of chunks.
@@ -259,6 +262,12 @@ class LinearProbe(MinibatchProbe):
             )
             self._scaler_t = cached
         return cached
+
+    def _reset(self) -> None:
+        super()._reset()
+        for attr in ("mean_", "scale_", "_scaler_t"):
+            if hasattr(self, attr):
+                delattr(self, attr)
 
     def _before_fit(self, codes: torch.Tensor) -> None:
         self.fit_scaler(codes)
