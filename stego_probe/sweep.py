@@ -73,6 +73,9 @@ class SweepConfig:
         probe_kwargs, method_kwargs: per-probe / per-method keyword arguments.
         distinctness: ``{enabled, n_tokens, seeds}`` for :mod:`stego_probe.distinctness`.
         batch_size, device: extraction and evaluation settings.
+        trust_pickle: reuse cached UMAP / h-NNE fits from ``<out>/projections/``, whose model
+            is a pickle (unpickling can run code from the file); by default they are refitted.
+            Other cached fits are read with ``torch.load(weights_only=True)`` and always reused.
     """
 
     name: str
@@ -95,6 +98,7 @@ class SweepConfig:
     distinctness: dict = field(default_factory=lambda: {"enabled": True})
     batch_size: int = 32
     device: str = "auto"
+    trust_pickle: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -453,23 +457,29 @@ def fit_projection(
     shares one eigendecomposition. Fitted projections are saved under ``cache_dir`` so that a
     resumed sweep and the figures can reuse them.
     """
-    from stego_probe.projections import get_projection, load_projection
+    from stego_probe.projections import get_projection, projection_class
 
     kwargs = dict(config.method_kwargs.get(point.method, {}))
+    # A cached file is loaded as the class this point expects (checked before anything else is
+    # read) and with torch's weights-only reader; a UMAP / h-NNE model is a pickle, unpickled
+    # only with config.trust_pickle (otherwise it is refitted and the cache rewritten).
+    klass = projection_class(point.method)
+    trust = bool(config.trust_pickle)
+    reuse = trust or not klass._pickled_state
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     if point.method == "pca":
         path = cache_dir / f"pca_seed{point.seed}.pt"
         if path.exists():
-            proj = load_projection(path)
+            proj = klass.load(path)
         else:
             proj = get_projection("pca", None, random_state=point.seed, **kwargs)
             proj.fit(train_store)
             proj.save(path)
         return proj.set_params(n_components=point.dim)
     path = cache_dir / f"{point.method}_d{point.dim}_seed{point.seed}.pt"
-    if path.exists():
-        return load_projection(path)
+    if path.exists() and reuse:
+        return klass.load(path, trust=trust)
     if point.method == "dino":
         proj = get_projection("dino", None)
     else:
@@ -1035,7 +1045,16 @@ def _report_failures(config, out: Path, failures, n_points: int, df: pd.DataFram
 
 #: Fields that may differ when a sweep is resumed into the same folder: they add points or
 #: change where / how fast things run. Any other field defines the rows already written.
-RESUMABLE_FIELDS = ("name", "methods", "dims", "seeds", "data_root", "batch_size", "device")
+RESUMABLE_FIELDS = (
+    "name",
+    "methods",
+    "dims",
+    "seeds",
+    "data_root",
+    "batch_size",
+    "device",
+    "trust_pickle",
+)
 
 #: Fields the fitted projections in ``projections/`` depend on (besides method, D and seed).
 PROJECTION_FIELDS = (

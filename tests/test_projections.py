@@ -3,6 +3,7 @@ modes, layouts, persistence, sklearn cloning, UMAP, h-NNE, registry."""
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 
@@ -360,7 +361,10 @@ def test_umap_fit_transform_deterministic_and_saved(tmp_path):
         again = UMAPProjection(2, **kw).fit(store).transform_tokens(new)
         np.testing.assert_array_equal(y, again)
         assert um.provenance["fit_data"]["n_tokens"] == 200
-        back = load_projection(um.save(tmp_path / "umap.pt"))
+        path = um.save(tmp_path / "umap.pt")
+        with pytest.raises(ValueError, match="trust=True"):
+            load_projection(path)  # its model is a pickle: refused by default
+        back = load_projection(path, trust=True)
         np.testing.assert_array_equal(back.transform_tokens(new), y)
     with pytest.raises(ValueError, match="refitted"):
         um.set_params(n_components=3).transform(new.reshape(-1, C))
@@ -480,3 +484,81 @@ def _sha(idx: np.ndarray) -> str:
     import hashlib
 
     return hashlib.sha256(np.asarray(idx, dtype=np.int64).tobytes()).hexdigest()
+
+
+# ------------------------------------------------------------------ untrusted files
+
+
+class _Payload:
+    """Unpickling this runs ``open(marker, "w")``: proof that a loader executed file content."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def crafted_umap_file(path, marker):
+    """A projection file that claims to be a UMAP projection and embeds a malicious pickle."""
+    import pickle
+
+    from stego_probe.projections.base import SAVE_FORMAT
+
+    blob = np.frombuffer(pickle.dumps(_Payload(marker)), dtype=np.uint8).copy()
+    payload = {
+        "format": SAVE_FORMAT,
+        "class": "UMAPProjection",
+        "method": "umap",
+        "params": json.dumps({"n_components": 2}),
+        "meta": json.dumps({"n_features_in_": 4, "fitted_n_components_": 2}),
+        "provenance": json.dumps({}),
+        "arrays": {
+            "mean_": torch.zeros(4, dtype=torch.float64),
+            "scale_": torch.ones(4, dtype=torch.float64),
+            "extra:umap_pickle": torch.from_numpy(blob),
+        },
+    }
+    torch.save(payload, path)
+    return path
+
+
+def test_pickled_projection_files_run_nothing_unless_trusted(tmp_path):
+    from stego_probe.projections import PCAProjection, Projection, load_projection
+
+    marker = tmp_path / "pwned"
+    path = crafted_umap_file(tmp_path / "umap.pt", marker)
+    for load in (lambda: load_projection(path), lambda: Projection.load(path)):
+        with pytest.raises(ValueError, match="trust=True"):
+            load()
+        assert not marker.exists()
+    # a file claiming another class than the one asked for is refused before it is unpickled
+    with pytest.raises(ValueError, match="not a PCAProjection"):
+        PCAProjection.load(path, trust=True)
+    assert not marker.exists()
+    # with trust=True the embedded pickle is what gets loaded (the test can fail)
+    pytest.importorskip("umap")
+    with pytest.raises(Exception):  # noqa: B017 - the payload is not a UMAP model
+        load_projection(path, trust=True).transform(np.zeros((1, 4), np.float32))
+    assert marker.exists()
+
+
+def test_sweep_cache_never_unpickles_a_crafted_file(tmp_path):
+    from stego_probe.sweep import Point, SweepConfig, fit_projection
+
+    cache = tmp_path / "projections"
+    cache.mkdir()
+    marker = tmp_path / "pwned"
+    crafted_umap_file(cache / "pca_seed0.pt", marker)  # claims UMAP where PCA is expected
+    crafted_umap_file(cache / "umap_d2_seed0.pt", marker)
+    config = SweepConfig(name="t", dataset="synthetic", backbone="descriptor")
+    with pytest.raises(ValueError, match="not a PCAProjection"):
+        fit_projection(config, Point("pca", 4, 0), None, cache)
+    assert not marker.exists()
+    # an untrusted UMAP cache is refitted, not unpickled
+    pytest.importorskip("umap")
+    rng = np.random.default_rng(0)
+    tokens = rng.normal(size=(300, 4)).astype(np.float32)
+    proj = fit_projection(config, Point("umap", 2, 0), tokens, cache)
+    assert not marker.exists()
+    assert proj.transform(tokens[:5]).shape == (5, 2)

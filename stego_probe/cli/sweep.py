@@ -66,6 +66,13 @@ def register(sub) -> None:
         help="local loop (default) or one Ray task per point (pip install 'stego-probe[ray]')",
     )
     add_threads_argument(p)
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="reuse cached UMAP / h-NNE fits in OUT/projections/ (their model is a pickle, and "
+        "unpickling can run code from the file: only for folders you trust); by default they "
+        "are refitted",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
@@ -86,6 +93,7 @@ def run(args) -> int:
             "probes": args.probes,
             "mode": args.mode,
             "device": args.device,
+            "trust_pickle": True if args.trust_pickle else None,
             "probe_kwargs": {"kmeans": kmeans_kwargs(args)} if kmeans_kwargs(args) else None,
         },
     )

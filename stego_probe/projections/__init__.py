@@ -117,9 +117,13 @@ def projection_class(name: str) -> type:
     raise KeyError(f"unknown projection class {name!r}; expected one of {sorted(classes)}")
 
 
-def load_projection(path: str | os.PathLike) -> Projection:
-    """Load any projection saved with ``save(path)`` (dispatches on the stored class)."""
-    return Projection.load(path)
+def load_projection(path: str | os.PathLike, trust: bool = False) -> Projection:
+    """Load any projection saved with ``save(path)`` (dispatches on the stored class).
+
+    Safe by default: the file is read with ``torch.load(weights_only=True)``; UMAP / h-NNE
+    files, whose fitted model is a pickle, need ``trust=True`` (see :meth:`Projection.load`).
+    """
+    return Projection.load(path, trust=trust)
 
 
 def __getattr__(name: str) -> Any:

@@ -24,7 +24,8 @@ needs on top:
   behaviour, quirk Q32), ``None`` does not rescale.
 * **Persistence.** ``save(path)`` writes a plain dict of tensors + JSON strings with
   ``torch.save``; ``Projection.load(path)`` restores it exactly (loaded with
-  ``weights_only=True``).
+  ``weights_only=True``; a UMAP / h-NNE file, whose fitted model is a pickle, only with
+  ``trust=True``).
 * **Provenance.** ``provenance`` (a dict) records the method, the parameters, the fit data (store
   provenance: backbone, weights_sha256, dataset, split, images used, seed) and
   :func:`stego_probe.provenance.package_info`.
@@ -699,16 +700,29 @@ class Projection(TransformerMixin, BaseEstimator):
             params["random_state"] = None
         return params
 
+    #: Whether the saved state holds a pickle (a third-party model) that :meth:`load` must
+    #: unpickle; such files load only with ``trust=True``.
+    _pickled_state: ClassVar[bool] = False
+
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Projection:
+    def load(cls, path: str | os.PathLike, trust: bool = False) -> Projection:
         """Load a projection written by :meth:`save`.
 
         Called on :class:`Projection` it returns an instance of the saved class; called on a
-        subclass it also checks that the file holds that class.
+        subclass it also checks that the file holds that class, before anything else is read.
+        The file is read with ``torch.load(weights_only=True)``, which cannot run code. UMAP and
+        h-NNE files also embed their fitted model as a pickle, and unpickling can run code from
+        the file: they load only with ``trust=True``.
+
+        Args:
+            path: the file.
+            trust: allow unpickling an embedded model (UMAP / h-NNE); only for files you made
+                or otherwise trust.
 
         Raises:
             FileNotFoundError: no file at ``path``.
-            ValueError: not a stego_probe projection file, or a different class.
+            ValueError: not a stego_probe projection file, a different class, or a pickled
+                model without ``trust=True``.
         """
         path = Path(path)
         if not path.exists():
@@ -724,6 +738,12 @@ class Projection(TransformerMixin, BaseEstimator):
         klass = projection_class(payload["class"])
         if cls is not Projection and not issubclass(klass, cls):
             raise ValueError(f"{path}: holds a {payload['class']}, not a {cls.__name__}")
+        if klass._pickled_state and not trust:
+            raise ValueError(
+                f"{path}: holds a {payload['class']} whose fitted model is stored as a pickle, "
+                "and unpickling can run code from the file; load it with trust=True "
+                "(`--trust-pickle` on the command line) only if you made or trust this file"
+            )
         obj = klass(**json.loads(payload["params"]))
         for name, value in json.loads(payload["meta"]).items():
             setattr(obj, name, value)
@@ -741,7 +761,8 @@ class SampledEmbedding(Projection):
 
     The fitted third-party model lives in the attribute named by ``_model_attr`` (e.g.
     ``"umap_"``); it is applied with its ``transform`` to the standardised tokens and saved
-    pickled into a uint8 array (``<_model_attr>pickle``), so only load files you trust.
+    pickled into a uint8 array (``<_model_attr>pickle``); :meth:`Projection.load` unpickles it
+    only with ``trust=True``.
     Subclasses set ``_model_attr``, ``_model_name`` (used in messages) and ``_import_model`` (a
     static method importing the optional package), and in ``_fit`` call
     :meth:`_sample_statistics` on the token sample, fit the model on the matrix it returns and
@@ -750,6 +771,7 @@ class SampledEmbedding(Projection):
 
     _array_attrs = ("mean_", "scale_")
     _meta_attrs = ("n_features_in_", "fitted_n_components_")
+    _pickled_state = True
     #: attribute holding the fitted model.
     _model_attr: ClassVar[str] = "model_"
     #: the model's name in messages.
