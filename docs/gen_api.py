@@ -26,6 +26,7 @@ MODULES = [
     "stego_probe.backbones",
     "stego_probe.store",
     "stego_probe.extract",
+    "stego_probe.verify",
     "stego_probe.metrics",
     "stego_probe.probes.kmeans",
     "stego_probe.probes.cluster_lookup",

@@ -125,8 +125,8 @@ def _check_mode(mode: str, flip: bool, crf: bool) -> str:
         raise ValueError(f"mode: expected one of {list(MODES)}, got {mode!r}")
     if mode == "token" and (flip or crf):
         raise ValueError(
-            "mode='token' evaluates on the token grid; flip averaging and the CRF are defined "
-            "for mode='pixel' only"
+            "mode='token' (`--mode token`) evaluates on the token grid; flip averaging and the "
+            "CRF (`--flip`, `--crf`) are defined for mode='pixel' only"
         )
     return "token" if mode == "token" else ("eval" if flip else "val")
 
@@ -416,6 +416,13 @@ def evaluate_codes(
         vy = _to_token_grid(vy, va.shape[2:], n_classes)
         if ty is not None:
             ty = _to_token_grid(ty, tr.shape[2:], n_classes)
+    for lab, what in ((vy, "val_labels"), (ty, "train_labels")):
+        if lab is not None and not ((lab >= 0) & (lab < n_classes)).any():
+            raise ValueError(
+                f"{what}: no labelled pixel (all labels are ignore values, outside "
+                f"[0, {n_classes})); "
+                + ("nothing to score" if what == "val_labels" else "the linear probe cannot learn")
+            )
 
     fitted = {}
     for name in names:
@@ -448,6 +455,39 @@ def _open_store(store, what: str):
     if not all(hasattr(store, a) for a in ("tokens", "labels", "provenance", "n_images")):
         raise ValueError(f"{what}: expected a FeatureStore or a store path, got {type(store)}")
     return store
+
+
+def require_labelled(store, what: str = "train") -> int:
+    """Raise ``ValueError`` unless ``store`` has at least one labelled pixel (in ``[0, K)``).
+
+    The labels are read chunk by chunk and the scan stops at the first labelled pixel, so this
+    is cheap for any store with labels; a store whose labels are all ignore values is read to
+    the end and refused with a message naming it.
+
+    Args:
+        store: a :class:`~stego_probe.store.FeatureStore`.
+        what: ``"train"`` or ``"val"`` (for the message).
+
+    Returns:
+        the index of the first image with a labelled pixel.
+    """
+    k = int(store.n_classes)
+    n = int(store.n_images)
+    step = max(1, int(getattr(store, "chunk_images", 64) or 64))
+    for start in range(0, n, step):
+        lab = np.asarray(store.labels(np.arange(start, min(start + step, n))))
+        hit = ((lab >= 0) & (lab < k)).reshape(len(lab), -1).any(axis=1)
+        if hit.any():
+            return start + int(np.argmax(hit))
+    use = (
+        "a linear probe trained on them would score as a random one"
+        if what == "train"
+        else "there is nothing to score"
+    )
+    raise ValueError(
+        f"{what} store {store.path}: no labelled pixel in its {n} images (all {what} labels are "
+        f"ignore values, outside [0, {k})); {use}. Check the dataset's labels / ignore values"
+    )
 
 
 def check_stores(train_store, val_store, projection=None) -> None:
@@ -515,7 +555,10 @@ def dataset_for_store(store, root: str | os.PathLike | None = None, **kwargs):
     prov = dict(store.provenance)
     name, split = prov.get("dataset"), prov.get("split")
     if name is None or split is None:
-        raise ValueError(f"{store.path}: provenance records no dataset / split to rebuild")
+        raise ValueError(
+            f"{store.path}: provenance records no dataset / split to rebuild (needed for the "
+            "CRF images, `--crf`)"
+        )
     info = dict(prov.get("dataset_info") or {})
     if root is None:
         root = info.get("root")
@@ -546,7 +589,8 @@ def store_images(store, dataset) -> Callable[[np.ndarray, list[str]], np.ndarray
     crop = prov.get("crop", "center")
     if crop == "five":
         raise ValueError(
-            f"{store.path}: five-crop store; pass images=callable(indices, ids) for the CRF"
+            f"{store.path}: five-crop store; pass images=callable(indices, ids) for the CRF "
+            "(the CLI's `evaluate --crf` cannot rebuild five-crop images)"
         )
     t = dict(prov.get("transform") or {})
     res = int(t.get("res", prov.get("res", store.label_shape[0])))
@@ -649,6 +693,8 @@ def evaluate_stores(
     progress: bool = True,
     save_predictions: str | os.PathLike | None = None,
     threads: int | str | None = "auto",
+    on_rows: Callable | None = None,
+    skip: Sequence[str] | str = (),
 ):
     """Fit probes on a training store and evaluate them on a validation store (streaming).
 
@@ -691,6 +737,14 @@ def evaluate_stores(
             ``"auto"`` (1 for small stores, all cores for ViT-sized ones; or an enclosing
             :func:`stego_probe.threads.limit`'s explicit count), ``"all"``, an int or None
             (library defaults); see :mod:`stego_probe.threads`.
+        on_rows: called as ``on_rows(probe, rows)`` (``rows`` a DataFrame of that probe's rows,
+            both CRF settings) as soon as a probe is scored, e.g. to append them to a file:
+            the k-means (and prefitted) probes are scored in a first validation pass, before
+            the cluster / linear training, and those in a second one (the validation store is
+            then read twice), so a crash during the training keeps the k-means rows.
+        skip: probes among ``probes`` that are neither fitted nor scored (their rows exist
+            already); everything else is computed exactly as in the full run (same token
+            sample for the linear probe's statistics, same training stream).
 
     Returns:
         a pandas DataFrame with :data:`stego_probe.results.RESULT_COLUMNS` (one row per metric:
@@ -699,11 +753,18 @@ def evaluate_stores(
 
     Raises:
         ValueError: incompatible stores, NaN codes, a missing ``tokens_flipped`` with
-            ``flip=True``, no valid validation pixel, bad arguments.
+            ``flip=True``, a val store without one labelled pixel, a linear probe to train on a
+            train store without one (both checked before any training), bad arguments.
     """
     names = _probe_list(probes)
     prefitted = _prefitted_probes(probes)
     mode_col = _check_mode(mode, flip, crf)
+    skipped = set(_probe_list(skip)) if skip else set()
+    if skipped - set(names):
+        raise ValueError(f"skip: {sorted(skipped - set(names))} are not among probes {names}")
+    run = [n for n in names if n not in skipped]
+    if on_rows is not None and not callable(on_rows):
+        raise ValueError(f"on_rows: expected a callable (probe, rows) or None, got {on_rows!r}")
     if save_predictions is not None:
         from stego_probe.export import check_output_dir
 
@@ -719,6 +780,13 @@ def evaluate_stores(
         )
     n_classes = int(val_store.n_classes)
     class_names = val_store.class_names or [str(i) for i in range(n_classes)]
+    if not run:
+        frame = to_frame([])
+        return (frame, {}) if return_probes else frame
+    # labels that could only give a meaningless score are refused before any training
+    require_labelled(val_store, "val")
+    if "linear" in run and "linear" not in prefitted:
+        require_labelled(train_store, "train")
     if crf and images is None:
         images = store_images(val_store, dataset_for_store(val_store))
     project = _projector(projection)
@@ -729,15 +797,18 @@ def evaluate_stores(
 
     # -- fit ------------------------------------------------------------------------------------
     fitted = dict(prefitted)
-    stream_names = [n for n in names if n != "kmeans" and n not in prefitted]
-    fit_kmeans = "kmeans" in names and "kmeans" not in prefitted
+    stream_names = [n for n in run if n != "kmeans" and n not in prefitted]
+    fit_kmeans = "kmeans" in run and "kmeans" not in prefitted
+    # the sample size depends on the probes asked for, not on those skipped: a skipped k-means
+    # probe still sets it, so a resumed linear probe gets the statistics of the full run
+    kmeans_sample = "kmeans" in names and "kmeans" not in prefitted
     stream = {n: make_probe(n, n_classes, seed, **kwargs[n]) for n in stream_names}
     needs_stats = [p for p in stream.values() if getattr(p, "standardize", "none") != "none"]
     sample = None
     if fit_kmeans or needs_stats:
         # One seeded token sample serves the k-means fit and the linear probe's input statistics
         # (which alone need far fewer tokens than k-means: mean and std per channel).
-        if fit_kmeans:
+        if kmeans_sample:
             n_sample = int(kwargs.get("kmeans", {}).get("n_train", n_train))
         else:
             n_sample = min(int(n_train), STATS_TOKENS)
@@ -748,39 +819,11 @@ def evaluate_stores(
         fitted["kmeans"] = make_probe("kmeans", n_classes, seed, **kw).fit(sample)
     for probe in needs_stats:
         probe.fit_scaler(sample)
-    fitted.update(_train_stream_probes(stream, train_store, project, seed, token_mode, progress))
-    fitted = {n: fitted[n] for n in names}
-    dim = int(getattr(fitted[names[0]], "n_features_in_", 0))
+    del sample
 
-    # -- validate -------------------------------------------------------------------------------
-    scorer = _Scorer(fitted, n_classes, crf, crf_workers)
-    writer = None
-    if save_predictions is not None:
-        from stego_probe.export import PredictionWriter
-
-        outputs = {k: _n_outputs(fitted[k[0]]) for k in scorer.acc}
-        writer = PredictionWriter(save_predictions, outputs, n_classes, class_names)
-    size = None if token_mode else tuple(val_store.label_shape)
-    batches = val_store.iter_batches(int(batch_size), progress=progress)
-    flipped = val_store.iter_batches(int(batch_size), flipped=True) if flip else None
-    pos = 0
-    for tokens, labels, ids in batches:
-        idx = np.arange(pos, pos + len(tokens))
-        pos += len(tokens)
-        codes = project(tokens)
-        if flipped is not None:
-            tokens_f, _, _ = next(flipped)
-            codes = 0.5 * (codes + project(tokens_f))
-        check_finite(codes, f"val store {val_store.path} codes (images {idx[0]}..{idx[-1]})")
-        if token_mode:
-            from stego_probe.store import pool_labels
-
-            labels = pool_labels(labels, val_store.grid, n_classes)
-        imgs = images(idx, list(ids)) if crf else None
-        preds = scorer.update(codes, labels, size, imgs)
-        if writer is not None:
-            writer.write(preds, ids)
-
+    # -- validate, phase by phase ---------------------------------------------------------------
+    # Probes that need no stream training (k-means, prefitted ones) are scored first and their
+    # rows handed to ``on_rows`` before the long cluster / linear training starts.
     prov = dict(val_store.provenance)
     if method is None:
         method = (
@@ -788,30 +831,89 @@ def evaluate_stores(
             if projection is None
             else getattr(projection, "method_name", None) or type(projection).__name__.lower()
         )
-    rows = []
-    results = scorer.results(match)
-    if writer is not None:
-        writer.finalize(
-            results,
-            {"seed": seed, "mode": mode_col, "method": method, "val_store": str(val_store.path)},
-        )
-    for (name, use_crf), s in results.items():
-        context = {
-            "dataset": prov.get("dataset", ""),
-            "backbone": prov.get("backbone", ""),
-            "weights_sha256": prov.get("weights_sha256") or "",
-            "method": method,
-            "dim": dim,
-            "seed": seed,
-            "probe": name,
-            "crf": use_crf,
-            "mode": mode_col,
-            "match": "identity" if name == "linear" else match,
-            "split": prov.get("split", ""),
+    writer = None
+    if save_predictions is not None:
+        from stego_probe.export import PredictionWriter
+
+        every = {**fitted, **stream}
+        outputs = {
+            (n, c): _n_outputs(every[n]) for n in run for c in ((False, True) if crf else (False,))
         }
-        if name == "kmeans" and hasattr(fitted[name], "n_iter_"):
-            context.update(kmeans_context(fitted[name]))  # the stopping rule and iterations run
-        rows += make_rows(context, metrics_to_flat(s, class_names))
+        writer = PredictionWriter(save_predictions, outputs, n_classes, class_names)
+    size = None if token_mode else tuple(val_store.label_shape)
+
+    def validate(subset: dict) -> dict:
+        scorer = _Scorer(subset, n_classes, crf, crf_workers)
+        batches = val_store.iter_batches(int(batch_size), progress=progress)
+        flipped = val_store.iter_batches(int(batch_size), flipped=True) if flip else None
+        pos = 0
+        for tokens, labels, ids in batches:
+            idx = np.arange(pos, pos + len(tokens))
+            pos += len(tokens)
+            codes = project(tokens)
+            if flipped is not None:
+                tokens_f, _, _ = next(flipped)
+                codes = 0.5 * (codes + project(tokens_f))
+            check_finite(codes, f"val store {val_store.path} codes (images {idx[0]}..{idx[-1]})")
+            if token_mode:
+                from stego_probe.store import pool_labels
+
+                labels = pool_labels(labels, val_store.grid, n_classes)
+            imgs = images(idx, list(ids)) if crf else None
+            preds = scorer.update(codes, labels, size, imgs)
+            if writer is not None:
+                writer.write(preds, ids)
+        return scorer.results(match)
+
+    def probe_rows(name: str, results: dict) -> list[dict]:
+        out = []
+        for (n, use_crf), s in results.items():
+            if n != name:
+                continue
+            context = {
+                "dataset": prov.get("dataset", ""),
+                "backbone": prov.get("backbone", ""),
+                "weights_sha256": prov.get("weights_sha256") or "",
+                "method": method,
+                "dim": int(getattr(fitted[name], "n_features_in_", 0)),
+                "seed": seed,
+                "probe": name,
+                "crf": use_crf,
+                "mode": mode_col,
+                "match": "identity" if name == "linear" else match,
+                "split": prov.get("split", ""),
+            }
+            if name == "kmeans" and hasattr(fitted[name], "n_iter_"):
+                context.update(kmeans_context(fitted[name]))  # stopping rule, iterations run
+            out += make_rows(context, metrics_to_flat(s, class_names))
+        return out
+
+    rows = []
+    phases = [[n for n in run if n not in stream], [n for n in run if n in stream]]
+    for phase in (p for p in phases if p):
+        if phase[0] in stream:
+            fitted.update(
+                _train_stream_probes(stream, train_store, project, seed, token_mode, progress)
+            )
+            if "linear" in stream:
+                stream["linear"].check_labelled(f"train store {train_store.path}")
+        results = validate({n: fitted[n] for n in phase})
+        if writer is not None:
+            writer.finalize(
+                results,
+                {
+                    "seed": seed,
+                    "mode": mode_col,
+                    "method": method,
+                    "val_store": str(val_store.path),
+                },
+            )
+        for name in phase:
+            probe_rows_ = probe_rows(name, results)
+            rows += probe_rows_
+            if on_rows is not None:
+                on_rows(name, to_frame(probe_rows_))
+    fitted = {n: fitted[n] for n in run}
     frame = to_frame(rows)
     return (frame, fitted) if return_probes else frame
 
@@ -826,5 +928,6 @@ __all__ = [
     "log_probs_batch",
     "make_probe",
     "predict_batch",
+    "require_labelled",
     "store_images",
 ]

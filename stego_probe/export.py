@@ -54,6 +54,55 @@ def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Pa
     return _check_empty_dir(path, what)
 
 
+def check_writable(path: str | os.PathLike, what: str = "output file") -> Path:
+    """Fail at once, naming the path, unless the file ``path`` can be created or replaced.
+
+    Meant to run before any long computation. Missing parent folders are created (as the
+    write itself would); then a probe file is created and removed in the folder (``os.access``
+    is not trusted: it says yes to root and on read-only mounts), and an existing ``path``
+    must be a file that opens for appending (its contents are untouched).
+
+    Args:
+        path: the file to be written (e.g. a results CSV, replaced atomically through a
+            temporary file in the same folder).
+        what: how the message names it (e.g. ``"--out"``).
+
+    Returns:
+        ``Path(path)``.
+
+    Raises:
+        OSError (``PermissionError``, ``NotADirectoryError``, ``IsADirectoryError`` ...): the
+            message names ``what``, the path and the reason, in one line.
+    """
+    import tempfile
+
+    path = Path(path)
+    folder = path.parent
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path}: is a directory; expected a file path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise type(e)(
+            f"{what} {path}: cannot create its folder {folder}: {e.strerror or e}"
+        ) from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise type(e)(
+            f"{what} {path}: cannot write into folder {folder}: {e.strerror or e}"
+        ) from None
+    if path.exists():
+        try:
+            with open(path, "ab"):
+                pass
+        except OSError as e:
+            raise type(e)(f"{what} {path}: cannot be written: {e.strerror or e}") from None
+    return path
+
+
 # ---------------------------------------------------------------------------------------------
 # probes
 # ---------------------------------------------------------------------------------------------
@@ -191,11 +240,14 @@ class PredictionWriter:
         self.class_names = None if class_names is None else [str(c) for c in class_names]
         self.files: dict[str, str] = {}  # image id -> relative path (shared by every probe)
         self._used: set[str] = set()
-        self._finalized = False
+        # ids written per (probe, crf) key, in order: the probes may be written in several
+        # passes over the split (evaluate_stores scores k-means before the trained probes)
+        self._written: dict[tuple[str, bool], dict[str, None]] = {k: {} for k in self.n_outputs}
+        self._finalized: set[tuple[str, bool]] = set()
 
     def _relpath(self, image_id: str) -> str:
         if image_id in self.files:
-            raise ValueError(f"save_predictions: image id {image_id!r} occurs twice in the store")
+            return self.files[image_id]
         rel = base = _safe_relpath(image_id)
         i = 1
         while rel in self._used:  # two ids that sanitise to the same path
@@ -209,6 +261,16 @@ class PredictionWriter:
         ids (values outside ``[0, K')`` are written as 'no class'); ``ids`` the ``B`` image ids.
         """
         ids = [str(i) for i in ids]
+        for key in predictions:
+            if key not in self.n_outputs:
+                raise ValueError(f"predictions[{key}]: not one of {sorted(self.n_outputs)}")
+            if key in self._finalized:
+                raise RuntimeError(f"PredictionWriter.write: {key} is already finalized")
+            seen = set()
+            for i in ids:
+                if i in seen or i in self._written[key]:
+                    raise ValueError(f"save_predictions: image id {i!r} occurs twice in the store")
+                seen.add(i)
         rels = [self._relpath(i) for i in ids]
         for key, pred in predictions.items():
             pred = np.asarray(pred)
@@ -222,11 +284,15 @@ class PredictionWriter:
             for rel, p in zip(rels, pred):
                 q = np.where((p >= 0) & (p < self.n_outputs[key]), p, none).astype(dtype)
                 _write_png(folder / f"{rel}.png", q)
+            self._written[key].update(dict.fromkeys(ids))
 
     def finalize(
         self, scores: Mapping[tuple[str, bool], Mapping], info: Mapping | None = None
     ) -> None:
         """Map every saved prediction from cluster ids to class ids and write ``mapping.json``.
+
+        Called once per (probe, crf) key, for all keys at once or in several calls (each key's
+        predictions must all be written before its call).
 
         Args:
             scores: ``{(probe, crf): stego_probe.metrics.scores(...) dict}`` (their
@@ -234,11 +300,13 @@ class PredictionWriter:
                 files as they are.
             info: extra JSON-serialisable entries (seed, mode, stores ...).
         """
-        if self._finalized:
-            raise RuntimeError("PredictionWriter.finalize: already called")
+        again = sorted(k for k in scores if k in self._finalized)
+        if again:
+            raise RuntimeError(f"PredictionWriter.finalize: already called for {again}")
         for key, s in scores.items():
             if key not in self.n_outputs:
                 continue
+            files = {i: self.files[i] for i in self._written[key]}
             k_out = self.n_outputs[key]
             c2c = np.asarray(s["cluster_to_class"], dtype=np.int64)
             src_dtype, dst_dtype = _dtype(k_out), _dtype(self.n_classes)
@@ -254,7 +322,7 @@ class PredictionWriter:
             )
             folder = self.out_dir / folder_name(*key)
             if not identity:
-                for rel in self.files.values():
+                for rel in files.values():
                     path = folder / f"{rel}.png"
                     _write_png(path, lut[_read_png(path)])
             probe, crf = key
@@ -271,11 +339,11 @@ class PredictionWriter:
                 "accuracy": float(s["accuracy"]),
                 "miou": float(s["miou"]),
                 **dict(info or {}),
-                "files": {i: f"{rel}.png" for i, rel in self.files.items()},
+                "files": {i: f"{rel}.png" for i, rel in files.items()},
             }
             folder.mkdir(parents=True, exist_ok=True)
             (folder / MAPPING_FILE).write_text(json.dumps(mapping, indent=2, default=str))
-        self._finalized = True
+            self._finalized.add(key)
 
 
 def iter_predictions(folder: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
@@ -352,6 +420,7 @@ def score_predictions(folder: str | os.PathLike, store) -> dict:
 __all__ = [
     "PredictionWriter",
     "check_output_dir",
+    "check_writable",
     "folder_name",
     "iter_predictions",
     "load_probes",

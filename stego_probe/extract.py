@@ -6,9 +6,14 @@ The extraction is resumable and refuses to mix inputs:
   or a shard), batches never straddle blocks, and a block's progress marker is written only
   after all of its data, so a run killed at any point and started again rewrites exactly the
   unfinished blocks and ends with the same store content as an uninterrupted run;
-* reopening a store made from another dataset / split / backbone / weights / resolution / crop
-  raises ``ValueError`` listing the differences and leaves the store untouched;
-* a complete store is returned as is (``overwrite=True`` re-extracts).
+* reopening a store made from other inputs (dataset, its options, data root, file list,
+  split, limit, class names, backbone, weights, resolution, crop, transform ...) raises
+  ``ValueError`` listing every difference and leaves the store untouched;
+* an incomplete store with no block written yet is recreated from the new inputs, so its
+  provenance always describes the data that is in it;
+* a complete store is returned as is (``overwrite=True`` re-extracts);
+* non-finite backbone output is refused before its block is written;
+* a local store is locked (``.<name>.lock`` next to it) while it is written.
 
 Writing happens in a background thread, overlapping with the next blocks' forward passes.
 """
@@ -18,15 +23,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from stego_probe.data.base import Sample, SegDataset
 from stego_probe.labels import IGNORE, canonicalize
-from stego_probe.provenance import check_compatible, package_info
+from stego_probe.lock import FolderLockedError
+from stego_probe.provenance import check_compatible, differing_keys, package_info
 from stego_probe.store import FORMAT_VERSION, FeatureStore, _normalize_path, to_jsonable
 from stego_probe.threads import uses_threads
 
@@ -56,7 +63,41 @@ COMPAT_KEYS = (
     "grid",
     "dim",
     "label_shape",
+    "class_names",
+    "data_root",
+    "files_sha256",
 )
+#: Besides :data:`COMPAT_KEYS`, every entry of ``dataset_args`` and of ``dataset_info`` is
+#: compared (as ``dataset_args.<key>`` / ``dataset_info.<key>``), except the ``dataset_info``
+#: entries that repeat a compared top-level key.
+_INFO_REPEATS = ("dataset", "split", "n_classes", "n_images", "root", "args", "files_sha256")
+
+#: Provenance key -> the ``stego-probe extract`` option that sets it (for error messages).
+CLI_OPTIONS = {
+    "dataset": "--dataset",
+    "split": "--split",
+    "n_source_images": "--limit / --dataset-arg",
+    "n_images": "--limit / --crop / --dataset-arg",
+    "limit": "--limit",
+    "data_root": "--data-root",
+    "class_names": "--dataset-arg class_names=",
+    "n_classes": "--dataset-arg n_classes=",
+    "files_sha256": "--data-root / --dataset-arg (the files of the split)",
+    "backbone": "--backbone",
+    "weights_sha256": "--weights / --backbone-kwargs",
+    "patch_size": "--backbone / --backbone-kwargs",
+    "embed_dim": "--backbone / --backbone-kwargs",
+    "pos_interp": "--backbone-kwargs pos_interp=",
+    "flip_average": "--backbone-kwargs flip_average=",
+    "res": "--res",
+    "crop": "--crop",
+    "transform": "--res / --crop / --backbone",
+    "flipped": "--flipped",
+    "token_dtype": "--float32",
+    "grid": "--res",
+    "dim": "--backbone",
+    "label_shape": "--res",
+}
 
 
 class _Limited(SegDataset):
@@ -70,15 +111,22 @@ class _Limited(SegDataset):
             class_names=list(base.class_names),
             ids=list(base.ids[:limit]),
             info=dict(base.info),
+            args=dict(base.args),
+            root=base.root,
         )
         self.base = base
 
     def load(self, i: int) -> Sample:
         return self.base[i]
 
+    def file_list(self) -> list[str] | None:
+        files = self.base.file_list()
+        return None if files is None else list(files[: len(self)])
+
     @property
     def provenance(self) -> dict:
-        return {**self.base.provenance, "n_images": len(self)}
+        # the fingerprint of the images used, not of the whole split
+        return {**self.base.provenance, "n_images": len(self), "files_sha256": self.files_sha256}
 
 
 def _wrap_error(e: BaseException, sample_id: str, index: int, what: str) -> BaseException:
@@ -219,11 +267,29 @@ def store_provenance(
     transform_info: dict,
     token_dtype: str = "float16",
 ) -> dict:
-    """The provenance dict written into a store (JSON types; see ``docs/store.md``)."""
+    """The provenance dict written into a store (JSON types; see ``docs/store.md``).
+
+    A backbone whose provenance has no ``weights_sha256`` (no weight file) but that holds
+    weights (a non-empty ``state_dict``) gets the SHA-256 fingerprint of those weights
+    (:func:`~stego_probe.backbones.weights.state_dict_fingerprint`) as ``weights_sha256`` and
+    ``weights_fingerprint``, so stores of different random weights are never compatible.
+    """
     ds = dict(dataset.provenance)
     bb = dict(backbone.provenance)
     patch = int(bb.get("patch_size", backbone.patch_size))
     grid = [res // patch, res // patch]
+    weights_sha = bb.get("weights_sha256")
+    if weights_sha is None and isinstance(backbone, torch.nn.Module) and backbone.state_dict():
+        from stego_probe.backbones.weights import state_dict_fingerprint
+
+        weights_sha = bb.get("weights_fingerprint") or state_dict_fingerprint(backbone)
+        bb["weights_fingerprint"] = weights_sha
+    args = ds.get("args")
+    files_sha = ds.get("files_sha256")
+    if files_sha is None:  # a dataset that does not derive from SegDataset's provenance
+        from stego_probe.data.base import files_fingerprint
+
+        files_sha = files_fingerprint([str(i) for i in dataset.ids], None)
     prov = {
         "format_version": FORMAT_VERSION,
         "dataset": ds.get("dataset", dataset.name),
@@ -233,10 +299,13 @@ def store_provenance(
         "n_source_images": int(n_source_images),
         "n_images": int(n_source_images) * (5 if crop == "five" else 1),
         "limit": limit,
+        "dataset_args": dict(args) if isinstance(args, Mapping) else {},
+        "data_root": ds.get("root"),
+        "files_sha256": files_sha,
         "dataset_info": ds,
         "backbone": bb.get("backbone", backbone.name),
         "weights": bb.get("weights"),
-        "weights_sha256": bb.get("weights_sha256"),
+        "weights_sha256": weights_sha,
         "patch_size": patch,
         "embed_dim": int(bb.get("embed_dim", backbone.embed_dim)),
         "flip_average": bool(bb.get("flip_average", False)),
@@ -254,6 +323,94 @@ def store_provenance(
         "package": package_info(),
     }
     return json.loads(json.dumps(to_jsonable(prov)))
+
+
+def compat_view(prov: Mapping) -> dict:
+    """The entries of a store provenance that must agree for an extraction to resume:
+    :data:`COMPAT_KEYS`, ``dataset_args.<key>`` for every dataset option, and
+    ``dataset_info.<key>`` for the dataset's other provenance entries (label map, list files,
+    ignore values ...)."""
+    view = {k: prov.get(k) for k in COMPAT_KEYS}
+    args = prov.get("dataset_args") or {}
+    for k, v in args.items():
+        view[f"dataset_args.{k}"] = v
+    for k, v in (prov.get("dataset_info") or {}).items():
+        if k not in _INFO_REPEATS and k not in args:
+            view[f"dataset_info.{k}"] = v
+    return view
+
+
+def _cli_option(key: str) -> str:
+    if key.startswith("dataset_args."):
+        return f"--dataset-arg {key.split('.', 1)[1]}="
+    if key.startswith("dataset_info."):
+        return "--dataset / --dataset-arg / --data-root"
+    return CLI_OPTIONS.get(key, key)
+
+
+def check_store_compatible(existing: Mapping, new: Mapping, path: str) -> None:
+    """Raise ``ValueError`` unless a store with provenance ``existing`` can take an extraction
+    with provenance ``new``; the message lists every difference (:func:`compat_view`), the
+    ``stego-probe extract`` options behind them, and how to replace the store."""
+    old_view, new_view = compat_view(existing), compat_view(new)
+    keys = list(COMPAT_KEYS) + sorted((set(old_view) | set(new_view)) - set(COMPAT_KEYS))
+    diff = differing_keys(old_view, new_view, keys)
+    if not diff:
+        return
+    try:
+        check_compatible(old_view, new_view, diff, what=f"feature store {path}")
+    except ValueError as e:
+        options = list(dict.fromkeys(_cli_option(k) for k in diff))
+        old = ""
+        if not existing.get("files_sha256"):
+            old = (
+                " (this store was written by an older stego_probe, which did not record the "
+                "dataset options, data root and file list)"
+            )
+        raise ValueError(
+            f"{e}{old}. The options that differ: {', '.join(options)}. The existing store is "
+            "kept: write to another store path (--store), or pass overwrite=True "
+            "(`extract --overwrite`) to replace it"
+        ) from None
+
+
+@contextlib.contextmanager
+def _store_lock(path: str) -> Iterator[None]:
+    """Exclusive lock on a local store while it is written: ``fcntl.flock`` on the hidden file
+    ``.<store name>.lock`` next to it (released by the kernel when the process dies). URLs and
+    systems without ``fcntl`` are not locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        fcntl = None
+    if fcntl is None or "://" in path:
+        yield
+        return
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    lock = p.parent / f".{p.name}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise FolderLockedError(
+                f"feature store {path} is being written by another extraction ({holder}); wait "
+                "for it to finish, or write to another store path (--store)"
+            ) from None
+        import socket
+
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}".encode(), 0)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _remove_partial_files(path: str) -> None:
@@ -307,8 +464,11 @@ def extract(
         limit: use only the first ``limit`` images of ``dataset`` (recorded in provenance).
         token_dtype: ``"float16"`` (default) or ``"float32"`` (parity runs, PROTOCOL §2.7).
         chunk_images, shard_images: store layout for a new store (see
-            :meth:`FeatureStore.create`); an existing store keeps its own.
-        overwrite: delete an existing store at ``store_path`` and extract again.
+            :meth:`FeatureStore.create`); an existing store with written blocks keeps its own.
+        overwrite: delete an existing store at ``store_path`` and extract again. Without it,
+            an existing store is resumed (or returned, when complete) only if it was made from
+            the same inputs (:func:`check_store_compatible`); an incomplete one with no block
+            written yet is recreated from the new inputs.
         threads: CPU threads of the backbone forward (restored after): ``"auto"`` (all
             cores, or an enclosing :func:`stego_probe.threads.limit`'s explicit count),
             ``"all"``, an int or None (library defaults); see :mod:`stego_probe.threads`.
@@ -317,28 +477,38 @@ def extract(
         the complete store, opened read-only.
 
     Raises:
-        ValueError: bad arguments; an existing store made from different inputs (the message
-            lists every difference; the store is left untouched); a sample whose label does not
-            match its image or an unreadable image (the message names the sample id and index;
-            blocks written before stay valid). Other per-sample failures are re-raised as
-            ``FileNotFoundError`` / ``KeyError`` / ``RuntimeError`` naming the sample.
+        ValueError: bad arguments; an existing store with data made from different inputs
+            (the message lists every difference; the store is left untouched); a sample whose
+            label does not match its image, an unreadable image, or non-finite backbone output
+            (NaN / inf, or beyond the float16 range) for a sample (the message names the sample
+            id and index; that block is not written, blocks written before stay valid). Other
+            per-sample failures are re-raised as ``FileNotFoundError`` / ``KeyError`` /
+            ``RuntimeError`` naming the sample.
+        FolderLockedError: another process is writing the (local) store.
     """
     if crop not in CROPS:
         raise ValueError(f"crop: expected one of {list(CROPS)}, got {crop!r}")
     if crop == "five" and getattr(dataset, "name", "") == "potsdam3":
         # The reference silently ignores crops for Potsdam (quirk Q24); we refuse them.
-        raise ValueError("crop: potsdam3 is used without cropping (PROTOCOL §2.3); use 'center'")
+        raise ValueError(
+            "crop (--crop): potsdam3 is used without cropping (PROTOCOL §2.3); use 'center'"
+        )
     for name, v in (("res", res), ("batch_size", batch_size)):
         if not isinstance(v, int | np.integer) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"{name}: expected a positive int, got {v!r}")
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{name} ({flag}): expected a positive int, got {v!r}")
     if not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers: expected a non-negative int, got {num_workers!r}")
+        raise ValueError(
+            f"num_workers (--num-workers): expected a non-negative int, got {num_workers!r}"
+        )
     patch = int(backbone.patch_size)
     if res % patch:
-        raise ValueError(f"res: {res} is not divisible by the backbone's patch size {patch}")
+        raise ValueError(
+            f"res (--res): {res} is not divisible by the backbone's patch size {patch}"
+        )
     if limit is not None:
-        if not isinstance(limit, int) or limit <= 0:
-            raise ValueError(f"limit: expected a positive int, got {limit!r}")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+            raise ValueError(f"limit (--limit): expected a positive int, got {limit!r}")
         if limit < len(dataset):
             dataset = _Limited(dataset, limit)
         else:
@@ -349,7 +519,7 @@ def extract(
 
     dev = resolve_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} requested but CUDA is not available")
+        raise ValueError(f"device (--device): {device!r} requested but CUDA is not available")
     path = _normalize_path(store_path)
 
     from stego_probe.data.transforms import stego_transform
@@ -376,53 +546,109 @@ def extract(
     grid = tuple(prov["grid"])
     dim = prov["dim"]
 
-    store = None
-    if FeatureStore.exists(path) and not overwrite:
-        existing = FeatureStore.open(path, mode="r", allow_incomplete=True)
-        try:
-            check_compatible(existing.provenance, prov, COMPAT_KEYS, what=f"feature store {path}")
-        except ValueError as e:
-            raise ValueError(
-                f"{e}. The existing store is kept: write to another store path, or pass "
-                "overwrite=True (`extract --overwrite`) to replace it"
-            ) from e
-        if existing.complete:
-            return existing
-        _remove_partial_files(path)
-        store = FeatureStore.open(path, mode="r+")
-    if store is None:
-        store = FeatureStore.create(
-            path,
-            n_images=n_images,
-            grid=grid,
-            dim=dim,
-            label_shape=(int(res), int(res)),
-            provenance=prov,
-            chunk_images=chunk_images,
-            shard_images=shard_images,
-            flipped=flipped,
-            token_dtype=token_dtype,
-            overwrite=overwrite,
-        )
+    with _store_lock(path):
+        store = None
+        if FeatureStore.exists(path) and not overwrite:
+            existing = FeatureStore.open(path, mode="r", allow_incomplete=True)
+            if existing.complete or existing.done_blocks().any():
+                check_store_compatible(existing.provenance, prov, path)
+                if existing.complete:
+                    return existing
+                _remove_partial_files(path)
+                store = FeatureStore.open(path, mode="r+")
+            else:
+                # No block holds data yet (the first run failed early): start again from
+                # these inputs, so that the provenance describes what will be written.
+                overwrite = True
+        if store is None:
+            store = FeatureStore.create(
+                path,
+                n_images=n_images,
+                grid=grid,
+                dim=dim,
+                label_shape=(int(res), int(res)),
+                provenance=prov,
+                chunk_images=chunk_images,
+                shard_images=shard_images,
+                flipped=flipped,
+                token_dtype=token_dtype,
+                overwrite=overwrite,
+            )
 
-    pending = [int(b) for b in np.flatnonzero(~store.done_blocks())]
-    if pending:
-        _run(
-            store,
-            dataset,
-            backbone,
-            transform,
-            pending,
-            crop,
-            int(res),
-            batch_size,
-            dev,
-            flipped,
-            num_workers,
-            progress,
+        pending = [int(b) for b in np.flatnonzero(~store.done_blocks())]
+        if pending:
+            _run(
+                store,
+                dataset,
+                backbone,
+                transform,
+                pending,
+                crop,
+                int(res),
+                batch_size,
+                dev,
+                flipped,
+                num_workers,
+                progress,
+            )
+        store.mark_complete()
+        return FeatureStore.open(path, mode="r")
+
+
+#: dtype -> (unsigned view, exponent mask): a value is NaN / inf exactly when all its exponent
+#: bits are set (an integer test, cheaper than ``np.isfinite`` on float16).
+_EXPONENT = {"float16": (np.uint16, 0x7C00), "float32": (np.uint32, 0x7F800000)}
+
+
+def _checked(
+    tok: torch.Tensor, feats: torch.Tensor, ids: list[str], js: list[int], backbone: str, what: str
+) -> np.ndarray:
+    """``tok`` (B, h, w, C) in the token dtype as a numpy array, after :func:`_check_finite`
+    (on the device for CUDA tensors, else with an integer test of the exponent bits)."""
+    token_dtype = str(tok.dtype).removeprefix("torch.")
+    if tok.is_cuda:
+        if not bool(torch.isfinite(tok).all()):
+            _check_finite(tok.cpu().numpy(), feats, ids, js, backbone, token_dtype, what)
+        return tok.cpu().numpy()
+    arr = tok.cpu().numpy()
+    _check_finite(arr, feats, ids, js, backbone, token_dtype, what)
+    return arr
+
+
+def _check_finite(
+    tok: np.ndarray,
+    feats: torch.Tensor,
+    ids: list[str],
+    js: list[int],
+    backbone: str,
+    token_dtype: str,
+    what: str,
+) -> None:
+    """``ValueError`` naming the first sample of the batch whose tokens as stored (``tok``,
+    (B, h, w, C) in ``token_dtype``) are not all finite: NaN / inf in the backbone output
+    ``feats`` (B, C, h, w), or finite values beyond the float16 range."""
+    view, mask = _EXPONENT[token_dtype]
+    bad_bits = (tok.view(view) & mask) == mask
+    if not bad_bits.any():
+        return
+    k = int(np.flatnonzero(bad_bits.reshape(len(tok), -1).any(axis=1))[0])
+    bad = ~torch.isfinite(feats[k])
+    if bool(bad.any()):
+        n_nan = int(torch.isnan(feats[k]).sum())
+        reason = (
+            f"the backbone output has {n_nan} NaN and {int(bad.sum()) - n_nan} infinite values "
+            "(check the weights and the input normalisation)"
         )
-    store.mark_complete()
-    return FeatureStore.open(path, mode="r")
+    else:
+        top = float(feats[k].abs().max())
+        reason = (
+            f"feature values up to {top:.4g} overflow {token_dtype} (max 65504); store "
+            "float32 tokens (token_dtype='float32', `extract --float32`)"
+        )
+    raise ValueError(
+        f"backbone {backbone}: non-finite {what} for sample {ids[k]!r} (index {js[k]}): "
+        f"{reason}. Its block was not written; blocks written before stay valid"
+    )
 
 
 def _run(
@@ -486,14 +712,12 @@ def _run(
                     f"{tuple(x.shape)}, got {tuple(feats.shape)}"
                 )
             lo, hi = js[0] - start, js[-1] - start + 1
-            buf["tok"][lo:hi] = (
-                feats.permute(0, 2, 3, 1).to(getattr(torch, token_dtype)).cpu().numpy()
-            )
+            tok = feats.permute(0, 2, 3, 1).to(getattr(torch, token_dtype))
+            buf["tok"][lo:hi] = _checked(tok, feats, ids, js, backbone.name, "tokens")
             if flipped:
                 ff = backbone(x.flip(-1)).flip(-1)
-                buf["tokf"][lo:hi] = (
-                    ff.permute(0, 2, 3, 1).to(getattr(torch, token_dtype)).cpu().numpy()
-                )
+                tokf = ff.permute(0, 2, 3, 1).to(getattr(torch, token_dtype))
+                buf["tokf"][lo:hi] = _checked(tokf, ff, ids, js, backbone.name, "flipped tokens")
             buf["lab"][lo:hi] = labels.numpy()
             buf["ids"][lo:hi] = ids
             buf["filled"] += hi - lo

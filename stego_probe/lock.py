@@ -162,7 +162,7 @@ def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[dict]:
         record = {
             "pid": os.getpid(),
             "host": host,
-            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
             "what": what,
         }

@@ -37,6 +37,17 @@ def package_info() -> dict:
     return {"stego_probe_version": __version__, "git_sha": git_sha()}
 
 
+def differing_keys(expected: Mapping, actual: Mapping, keys: Iterable[str]) -> list[str]:
+    """The keys of ``keys`` (in order) whose values differ between the two mappings (a missing
+    key counts as None).
+
+    Examples:
+        >>> differing_keys({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 4}, ["a", "b", "c"])
+        ['b', 'c']
+    """
+    return [k for k in keys if expected.get(k) != actual.get(k)]
+
+
 def check_compatible(
     expected: Mapping, actual: Mapping, keys: Iterable[str], what: str = "inputs"
 ) -> None:
@@ -50,8 +61,7 @@ def check_compatible(
     """
     diffs = [
         f"{k}: {expected.get(k)!r} != {actual.get(k)!r}"
-        for k in keys
-        if expected.get(k) != actual.get(k)
+        for k in differing_keys(expected, actual, keys)
     ]
     if diffs:
         raise ValueError(f"refusing to mix incompatible {what}: " + "; ".join(diffs))

@@ -13,10 +13,12 @@ written before these columns existed are read with them empty (NaN).
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 #: Stable column names of every results table (documented in docs/results.md).
@@ -39,6 +41,14 @@ RESULT_COLUMNS = [
     "kmeans_nredo",  # k-means restarts (the best final objective is kept)
     "kmeans_n_iter",  # k-means: iterations the chosen restart actually ran
     "stego_probe_version",
+]
+
+#: Columns that identify one measured number (every column except the value, the k-means
+#: protocol and the package version): two rows agreeing on all of them measure the same thing.
+IDENTITY_COLUMNS = [
+    c
+    for c in RESULT_COLUMNS
+    if c not in ("value", "stego_probe_version") and not c.startswith("kmeans_")
 ]
 
 #: The k-means protocol columns (numeric; empty for rows that involve no k-means fit). They were
@@ -94,16 +104,56 @@ def to_frame(rows: Iterable[Mapping]) -> pd.DataFrame:
     return df
 
 
-def append_csv(rows: Iterable[Mapping], path: str | os.PathLike) -> pd.DataFrame:
+def _key_strings(df: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
+    """One string per row joining ``columns``, normalised so that a value compares equal
+    before and after a CSV round trip (empty / NaN -> "", 3.0 -> "3", booleans as text)."""
+
+    def norm(v) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        if isinstance(v, bool | np.bool_):
+            return str(bool(v))
+        if isinstance(v, float | np.floating) and float(v).is_integer():
+            return str(int(v))
+        if isinstance(v, np.integer):
+            return str(int(v))
+        text = str(v)
+        return "" if text.lower() == "nan" else text
+
+    parts = [df[c].map(norm) if c in df.columns else pd.Series("", index=df.index) for c in columns]
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + "\x1f" + p
+    return out
+
+
+def append_csv(
+    rows: Iterable[Mapping], path: str | os.PathLike, unique: Sequence[str] | None = None
+) -> pd.DataFrame:
     """Append rows to a results CSV atomically (write a temp file, then rename).
 
     An existing file is never truncated or left half-written: the new table is the old rows
     followed by the new ones.
+
+    Args:
+        rows: the new rows (dicts with :data:`RESULT_COLUMNS` keys).
+        path: the CSV file (created with its parents if missing).
+        unique: columns identifying a row (e.g. :data:`IDENTITY_COLUMNS`): a new row whose
+            values in them equal an existing row's is dropped, so appending the same rows twice
+            leaves one copy (the first one written is kept). None appends every row.
+
+    Returns:
+        the whole table after the append.
     """
     path = Path(path)
     new = to_frame(rows)
     if path.exists():
         old = read_results(path)
+        if unique:
+            seen = set(_key_strings(old, unique))
+            new = new[~_key_strings(new, unique).isin(seen)]
+            if new.empty:
+                return old
         new = pd.concat([old, new], ignore_index=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

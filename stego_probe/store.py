@@ -10,13 +10,20 @@ v3 group, on a local path or any fsspec URL such as ``s3://`` or ``memory://``):
                          images, flipped back (evaluation-mode flip average, PROTOCOL §4.4)
       labels/            int16 (N, H, W) (int32 when K > 32766), zstd; -1 = ignore
       ids/               variable-length UTF-8 strings (N,)
+      checksums/         int64 (n_blocks, n_arrays), one zarr chunk per block: CRC-32 of the
+                         decoded content of each array's slice of the block (-1 = none)
       written/           bool (n_blocks,), one zarr chunk per block: the progress markers
       _SUCCESS           written last, only when every block is written
 
 A *block* is the unit of writing: one chunk, or one shard when ``shard_images`` is set. The
-extractor writes a block's ``tokens``, ``tokens_flipped``, ``labels`` and ``ids`` and only then
-sets ``written[block]``; a restarted extraction rewrites exactly the blocks whose marker is not
-set. Readers refuse an incomplete store unless asked (``allow_incomplete=True``).
+extractor writes a block's ``tokens``, ``tokens_flipped``, ``labels`` and ``ids``, then its
+``checksums`` row, and only then sets ``written[block]``; a restarted extraction rewrites exactly
+the blocks whose marker is not set. Readers refuse an incomplete store unless asked
+(``allow_incomplete=True``), check the ``layout`` attributes against the arrays on open, and
+verify each block's checksums the first time a handle reads it: damage raises
+:class:`StoreCorruptError` naming the store, array and image range (``stego-probe verify STORE
+--repair`` re-extracts the damaged blocks; see :mod:`stego_probe.verify`). Stores of format
+version 1 (no checksums) open read-only with a warning that they cannot be verified.
 
 See ``docs/store.md`` for the guarantees and a worked example.
 """
@@ -26,6 +33,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
+import warnings
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -34,14 +44,84 @@ import numpy as np
 from stego_probe.labels import IGNORE
 
 FORMAT = "stego_probe.feature_store"
-FORMAT_VERSION = 1
+#: Format written by this version: 2 adds the ``checksums`` array (version 1 stores still open,
+#: read-only and unverifiable).
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 SUCCESS_MARKER = "_SUCCESS"
+CHECKSUM_ALGORITHM = "crc32"
 
 _TOKENS = "tokens"
 _FLIPPED = "tokens_flipped"
 _LABELS = "labels"
 _IDS = "ids"
 _WRITTEN = "written"
+_CHECKSUMS = "checksums"
+_NO_CHECKSUM = -1
+
+# paths of format-1 stores already warned about (one warning per process and store)
+_WARNED_UNVERIFIABLE: set[str] = set()
+
+
+class StoreCorruptError(ValueError):
+    """A feature store's content or metadata is damaged (checksum mismatch, missing or
+    undecodable chunk, layout attributes that disagree with the arrays, unreadable
+    ``zarr.json``).
+
+    Attributes:
+        path: the store.
+        array: the damaged array (``None`` for store-level damage).
+        block: the damaged block (``None`` for store-level damage).
+        images: ``(start, stop)`` image range of the block (``None`` for store-level damage).
+        reason: what is wrong, without the location.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        reason: str,
+        array: str | None = None,
+        block: int | None = None,
+        images: tuple[int, int] | None = None,
+    ) -> None:
+        self.path = path
+        self.array = array
+        self.block = block
+        self.images = images
+        self.reason = reason
+        if block is None:
+            msg = f"{path}: damaged feature store: {reason}"
+        else:
+            where = f"{array} images {images[0]}..{images[1] - 1} (block {block})"
+            msg = (
+                f"{path}: damaged feature store: {where}: {reason}; run `stego-probe verify "
+                f"{path} --repair` to re-extract the damaged blocks"
+            )
+        super().__init__(msg)
+
+
+def block_checksum(a: np.ndarray) -> int:
+    """CRC-32 of an array's decoded content, as stored in the ``checksums`` array.
+
+    Numeric arrays: the CRC of their little-endian C-order bytes (so the dtype the store holds:
+    float16 / float32 tokens, int16 / int32 labels). String arrays (ids): the CRC of the UTF-8
+    JSON list of the strings.
+
+    Examples:
+        >>> block_checksum(np.zeros(4, np.int16)) == block_checksum(np.zeros(4, np.int16))
+        True
+        >>> block_checksum(np.asarray(["a", "b"], dtype=object)) != block_checksum(
+        ...     np.asarray(["ab", ""], dtype=object))
+        True
+    """
+    a = np.asarray(a)
+    if a.dtype.kind in "OUST":
+        payload = json.dumps([str(x) for x in a.tolist()], ensure_ascii=False).encode("utf-8")
+        return zlib.crc32(payload)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+
 
 Index = int | slice | Sequence[int] | np.ndarray
 
@@ -156,6 +236,47 @@ def _to_float32(a: np.ndarray) -> np.ndarray:
     return out
 
 
+def _meta_file(path: str, name: str) -> str:
+    return f"{path}/{name}/zarr.json" if name else f"{path}/zarr.json"
+
+
+_META_KEYS = {
+    "group": ("zarr_format", "node_type", "attributes"),
+    "array": ("zarr_format", "node_type", "shape", "data_type", "chunk_grid", "codecs"),
+}
+
+
+def _read_meta(fs, root: str, path: str, name: str, kind: str) -> dict:
+    """The parsed ``zarr.json`` of the group (``name=""``) or of array ``name``; a
+    :class:`StoreCorruptError` naming the file and what was expected when it is not a zarr v3
+    ``kind`` ("group" / "array") document."""
+    file = _meta_file(path, name)
+    key = f"{root}/{name}/zarr.json" if name else f"{root}/zarr.json"
+    expected = (
+        "the zarr v3 group metadata of a feature store (keys zarr_format, node_type, attributes)"
+        if kind == "group"
+        else f"zarr v3 array metadata (keys {', '.join(_META_KEYS['array'])})"
+    )
+    try:
+        raw = fs.cat_file(key)
+    except FileNotFoundError:
+        raise StoreCorruptError(path, f"{file} is missing; expected {expected}") from None
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        why = "is empty" if not raw.strip() else f"is not valid JSON ({e})"
+        raise StoreCorruptError(path, f"{file} {why}; expected {expected}") from None
+    missing = [k for k in _META_KEYS[kind] if not isinstance(doc, dict) or k not in doc]
+    if missing or doc.get("zarr_format") != 3 or doc.get("node_type") != kind:
+        got = (
+            f"missing {', '.join(missing)}"
+            if missing
+            else (f"zarr_format={doc.get('zarr_format')!r}, node_type={doc.get('node_type')!r}")
+        )
+        raise StoreCorruptError(path, f"{file} is incomplete or wrong ({got}); expected {expected}")
+    return doc
+
+
 class FeatureStore:
     """Patch tokens, labels and ids of one dataset split, stored as a zarr v3 group.
 
@@ -190,23 +311,79 @@ class FeatureStore:
                 f"{attrs.get('format')!r}, expected {FORMAT!r})"
             )
         version = attrs.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_FORMAT_VERSIONS:
             raise ValueError(
                 f"{path}: feature store format version {version!r} is not supported by this "
-                f"stego_probe (expected {FORMAT_VERSION}); re-extract the store"
+                f"stego_probe (expected one of {list(READABLE_FORMAT_VERSIONS)}); re-extract "
+                f"the store"
             )
         self._attrs = attrs
-        layout = attrs["layout"]
-        self._n_images = int(layout["n_images"])
-        self._grid = (int(layout["grid"][0]), int(layout["grid"][1]))
-        self._dim = int(layout["dim"])
-        self._label_shape = (int(layout["label_shape"][0]), int(layout["label_shape"][1]))
-        self._chunk_images = int(layout["chunk_images"])
-        self._shard_images = layout.get("shard_images")
+        self._version = int(version)
+        layout = attrs.get("layout")
+        if not isinstance(layout, Mapping):
+            raise StoreCorruptError(
+                path, f"zarr.json attribute 'layout': expected an object, got {layout!r}"
+            )
+
+        def get(key, conv, *, default=None, required=True):
+            if key not in layout:
+                if required:
+                    raise StoreCorruptError(path, f"layout attribute {key!r} is missing")
+                return default
+            try:
+                return conv(layout[key])
+            except (TypeError, ValueError, IndexError) as e:
+                raise StoreCorruptError(
+                    path, f"layout attribute {key}={layout[key]!r} is malformed ({e})"
+                ) from None
+
+        def pos_int(v):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError("expected a positive int")
+            return int(v)
+
+        def pair(v):
+            if not isinstance(v, list | tuple) or len(v) != 2:
+                raise ValueError("expected [int, int]")
+            return (pos_int(v[0]), pos_int(v[1]))
+
+        self._n_images = get("n_images", pos_int)
+        self._grid = get("grid", pair)
+        self._dim = get("dim", pos_int)
+        self._label_shape = get("label_shape", pair)
+        self._chunk_images = get("chunk_images", pos_int)
+        self._shard_images = get(
+            "shard_images", lambda v: None if v is None else pos_int(v), required=False
+        )
         self._has_flipped = bool(layout.get("flipped", False))
         self._compress_tokens = bool(layout.get("compress_tokens", False))
+        self._checksummed = self._version >= 2
+        self._checksum_names: list[str] = []
+        if self._checksummed:
+            cs = layout.get("checksums")
+            names = cs.get("arrays") if isinstance(cs, Mapping) else None
+            if (
+                not isinstance(cs, Mapping)
+                or cs.get("algorithm") != CHECKSUM_ALGORITHM
+                or not isinstance(names, list)
+                or sorted(names) != sorted(self._data_names())
+            ):
+                raise StoreCorruptError(
+                    path,
+                    f"layout attribute checksums={cs!r} is malformed (expected "
+                    f"{{'algorithm': {CHECKSUM_ALGORITHM!r}, 'arrays': {self._data_names()}}})",
+                )
+            self._checksum_names = list(names)
         self._ids_cache: list[str] | None = None
         self._arrays: dict = {}
+        # Per-handle verification state: blocks whose checksum was checked, per array.
+        self._verified: dict[str, set[int]] = {}
+        self._verify_lock = threading.Lock()
+        self._done_cache: np.ndarray | None = None
+
+    def _data_names(self) -> list[str]:
+        """The arrays covered by checksums, in column order of a new store."""
+        return [_TOKENS] + ([_FLIPPED] if self._has_flipped else []) + [_LABELS, _IDS]
 
     # ------------------------------------------------------------------ creation / opening
     @staticmethod
@@ -287,9 +464,14 @@ class FeatureStore:
                 if not overwrite:
                     raise FileExistsError(
                         f"{path}: a store exists already; open it with FeatureStore.open or "
-                        f"pass overwrite=True"
+                        f"pass overwrite=True (`extract --overwrite`)"
                     )
-                attrs = json.loads(fs.cat_file(f"{root}/zarr.json")).get("attributes", {})
+                try:
+                    attrs = _read_meta(fs, root, path, "", "group").get("attributes", {})
+                except StoreCorruptError:
+                    # an unreadable root zarr.json: overwrite only what looks like our store
+                    ours = fs.exists(f"{root}/{_WRITTEN}/zarr.json")
+                    attrs = {"format": FORMAT} if ours else {}
                 if attrs.get("format") != FORMAT:
                     raise ValueError(
                         f"{path}: holds a zarr group that is not a stego_probe feature store; "
@@ -314,6 +496,10 @@ class FeatureStore:
             "compress_tokens": bool(compress_tokens),
             "token_dtype": token_dtype,
             "label_dtype": "int16" if n_classes is None or n_classes <= 32766 else "int32",
+            "checksums": {
+                "algorithm": CHECKSUM_ALGORITHM,
+                "arrays": [_TOKENS] + ([_FLIPPED] if flipped else []) + [_LABELS, _IDS],
+            },
         }
         attrs = {
             "format": FORMAT,
@@ -351,8 +537,32 @@ class FeatureStore:
         path = _normalize_path(path)
         if not cls.exists(path):
             raise FileNotFoundError(f"{path}: no feature store there (no zarr.json)")
-        group = zarr.open_group(path, mode=mode, zarr_format=3)
+        fs, root = _fs(path)
+        _read_meta(fs, root, path, "", "group")  # a one-line error for a damaged zarr.json
+        try:
+            group = zarr.open_group(path, mode=mode, zarr_format=3)
+        except Exception as e:  # noqa: BLE001 - re-raised naming the file
+            raise StoreCorruptError(
+                path, f"{_meta_file(path, '')}: zarr cannot open it ({type(e).__name__}: {e})"
+            ) from None
         store = cls(group, path, mode)
+        store._check_arrays()
+        if not store._checksummed:
+            if mode == "r+":
+                raise ValueError(
+                    f"{path}: feature store format version {store._version} (no checksums) "
+                    f"cannot be written by this stego_probe; re-extract it with `stego-probe "
+                    f"extract ... --overwrite`"
+                )
+            if path not in _WARNED_UNVERIFIABLE:
+                _WARNED_UNVERIFIABLE.add(path)
+                warnings.warn(
+                    f"{path}: feature store format version {store._version} has no checksums: "
+                    f"its content cannot be verified (a damaged chunk may read back as data); "
+                    f"re-extract it (`stego-probe extract ... --overwrite`) to add them",
+                    UserWarning,
+                    stacklevel=2,
+                )
         if mode == "r+":
             store._ensure_arrays()
         elif not allow_incomplete and not store.complete:
@@ -360,9 +570,98 @@ class FeatureStore:
             raise ValueError(
                 f"{path}: feature store is incomplete ({int(done.sum())}/{done.size} blocks "
                 f"written); rerun the same `stego-probe extract` command to finish it, or open "
-                f"with allow_incomplete=True"
+                f"with allow_incomplete=True (Python; `stego-probe info` shows it as it is)"
             )
         return store
+
+    def _check_arrays(self) -> None:
+        """Open every array and check it against the ``layout`` attributes (shape, chunks,
+        shards, dtype); a mismatch is a :class:`StoreCorruptError` naming the attribute, its
+        value and what the array holds. Arrays missing from an incomplete store are allowed
+        (a creation killed half-way; ``"r+"`` creates them)."""
+        fs, root = _fs(self.path)
+        n, (h, w), c, (H, W) = self._n_images, self._grid, self._dim, self._label_shape
+        ci, si, nb = self._chunk_images, self._shard_images, self.n_blocks
+        lay = self._attrs["layout"]
+        names = [_TOKENS, _LABELS, _IDS, _WRITTEN]
+        if self._has_flipped:
+            names.insert(1, _FLIPPED)
+        if self._checksummed:
+            names.append(_CHECKSUMS)
+        complete = bool(self._attrs.get("complete", False))
+        for name in names:
+            if not fs.exists(f"{root}/{name}/zarr.json"):
+                if complete:
+                    raise StoreCorruptError(
+                        self.path, f"array {name} is missing ({_meta_file(self.path, name)})"
+                    )
+                continue
+            _read_meta(fs, root, self.path, name, "array")
+            try:
+                arr = self._arrays[name] = self._group[name]
+            except Exception as e:  # noqa: BLE001 - re-raised naming the file
+                raise StoreCorruptError(
+                    self.path,
+                    f"{_meta_file(self.path, name)}: zarr cannot open it ({type(e).__name__}: "
+                    f"{e}); expected zarr v3 array metadata",
+                ) from None
+            shape, chunks, shards = tuple(arr.shape), tuple(arr.chunks), arr.shards
+
+            def bad(attr, value, holds, name=name, shape=shape):
+                raise StoreCorruptError(
+                    self.path,
+                    f"layout attribute {attr}={value!r} does not match array {name}: it holds "
+                    f"{holds} (shape {shape}); the zarr.json attributes were edited or the "
+                    f"array replaced",
+                )
+
+            if name in (_TOKENS, _FLIPPED):
+                if len(shape) != 4:
+                    bad("dim", c, f"a {len(shape)}-d array, expected (N, h, w, C)")
+                if shape[0] != n:
+                    bad("n_images", n, f"{shape[0]} images")
+                if shape[1:3] != (h, w):
+                    bad("grid", lay["grid"], f"a {shape[1]}x{shape[2]} token grid")
+                if shape[3] != c:
+                    bad("dim", c, f"tokens of width {shape[3]}")
+                if chunks[0] != ci:
+                    bad("chunk_images", ci, f"chunks of {chunks[0]} images")
+                if (None if shards is None else shards[0]) != si:
+                    got = "no shards" if shards is None else f"shards of {shards[0]} images"
+                    bad("shard_images", si, got)
+                tdt = lay.get("token_dtype", "float16")
+                if str(arr.dtype) != tdt:
+                    bad("token_dtype", tdt, f"{arr.dtype} tokens")
+            elif name == _LABELS:
+                if len(shape) != 3:
+                    bad("label_shape", lay["label_shape"], f"a {len(shape)}-d array")
+                if shape[0] != n:
+                    bad("n_images", n, f"{shape[0]} label maps")
+                if shape[1:] != (H, W):
+                    bad("label_shape", lay["label_shape"], f"{shape[1]}x{shape[2]} label maps")
+                if chunks[0] != ci:
+                    bad("chunk_images", ci, f"chunks of {chunks[0]} images")
+            elif name == _IDS:
+                if shape != (n,):
+                    bad("n_images", n, f"{shape[0] if shape else 0} ids")
+                if chunks != (self.block_images,):
+                    bad("chunk_images", ci, f"id chunks of {chunks[0]}")
+            elif name == _WRITTEN:
+                if shape != (nb,):
+                    bad(
+                        "n_images",
+                        n,
+                        f"{shape[0] if shape else 0} block markers; n_images / chunk_images / "
+                        f"shard_images give {nb} blocks",
+                    )
+            elif name == _CHECKSUMS:
+                k = len(self._checksum_names)
+                if shape != (nb, k) or chunks != (1, k):
+                    bad(
+                        "checksums",
+                        lay.get("checksums"),
+                        f"chunks {chunks}; expected shape ({nb}, {k}) with chunks (1, {k})",
+                    )
 
     def _ensure_arrays(self) -> None:
         """Create any array missing from the group (a creation killed half-way)."""
@@ -370,7 +669,9 @@ class FeatureStore:
 
         # membership tests, not listing: listing warns about the non-zarr _SUCCESS file
         existing = {
-            name for name in (_TOKENS, _FLIPPED, _LABELS, _IDS, _WRITTEN) if name in self._group
+            name
+            for name in (_TOKENS, _FLIPPED, _LABELS, _IDS, _WRITTEN, _CHECKSUMS)
+            if name in self._group
         }
         n, (h, w), c = self._n_images, self._grid, self._dim
         ci, si = self._chunk_images, self._shard_images
@@ -402,6 +703,16 @@ class FeatureStore:
                 chunks=(ci, *rest) if name != _IDS else (bi,),
                 shards=(si, *rest) if (si and name != _IDS) else None,
                 **spec,
+            )
+        if self._checksummed and _CHECKSUMS not in existing:
+            k = len(self._checksum_names)
+            self._group.create_array(
+                _CHECKSUMS,
+                shape=(self.n_blocks, k),
+                chunks=(1, k),
+                dtype="int64",
+                fill_value=_NO_CHECKSUM,
+                compressors=None,
             )
         if _WRITTEN not in existing:
             self._group.create_array(
@@ -486,7 +797,7 @@ class FeatureStore:
     def ids(self) -> list[str]:
         """The ``N`` sample ids in store order (``""`` for images not written yet)."""
         if self._ids_cache is None or self.mode == "r+":
-            ids = [str(s) for s in self._arr(_IDS)[:].tolist()]
+            ids = [str(s) for s in self._read_range(_IDS, 0, self._n_images).tolist()]
             if self.mode == "r":
                 self._ids_cache = ids
             return ids
@@ -556,8 +867,6 @@ class FeatureStore:
                 f"{self.path}: tokens_flipped must be given iff the store was created with "
                 f"flipped=True (it was created with flipped={self._has_flipped})"
             )
-        tdtype = self._arr(_TOKENS).dtype
-        self._arr(_TOKENS)[start:stop] = tokens.astype(tdtype, copy=False)
         if tokens_flipped is not None:
             tokens_flipped = np.asarray(tokens_flipped)
             if tokens_flipped.shape != exp_t:
@@ -565,12 +874,62 @@ class FeatureStore:
                     f"{self.path}: block {b} tokens_flipped: expected {exp_t}, got "
                     f"{tokens_flipped.shape}"
                 )
-            self._arr(_FLIPPED)[start:stop] = tokens_flipped.astype(tdtype, copy=False)
-        ldtype = self._arr(_LABELS).dtype
-        self._arr(_LABELS)[start:stop] = labels.astype(ldtype, copy=False)
-        self._arr(_IDS)[start:stop] = np.asarray([str(i) for i in ids], dtype=object)
-        # The marker goes last: a block is "written" only once all of its data is.
+        tdtype = self._arr(_TOKENS).dtype
+        data = {_TOKENS: tokens.astype(tdtype, copy=False)}
+        if tokens_flipped is not None:
+            data[_FLIPPED] = tokens_flipped.astype(tdtype, copy=False)
+        data[_LABELS] = labels.astype(self._arr(_LABELS).dtype, copy=False)
+        data[_IDS] = np.asarray([str(i) for i in ids], dtype=object)
+        for name, values in data.items():
+            self._arr(name)[start:stop] = values
+            self._forget(name, b)
+        # Then the checksums of exactly what was written, then the marker: a block is
+        # "written" only once all of its data and its checksums are.
+        if self._checksummed:
+            row = np.asarray([block_checksum(data[nm]) for nm in self._checksum_names], np.int64)
+            self._arr(_CHECKSUMS)[b] = row
         self._arr(_WRITTEN)[b] = True
+
+    def invalidate_blocks(self, blocks: Sequence[int]) -> None:
+        """Mark ``blocks`` not written (``"r+"`` only), so that the next extraction into this
+        store (``stego-probe extract`` with the store's inputs) recomputes exactly them.
+
+        The store is marked incomplete first (attribute and ``_SUCCESS``), then each block's
+        marker and checksums are cleared and its chunk (or shard) files deleted, so a damaged
+        file never survives into the re-extracted block.
+
+        Args:
+            blocks: block indices in ``[0, n_blocks)``.
+        """
+        if self.mode != "r+":
+            raise ValueError(f"{self.path}: store is opened read-only (mode={self.mode!r})")
+        blocks = sorted({int(b) for b in blocks})
+        for b in blocks:
+            self.block_range(b)  # IndexError for a bad block
+        if not blocks:
+            return
+        fs, root = _fs(self.path)
+        self._group.attrs["complete"] = False
+        self._attrs["complete"] = False
+        if fs.exists(f"{root}/{SUCCESS_MARKER}"):
+            fs.rm(f"{root}/{SUCCESS_MARKER}")
+        for b in blocks:
+            self._arr(_WRITTEN)[b] = False
+            if self._checksummed:
+                self._arr(_CHECKSUMS)[b] = _NO_CHECKSUM
+            for name in self._data_names():
+                self._forget(name, b)
+                key = self._block_key(name, b)
+                if fs.exists(key):
+                    fs.rm(key)
+        self._done_cache = None
+
+    def _block_key(self, name: str, b: int) -> str:
+        """fsspec path of the file (chunk or shard) holding block ``b`` of array ``name``."""
+        _, root = _fs(self.path)
+        arr = self._arr(name)
+        coords = (b,) + (0,) * (len(arr.shape) - 1)
+        return f"{root}/{name}/{arr.metadata.encode_chunk_key(coords)}"
 
     def mark_complete(self) -> None:
         """Mark the store complete (attribute + ``_SUCCESS`` file); all blocks must be written."""
@@ -587,6 +946,151 @@ class FeatureStore:
         self._attrs["complete"] = True
         fs, root = _fs(self.path)
         fs.pipe_file(f"{root}/{SUCCESS_MARKER}", b"")
+
+    # ------------------------------------------------------------------ verification
+    def _forget(self, name: str, b: int) -> None:
+        with self._verify_lock:
+            self._verified.get(name, set()).discard(b)
+
+    def _corrupt(self, name: str, b: int, reason: str) -> StoreCorruptError:
+        return StoreCorruptError(self.path, reason, array=name, block=b, images=self.block_range(b))
+
+    def _get(self, name: str, lo: int, hi: int) -> np.ndarray:
+        """``arr[lo:hi]`` of array ``name``; a chunk zarr cannot decode (truncated, garbled)
+        is a :class:`StoreCorruptError` naming the block that fails."""
+        arr = self._arr(name)
+        try:
+            return arr[lo:hi]
+        except Exception as e:  # noqa: BLE001 - re-raised naming store, array and images
+            first = e
+        bi = self.block_images
+        for b in range(lo // bi, (max(hi, lo + 1) - 1) // bi + 1):
+            s, t = self.block_range(b)
+            try:
+                arr[max(s, lo) : min(t, hi)]
+            except Exception as e:  # noqa: BLE001
+                raise self._corrupt(
+                    name, b, f"its chunk cannot be decoded ({type(e).__name__}: {e})"
+                ) from None
+        raise StoreCorruptError(
+            self.path, f"array {name} images {lo}..{hi - 1} cannot be read ({first})"
+        ) from first
+
+    def _done(self, strict: bool = False) -> np.ndarray:
+        """``done_blocks()``, read once per read-only handle. Reads of a complete store skip
+        the markers (every block must be written; the checksums cover the data) unless
+        ``strict`` (``verify`` checks the markers too)."""
+        if not strict and self.mode == "r" and self._attrs.get("complete"):
+            return np.ones(self.n_blocks, dtype=bool)
+        if self.mode == "r+" or self._done_cache is None:
+            done = self.done_blocks()
+            if self.mode == "r+":
+                return done
+            self._done_cache = done
+        return self._done_cache
+
+    def _check_block_data(
+        self, name: str, b: int, data: np.ndarray, strict: bool = False
+    ) -> str | None:
+        """Why block ``b`` of array ``name`` (its decoded content ``data``) is damaged, or
+        None when it matches its checksum (or is an unwritten block of an incomplete store,
+        which reads as fill values by design)."""
+        if not self._done(strict)[b]:
+            if self._attrs.get("complete"):
+                return "the store is marked complete but this block has no written marker"
+            return None
+        if not self._checksummed:
+            return None
+        row = np.asarray(self._arr(_CHECKSUMS)[b])
+        expected = int(row[self._checksum_names.index(name)])
+        if expected == _NO_CHECKSUM:
+            return "its checksum is missing (the checksums chunk was deleted or never written)"
+        got = block_checksum(data)
+        if got == expected:
+            return None
+        fs, _ = _fs(self.path)
+        why = f"checksum mismatch (stored {expected:08x}, content {got:08x})"
+        if not fs.exists(self._block_key(name, b)):
+            why += "; its chunk file is missing (it reads back as fill values)"
+        return why
+
+    def _verify(self, name: str, b: int, data: np.ndarray) -> None:
+        reason = self._check_block_data(name, b, data)
+        if reason is not None:
+            raise self._corrupt(name, b, reason)
+        with self._verify_lock:
+            self._verified.setdefault(name, set()).add(b)
+
+    def _unverified(self, name: str, b0: int, b1: int) -> list[int]:
+        if not self._checksummed:
+            return []
+        done = self._verified.get(name, set())
+        return [b for b in range(b0, b1 + 1) if b not in done]
+
+    def _read_range(self, name: str, lo: int, hi: int) -> np.ndarray:
+        """Images ``[lo, hi)`` of array ``name``, every block they touch verified (once per
+        handle). A block not verified yet is read whole (what zarr decodes anyway, for
+        unsharded stores), checksummed, and the requested part returned."""
+        if hi <= lo:
+            return self._get(name, lo, lo)
+        bi = self.block_images
+        todo = self._unverified(name, lo // bi, (hi - 1) // bi)
+        if not todo:
+            return self._get(name, lo, hi)
+        rlo = min(lo, todo[0] * bi)
+        rhi = max(hi, min(self._n_images, (todo[-1] + 1) * bi))
+        data = self._get(name, rlo, rhi)
+        for b in todo:
+            s, t = self.block_range(b)
+            self._verify(name, b, data[s - rlo : t - rlo])
+        return data[lo - rlo : hi - rlo]
+
+    def _verify_blocks(self, name: str, blocks: Iterator[int] | Sequence[int]) -> None:
+        """Verify ``blocks`` of array ``name`` (those not verified by this handle yet)."""
+        if not self._checksummed:
+            return
+        for b in sorted(set(int(x) for x in blocks)):
+            if b not in self._verified.get(name, set()):
+                s, t = self.block_range(b)
+                self._verify(name, b, self._get(name, s, t))
+
+    def check_block(self, b: int) -> list[tuple[str, str]]:
+        """Check block ``b`` of every array: decode, checksum, written marker.
+
+        Used by :func:`stego_probe.verify.verify_store`; does not raise for damage.
+
+        Returns:
+            ``[(array, reason), ...]`` for the damaged arrays of the block (empty when the block
+            is intact). Format-1 stores (no checksums) report decode errors, and chunk files
+            missing from written blocks (they read back as fill values).
+        """
+        s, t = self.block_range(b)
+        problems = []
+        fs, _ = _fs(self.path)
+        for name in self._data_names():
+            try:
+                data = self._get(name, s, t)
+            except StoreCorruptError as e:
+                problems.append((name, e.reason))
+                continue
+            reason = self._check_block_data(name, b, data, strict=True)
+            if reason is None and not self._checksummed and self._done(True)[b]:
+                if not fs.exists(self._block_key(name, b)):
+                    reason = (
+                        "its chunk file is missing (it reads back as fill values; without "
+                        "checksums an intact all-fill block cannot be told apart)"
+                    )
+            if reason is not None:
+                problems.append((name, reason))
+            else:
+                with self._verify_lock:
+                    self._verified.setdefault(name, set()).add(b)
+        return problems
+
+    @property
+    def checksummed(self) -> bool:
+        """Whether the store has per-block checksums (format version 2 and later)."""
+        return self._checksummed
 
     # ------------------------------------------------------------------ reading
     def _resolve(self, idx: Index) -> tuple[slice | None, np.ndarray | None]:
@@ -622,14 +1126,20 @@ class FeatureStore:
         arr = self._arr(name)
         sl, ind = self._resolve(idx)
         if sl is not None:
-            return arr[sl]
+            return self._read_range(name, sl.start, sl.stop)
         if ind.size == 0:
             return np.empty((0, *arr.shape[1:]), dtype=arr.dtype)
         uniq, inv = np.unique(ind, return_inverse=True)
         if uniq[-1] - uniq[0] + 1 == uniq.size:
-            data = arr[int(uniq[0]) : int(uniq[-1]) + 1]
+            data = self._read_range(name, int(uniq[0]), int(uniq[-1]) + 1)
         else:
-            data = arr.oindex[uniq]
+            self._verify_blocks(name, np.unique(uniq // self.block_images).tolist())
+            try:
+                data = arr.oindex[uniq]
+            except Exception:  # noqa: BLE001 - locate the undecodable block
+                for b in np.unique(uniq // self.block_images).tolist():
+                    self._get(name, *self.block_range(b))
+                raise
         return data[inv]
 
     def tokens(self, idx: Index, flipped: bool = False) -> np.ndarray:
@@ -676,8 +1186,8 @@ class FeatureStore:
 
         def read(r):
             # converted here, in the prefetch thread, overlapping with the consumer
-            t = _to_float32(self._arr(names[0])[r[0] : r[1]])
-            return [t] + [self._arr(nm)[r[0] : r[1]].astype(np.int64) for nm in names[1:]]
+            t = _to_float32(self._read_range(names[0], r[0], r[1]))
+            return [t] + [self._read_range(nm, r[0], r[1]).astype(np.int64) for nm in names[1:]]
 
         with ThreadPoolExecutor(max_workers=1) as pool:
             fut = pool.submit(read, ranges[0])
@@ -805,15 +1315,14 @@ class FeatureStore:
         chunk = img // ci
         order = np.argsort(chunk, kind="stable")
         bounds = np.flatnonzero(np.diff(chunk[order])) + 1
-        toks = self._arr(_TOKENS)
         for pos in np.split(order, bounds):
             if pos.size == 0:
                 continue
             lo, hi = int(img[pos].min()), int(img[pos].max()) + 1
-            t = np.asarray(toks[lo:hi]).reshape(hi - lo, hw, self._dim)
+            t = np.asarray(self._read_range(_TOKENS, lo, hi)).reshape(hi - lo, hw, self._dim)
             out[pos] = t[img[pos] - lo, cell[pos]]
             if lab_out is not None:
-                tl = pool_labels(self._arr(_LABELS)[lo:hi], self._grid, self.n_classes)
+                tl = pool_labels(self._read_range(_LABELS, lo, hi), self._grid, self.n_classes)
                 lab_out[pos] = tl.reshape(hi - lo, hw)[img[pos] - lo, cell[pos]]
         if with_labels:
             return out, lab_out

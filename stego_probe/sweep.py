@@ -20,6 +20,7 @@ Points can run in a local loop (default) or as Ray tasks (``executor="ray"``, op
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import json
 import os
@@ -36,7 +37,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from stego_probe.results import RESULT_COLUMNS, append_csv, make_rows, read_results
+from stego_probe.results import (
+    IDENTITY_COLUMNS,
+    RESULT_COLUMNS,
+    append_csv,
+    make_rows,
+    read_results,
+)
 from stego_probe.threads import limit, store_workload, uses_threads
 
 #: Methods whose projection has a width parameter (``dino`` is the identity at full width).
@@ -100,10 +107,50 @@ class SweepConfig:
     device: str = "auto"
     trust_pickle: bool = False
 
+    def __post_init__(self) -> None:
+        for key in ("train", "val"):
+            spec = getattr(self, key)
+            if isinstance(spec, dict):
+                unknown = set(spec) - set(StoreSpec.__dataclass_fields__)
+                if unknown:
+                    raise ValueError(
+                        f"sweep {key}: unknown keys {sorted(unknown)}; expected "
+                        f"{sorted(StoreSpec.__dataclass_fields__)}"
+                    )
+                setattr(self, key, StoreSpec(**spec))
+        self.validate()
+
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> SweepConfig:
+        """A validated config from :meth:`to_dict` output (e.g. a sweep's ``config.json``)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"sweep config: expected a mapping, got {type(data).__name__}")
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"sweep config: unknown keys {sorted(unknown)}")
+        return cls(**copy.deepcopy(data))
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> SweepConfig:
+        """A validated config read from a JSON file written from :meth:`to_dict`
+        (``<out>/config.json``)."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except ValueError as e:
+            raise ValueError(f"sweep config {path}: not valid JSON ({e})") from None
+        return cls.from_dict(data)
+
     def validate(self) -> SweepConfig:
+        """Check every field; raise ``ValueError`` naming the field and what was expected.
+
+        Also run on construction, so a bad value fails when the config is loaded, before any
+        store is extracted: e.g. ``seeds`` must be integers in ``[0, 2**32 - 1]`` and
+        ``distinctness.n_tokens`` must exceed the number of classes ``K`` (when ``K`` is known
+        from the config: ``dataset_kwargs.n_classes`` or the dataset's fixed class count).
+        """
         known = {"dino", *WIDTH_METHODS}
         bad = [m for m in self.methods if m not in known]
         if bad:
@@ -115,8 +162,19 @@ class SweepConfig:
             raise ValueError(f"sweep mode must be 'pixel' or 'token', got {self.mode!r}")
         if not self.seeds:
             raise ValueError("sweep seeds must not be empty")
-        if any(int(d) < 1 for d in self.dims):
-            raise ValueError(f"sweep dims must be positive integers, got {self.dims}")
+        _check_ints("seeds", self.seeds, 0, "non-negative integers (0 <= seed <= 2**32 - 1)")
+        if not self.dims:
+            raise ValueError("sweep dims must not be empty")
+        _check_ints("dims", self.dims, 1, "positive integers")
+        for key in ("train", "val"):
+            spec = getattr(self, key)
+            if not isinstance(spec, StoreSpec):
+                raise ValueError(
+                    f"sweep {key}: expected a mapping of {sorted(StoreSpec.__dataclass_fields__)}"
+                )
+            _check_ints(f"{key}.res", [spec.res], 1, "a positive integer")
+            if spec.limit is not None:
+                _check_ints(f"{key}.limit", [spec.limit], 1, "a positive integer or null")
         if self.mode == "token" and self.flip:
             raise ValueError("sweep flip=True (eval mode) needs mode='pixel', got mode='token'")
         for what, keys, allowed in (
@@ -127,7 +185,65 @@ class SweepConfig:
             bad = sorted(set(keys) - set(allowed))
             if bad:
                 raise ValueError(f"sweep {what}: unknown keys {bad}; expected {sorted(allowed)}")
+        dist = self.distinctness or {}
+        if "seeds" in dist:
+            seeds = dist["seeds"]
+            if not isinstance(seeds, list | tuple) or not seeds:
+                raise ValueError(
+                    f"sweep distinctness.seeds must be a non-empty list of seeds, got {seeds!r}"
+                )
+            _check_ints("distinctness.seeds", seeds, 0, "non-negative integers")
+        n_tokens = dist.get("n_tokens", DEFAULT_DISTINCTNESS_TOKENS)
+        _check_ints("distinctness.n_tokens", [n_tokens], 1, "a positive integer")
+        k = config_n_classes(self)
+        if dist.get("enabled", True) and k is not None:
+            check_distinctness_tokens(self, k)
         return self
+
+
+#: Default ``distinctness.n_tokens``: val tokens sampled for the distinctness measures.
+DEFAULT_DISTINCTNESS_TOKENS = 20000
+
+#: Class counts of the datasets whose factories have no ``n_classes`` option.
+_FIXED_N_CLASSES = {"cocostuff27": 27, "cityscapes27": 27, "potsdam3": 3}
+
+
+def _check_ints(name: str, values, low: int, expected: str) -> None:
+    """``ValueError`` naming the config field ``name`` unless every value is an int >= low
+    (and, for seeds, <= 2**32 - 1)."""
+    bad = [
+        v
+        for v in values
+        if isinstance(v, bool)
+        or not isinstance(v, int | np.integer)
+        or v < low
+        or ("seed" in name and v > 2**32 - 1)
+    ]
+    if bad:
+        raise ValueError(f"sweep {name} must be {expected}, got {list(values)!r}")
+
+
+def config_n_classes(config: SweepConfig) -> int | None:
+    """The class count ``K`` a sweep's dataset has, as far as the config tells it (None when
+    only the data does, e.g. a ``folder`` dataset without ``n_classes``)."""
+    k = config.dataset_kwargs.get("n_classes")
+    if k is None:
+        k = _FIXED_N_CLASSES.get(config.dataset)
+    if k is None:
+        k = _default_n_classes(config.dataset)
+    return int(k) if isinstance(k, int | np.integer) and not isinstance(k, bool) else None
+
+
+def check_distinctness_tokens(config: SweepConfig, n_classes: int) -> None:
+    """``ValueError`` unless ``distinctness.n_tokens`` exceeds the class count ``K`` (the
+    clustering measures need more tokens than clusters)."""
+    n = (config.distinctness or {}).get("n_tokens", DEFAULT_DISTINCTNESS_TOKENS)
+    if int(n) <= int(n_classes):
+        raise ValueError(
+            f"sweep distinctness.n_tokens={n} must be at least K + 1 = {int(n_classes) + 1} "
+            f"(K = {n_classes} classes of {config.dataset!r}: the distinctness measures cluster "
+            "the sampled tokens into K clusters)"
+        )
 
 
 def list_presets() -> list[str]:
@@ -215,8 +331,11 @@ def open_or_extract(
 ):
     """Open the ``train`` / ``val`` store of ``config`` at ``path``, extracting it if missing.
 
-    A complete store is opened as is; a missing or incomplete one is (re)extracted resumably
-    with :func:`stego_probe.extract.extract`, which refuses to mix inputs.
+    A complete store is reused only if it was extracted for this config
+    (:func:`check_store_matches`, strictly: resolution, crop and limit too, since the path
+    encodes them); otherwise it is refused, naming the store and every field that differs. A
+    missing or incomplete one is (re)extracted resumably with :func:`stego_probe.extract.extract`,
+    which refuses to mix inputs.
 
     Args:
         config: the sweep (dataset, backbone, the ``train`` / ``val`` :class:`StoreSpec`).
@@ -228,11 +347,24 @@ def open_or_extract(
 
     Returns:
         a complete :class:`stego_probe.store.FeatureStore`.
+
+    Raises:
+        ValueError: a complete store at ``path`` that was extracted with other settings.
     """
     from stego_probe.store import FeatureStore
 
     if FeatureStore.exists(path) and FeatureStore.open(path, allow_incomplete=True).complete:
-        return FeatureStore.open(path)
+        store = FeatureStore.open(path)
+        check_store_matches(
+            config,
+            which,
+            store,
+            what=f"{which} store {path}",
+            strict=True,
+            hint="it was extracted with other settings. Delete it to have the sweep extract it "
+            "again, or use another --out",
+        )
+        return store
     from stego_probe.backbones import get_backbone
     from stego_probe.data import get_dataset
     from stego_probe.extract import extract
@@ -263,12 +395,12 @@ def open_or_extract(
 def open_existing_store(config: SweepConfig, which: str, path: str | os.PathLike):
     """Open a complete store given by the user as the sweep's ``train`` / ``val`` store.
 
-    Nothing is extracted or written. The store must agree with the config: same ``dataset``,
-    ``backbone`` and split (``config.train.split`` / ``config.val.split``), the
-    ``dataset_kwargs`` the store's provenance records (e.g. ``n_classes``, ``n_images`` of
-    ``synthetic``), and ``tokens_flipped`` for the val store of a ``flip`` sweep. A resolution,
-    crop or image limit other than the config's store spec is allowed but warned about (the
-    results rows do not record them; the store's own provenance does).
+    Nothing is extracted or written. The store must agree with the config
+    (:func:`check_store_matches`): same ``dataset``, ``backbone``, split, the dataset options
+    its provenance records (e.g. ``n_classes``, ``n_images`` of ``synthetic``), weights, and
+    ``tokens_flipped`` for the val store of a ``flip`` sweep. A resolution, crop or image limit
+    other than the config's store spec is allowed but warned about (the results rows do not
+    record them; the store's own provenance does).
 
     Raises:
         FileNotFoundError: no store at ``path``.
@@ -286,40 +418,174 @@ def open_existing_store(config: SweepConfig, which: str, path: str | os.PathLike
             f"{what}: the store is incomplete; finish it with `stego-probe extract` (which "
             "resumes) or let the sweep extract its own stores (omit the option)"
         )
-    prov = dict(store.provenance)
-    spec: StoreSpec = getattr(config, which)
-    info = dict(prov.get("dataset_info") or {})
-    want = {"dataset": config.dataset, "backbone": config.backbone, "split": spec.split}
-    have = {k: prov.get(k) for k in want}
-    diffs = [f"{k}: store {have[k]!r}, config {v!r}" for k, v in want.items() if have[k] != v]
-    n_classes = config.dataset_kwargs.get("n_classes", _default_n_classes(config.dataset))
-    if n_classes is not None and store.n_classes != int(n_classes):
-        diffs.append(f"n_classes: store {store.n_classes!r}, config {int(n_classes)!r}")
-    for k, v in sorted(config.dataset_kwargs.items()):
-        got = info.get(k, prov.get(k))
-        if k == "n_classes" or got is None:
-            continue
-        if json.dumps(got, default=str) != json.dumps(v, default=str):
-            diffs.append(f"dataset_kwargs.{k}: store {got!r}, config {v!r}")
-    if which == "val" and config.flip and not store.has_flipped:
-        diffs.append("flip: the config evaluates flip-averaged codes; the store has no flipped "
-                     "tokens (extract with --flipped)")  # fmt: skip
-    if diffs:
-        raise ValueError(f"{what} does not match sweep {config.name!r}: " + "; ".join(diffs))
-    other = {
-        k: (prov.get(k), getattr(spec, k))
-        for k in ("res", "crop", "limit")
-        if prov.get(k) is not None and prov.get(k) != getattr(spec, k)
-    }
+    other = check_store_matches(config, which, store, what=what, strict=False)
     if other:
         warnings.warn(
-            f"{what}: "
-            + ", ".join(f"{k} {a!r} (config {b!r})" for k, (a, b) in other.items())
-            + "; the results use the store as it is",
+            f"{what}: " + ", ".join(other) + "; the results use the store as it is",
             RuntimeWarning,
             stacklevel=3,
         )
     return FeatureStore.open(path)
+
+
+#: Keys of a store's ``dataset_info`` that say where the data was read from, not what it is
+#: (``data_root`` may change between runs of a sweep: the data may move).
+_LOCATION_KEYS = ("root", "data_root", "list_file", "root_abs")
+
+#: Keys under which a store's ``dataset_info`` may record the dataset options it was built with.
+_ARGS_KEYS = ("args", "kwargs", "dataset_args", "dataset_kwargs", "options")
+
+
+def _same(a, b) -> bool:
+    """Whether two provenance values agree after a JSON round trip (tuples = lists)."""
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def _expected_dataset_info(config: SweepConfig, split: str) -> dict | None:
+    """The ``dataset_info`` a store extracted for ``config`` would record (the dataset's own
+    provenance), or None when the dataset cannot be built here (e.g. its files are absent)."""
+    try:
+        from stego_probe.data import get_dataset
+
+        ds = get_dataset(
+            config.dataset, root=config.data_root, split=split, **config.dataset_kwargs
+        )
+        return json.loads(json.dumps(dict(ds.provenance), default=str))
+    except Exception:  # the data is not here: compare the recorded options only
+        return None
+
+
+def _dataset_defaults(dataset: str) -> dict:
+    """Keyword defaults of a registered dataset factory (``{}`` if unknown)."""
+    import inspect
+
+    from stego_probe.data import _REGISTRY
+
+    if dataset not in _REGISTRY:
+        return {}
+    try:
+        params = inspect.signature(_REGISTRY[dataset][0]).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
+def check_store_matches(
+    config: SweepConfig,
+    which: str,
+    store,
+    *,
+    what: str,
+    strict: bool,
+    hint: str = "",
+) -> list[str]:
+    """Check that ``store`` holds the ``which`` (``"train"`` / ``"val"``) split of ``config``.
+
+    Compared with the store's provenance: ``dataset``, ``backbone``, ``split``, ``n_classes``,
+    the dataset options (the config's ``dataset_kwargs`` against the ``dataset_info`` the store
+    records, and, when the dataset can be built here, everything else that ``dataset_info``
+    records apart from where the data lives), the weights (``weights_sha256`` against the
+    sha256 of ``config.weights``; ``backbone_kwargs`` such as ``pretrained`` / ``seed`` against
+    ``backbone_info``), ``tokens_flipped`` for the val store of a ``flip`` sweep, and the
+    store spec (``res``, ``crop``, ``limit``). Keys a store does not record are not compared.
+
+    Args:
+        config: the sweep.
+        which: ``"train"`` or ``"val"``.
+        store: an open :class:`~stego_probe.store.FeatureStore`.
+        what: how the message names the store (e.g. ``"train store out/stores/..."``).
+        strict: also refuse a different ``res`` / ``crop`` / ``limit``; otherwise they are
+            returned for a warning.
+        hint: appended to the error (what to do).
+
+    Returns:
+        the store-spec differences not refused (``strict=False``), as ``"res 48 (config 64)"``.
+
+    Raises:
+        ValueError: ``"<what> does not match sweep <name>: <field>: store <value>, config
+            <value>; ..."`` listing every difference.
+    """
+    prov = dict(store.provenance)
+    spec: StoreSpec = getattr(config, which)
+    info = dict(prov.get("dataset_info") or {})
+    want = {"dataset": config.dataset, "backbone": config.backbone, "split": spec.split}
+    diffs = [
+        f"{k}: store {prov.get(k)!r}, config {v!r}" for k, v in want.items() if prov.get(k) != v
+    ]
+    n_classes = config.dataset_kwargs.get("n_classes", _default_n_classes(config.dataset))
+    if n_classes is not None and store.n_classes != int(n_classes):
+        diffs.append(f"n_classes: store {store.n_classes!r}, config {int(n_classes)!r}")
+    compared = {"dataset", "split", "n_classes", *_LOCATION_KEYS, *_ARGS_KEYS}
+    # the options the config sets, against what the store recorded
+    for k, v in sorted(config.dataset_kwargs.items()):
+        got = info.get(k, prov.get(k))
+        compared.add(k)
+        if k == "n_classes" or got is None:
+            continue
+        if not _same(got, v):
+            diffs.append(f"dataset_kwargs.{k}: store {got!r}, config {v!r}")
+    # options the store records explicitly (resolved, defaults filled in) that the config
+    # leaves unset: against the dataset built from the config, else the factory's defaults
+    expected = _expected_dataset_info(config, spec.split)
+    recorded = next((info[k] for k in _ARGS_KEYS if isinstance(info.get(k), dict)), {})
+    built = next(
+        (expected[k] for k in _ARGS_KEYS if expected and isinstance(expected.get(k), dict)), None
+    )
+    defaults = _dataset_defaults(config.dataset) if built is None else built
+    for k, got in sorted(recorded.items()):
+        if k in config.dataset_kwargs or k in _LOCATION_KEYS or k in ("split",):
+            continue
+        default = defaults.get(k)
+        if default is not None and not _same(got, default):
+            diffs.append(f"dataset_kwargs.{k}: store {got!r}, config {default!r} (the default)")
+    # everything else the dataset records (file-list fingerprint, size, seed ...)
+    if expected is not None:
+        for k in sorted(set(expected) & set(info) - compared):
+            if not _same(info[k], expected[k]):
+                diffs.append(f"dataset_info.{k}: store {info[k]!r}, config {expected[k]!r}")
+    diffs += _weights_mismatches(config, prov)
+    if which == "val" and config.flip and not store.has_flipped:
+        diffs.append("flip: the config evaluates flip-averaged codes; the store has no flipped "
+                     "tokens (extract with --flipped)")  # fmt: skip
+    other = [
+        (k, prov.get(k), getattr(spec, k))
+        for k in ("res", "crop", "limit")
+        if k in prov and prov.get(k) != getattr(spec, k)
+    ]
+    if strict:
+        diffs += [f"{k}: store {a!r}, config {b!r}" for k, a, b in other]
+    if diffs:
+        raise ValueError(
+            f"{what} does not match sweep {config.name!r}: "
+            + "; ".join(diffs)
+            + (f"; {hint}" if hint else "")
+        )
+    return [f"{k} {a!r} (config {b!r})" for k, a, b in other]
+
+
+def _weights_mismatches(config: SweepConfig, prov: dict) -> list[str]:
+    """Differences between the weights a store was extracted with and the config's."""
+    from stego_probe.provenance import sha256_file
+
+    diffs = []
+    if config.weights is not None and os.path.isfile(config.weights):
+        sha = sha256_file(config.weights)
+        if "weights_sha256" in prov and prov.get("weights_sha256") != sha:
+            diffs.append(
+                f"weights: store {prov.get('weights')!r} (sha256 {prov.get('weights_sha256')}), "
+                f"config {config.weights!r} (sha256 {sha})"
+            )
+    bb = dict(prov.get("backbone_info") or {})
+    kwargs = dict(config.backbone_kwargs)
+    if "pretrained" in bb and "pretrained" not in kwargs:
+        kwargs["pretrained"] = True  # the registry ViTs' default
+    if bb.get("pretrained") is False and "init_seed" in bb and "seed" not in kwargs:
+        kwargs["seed"] = 0  # the default random-init seed
+    for k, v in sorted(kwargs.items()):
+        got = bb.get("init_seed" if k == "seed" else k)
+        if got is not None and not _same(got, v):
+            diffs.append(f"backbone_kwargs.{k}: store {got!r}, config {v!r}")
+    return diffs
 
 
 def _default_n_classes(dataset: str) -> int | None:
@@ -448,6 +714,150 @@ def done_points(results_path: str | os.PathLike) -> set[Point]:
     }
 
 
+def store_fingerprint(source) -> dict:
+    """What identifies the data a projection is fitted on, for the cache in ``projections/``.
+
+    For a feature store: the sha256 of its provenance, its layout (images, grid, width), the
+    sha256 of its sample ids, a checksum summary when the store records one, and the
+    modification times of its ``zarr.json`` / ``_SUCCESS`` (rewritten when the store is
+    extracted again or repaired). For an array: its shape and the sha256 of its bytes.
+
+    Returns:
+        a JSON-able dict; equal dicts mean "the same fit data" (``{}`` for None).
+    """
+    if source is None:
+        return {}
+    from stego_probe.projections.base import is_store
+
+    if not is_store(source):
+        arr = np.ascontiguousarray(np.asarray(source))
+        return {
+            "array_shape": list(arr.shape),
+            "array_sha256": hashlib.sha256(arr.tobytes()).hexdigest(),
+        }
+    prov = dict(getattr(source, "provenance", None) or {})
+    out: dict = {
+        "provenance_sha256": _sha256_json(prov),
+        "n_images": int(source.n_images),
+        "grid": list(getattr(source, "grid", ()) or ()),
+        "dim": getattr(source, "dim", None),
+    }
+    try:
+        out["ids_sha256"] = _sha256_json(list(source.ids))
+    except Exception:  # a duck-typed store without ids
+        out["ids_sha256"] = None
+    out["checksums_sha256"] = _checksums_sha256(str(getattr(source, "path", "")))
+    out["mtimes"] = _store_mtimes(str(getattr(source, "path", "")))
+    return out
+
+
+def _checksums_sha256(path: str) -> str | None:
+    """sha256 of a store's per-block ``checksums`` array (None for a store without one)."""
+    if not path:
+        return None
+    try:
+        import zarr
+
+        group = zarr.open_group(path, mode="r", zarr_format=3)
+        if "checksums" not in group:
+            return None
+        return hashlib.sha256(np.ascontiguousarray(group["checksums"][...]).tobytes()).hexdigest()
+    except Exception:  # not a zarr store we can read: the other fields identify it
+        return None
+
+
+def _sha256_json(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _store_mtimes(path: str) -> dict:
+    """Modification times (ns, or fsspec's ``mtime``) of a store's ``zarr.json`` and
+    ``_SUCCESS`` (None where unknown)."""
+    out = {}
+    for name in ("zarr.json", "_SUCCESS"):
+        value = None
+        try:
+            if "://" in path:
+                import fsspec
+
+                fs, root = fsspec.core.url_to_fs(path)
+                info = fs.info(f"{root.rstrip('/')}/{name}")
+                value = info.get("mtime", info.get("created"))
+                value = str(value) if value is not None else None
+            elif path:
+                value = os.stat(os.path.join(path, name)).st_mtime_ns
+        except (OSError, ValueError, ImportError):
+            value = None
+        out[name] = value
+    return out
+
+
+def projection_inputs(config: SweepConfig, point: Point, train_store, val_store=None) -> dict:
+    """The fingerprint of everything a cached sweep projection depends on: method, ``D``
+    (PCA: none, one fit serves every ``D``), seed, the method's ``method_kwargs`` and the fit
+    data (:func:`store_fingerprint` of the train store; STEGO also of the val store its
+    checkpoint is selected on). Recorded as ``provenance["sweep_inputs"]`` in the cached file;
+    a cache whose record differs is refitted."""
+    out = {
+        "method": point.method,
+        "dim": None if point.method == "pca" else int(point.dim),
+        "seed": int(point.seed),
+        "method_kwargs": config.method_kwargs.get(point.method, {}),
+        "train": store_fingerprint(train_store),
+    }
+    if point.method == "stego":
+        out["val"] = store_fingerprint(val_store)
+    return json.loads(json.dumps(out, sort_keys=True, default=str))
+
+
+def check_projection_finite(proj, what: str) -> None:
+    """``ValueError`` naming ``what`` if a fitted projection's saved arrays (components,
+    statistics, network weights) hold NaN or inf, so that nothing non-finite is cached."""
+    arrays = {name: getattr(proj, name, None) for name in type(proj)._array_attrs}
+    if not type(proj)._pickled_state:  # a pickled model (UMAP / h-NNE) is not inspected
+        arrays.update(proj._extra_state())
+    bad = []
+    for name, value in arrays.items():
+        if value is None:
+            continue
+        arr = np.asarray(value)
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            bad.append(f"{name} ({int((~np.isfinite(arr)).sum())} of {arr.size})")
+    if bad:
+        raise ValueError(
+            f"{what}: the fitted projection has NaN or infinite values in {', '.join(bad)}; "
+            "it is not cached. Check the fit data (the train store) and the method_kwargs"
+        )
+
+
+def _save_fit(proj, path: Path, inputs: dict, point: Point) -> None:
+    check_projection_finite(proj, f"{point_label(point)} fit")
+    proj.provenance_ = {**dict(proj.provenance_), "sweep_inputs": inputs}
+    proj.save(path)
+
+
+def _load_cached(klass, path: Path, inputs_fn, trust: bool):
+    """The cached fit at ``path`` if it was fitted on the same inputs, else None (with a
+    warning saying why it is refitted). The class is checked before anything else is read."""
+    proj = klass.load(path, trust=trust)
+    cached = dict(getattr(proj, "provenance_", None) or {}).get("sweep_inputs")
+    inputs = inputs_fn()
+    if cached == inputs:
+        try:
+            check_projection_finite(proj, str(path))
+        except ValueError as e:
+            reason = str(e)
+        else:
+            return proj
+    elif cached is None:
+        reason = "it records no fingerprint of its inputs (written by an older version)"
+    else:
+        changed = sorted(k for k in set(cached) | set(inputs) if cached.get(k) != inputs.get(k))
+        reason = f"its inputs changed ({', '.join(changed)})"
+    warnings.warn(f"refitting the cached projection {path}: {reason}", RuntimeWarning, stacklevel=3)
+    return None
+
+
 def fit_projection(
     config: SweepConfig, point: Point, train_store, cache_dir: str | os.PathLike, val_store=None
 ):
@@ -455,7 +865,11 @@ def fit_projection(
 
     PCA is fitted once per seed at full width and then narrowed with ``set_params``, so every D
     shares one eigendecomposition. Fitted projections are saved under ``cache_dir`` so that a
-    resumed sweep and the figures can reuse them.
+    resumed sweep and the figures can reuse them. Each cached file records the fingerprint of
+    its inputs (:func:`projection_inputs`); a cached file whose inputs changed (e.g. the train
+    store was extracted again) is refitted. A fit with NaN or inf values is never cached
+    (:func:`check_projection_finite`); the fits themselves reject non-finite fit data, naming
+    the store and the image.
     """
     from stego_probe.projections import get_projection, projection_class
 
@@ -468,18 +882,23 @@ def fit_projection(
     reuse = trust or not klass._pickled_state
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def inputs():
+        return projection_inputs(config, point, train_store, val_store)
+
     if point.method == "pca":
         path = cache_dir / f"pca_seed{point.seed}.pt"
-        if path.exists():
-            proj = klass.load(path)
-        else:
+        proj = _load_cached(klass, path, inputs, trust) if path.exists() else None
+        if proj is None:
             proj = get_projection("pca", None, random_state=point.seed, **kwargs)
             proj.fit(train_store)
-            proj.save(path)
+            _save_fit(proj, path, inputs(), point)
         return proj.set_params(n_components=point.dim)
     path = cache_dir / f"{point.method}_d{point.dim}_seed{point.seed}.pt"
     if path.exists() and reuse:
-        return klass.load(path, trust=trust)
+        proj = _load_cached(klass, path, inputs, trust)
+        if proj is not None:
+            return proj
     if point.method == "dino":
         proj = get_projection("dino", None)
     else:
@@ -490,7 +909,7 @@ def fit_projection(
         proj.fit(train_store, val_store=val_store)
     else:
         proj.fit(train_store)
-    proj.save(path)
+    _save_fit(proj, path, inputs(), point)
     return proj
 
 
@@ -501,8 +920,15 @@ def pca_spectrum_rows(config: SweepConfig, train_store, cache_dir) -> list[dict]
     )
     context = _context(config, train_store, Point("pca", 0, config.seeds[0]))
     context.update(probe="none", split=config.train.split)
+    ratios = np.asarray(proj.explained_variance_ratio_, dtype=np.float64)
+    if not np.isfinite(ratios).all():
+        raise ValueError(
+            f"PCA spectrum of train store {getattr(train_store, 'path', train_store)}: "
+            f"{int((~np.isfinite(ratios)).sum())} of {ratios.size} explained-variance ratios are "
+            "NaN or infinite; no rows are written"
+        )
     rows = []
-    for i, r in enumerate(np.asarray(proj.explained_variance_ratio_), start=1):
+    for i, r in enumerate(ratios, start=1):
         rows += make_rows({**context, "dim": i}, {"explained_variance_ratio": float(r)})
     return rows
 
@@ -573,16 +999,20 @@ def run_point(
     if dist.get("enabled", True):
         from stego_probe.distinctness import distinctness_report
 
-        codes, labels = val_code_sample(
-            val_store, proj, n_tokens=int(dist.get("n_tokens", 20000)), seed=point.seed
-        )
-        report = distinctness_report(
-            codes,
-            labels,
-            n_clusters=val_store.n_classes,
-            seeds=tuple(dist.get("seeds", (0, 1, 2))),
-            **DISTINCTNESS_KMEANS,
-        )
+        n_tokens = int(dist.get("n_tokens", DEFAULT_DISTINCTNESS_TOKENS))
+        codes, labels = val_code_sample(val_store, proj, n_tokens=n_tokens, seed=point.seed)
+        try:
+            report = distinctness_report(
+                codes,
+                labels,
+                n_clusters=val_store.n_classes,
+                seeds=tuple(dist.get("seeds", (0, 1, 2))),
+                **DISTINCTNESS_KMEANS,
+            )
+        except ValueError as e:  # degenerate codes or labels: say where they came from
+            raise ValueError(
+                f"distinctness of {len(codes)} sampled codes of val store {val_store.path}: {e}"
+            ) from e
         kmeans = {f"kmeans_{k}": v for k, v in DISTINCTNESS_KMEANS.items()}
         context = {**context, "probe": "none", "match": "", **kmeans, "kmeans_nredo": 1}
         rows += make_rows(context, report)
@@ -635,15 +1065,29 @@ def run_sweep(
     Returns:
         the results table (all rows in ``<out>/results.csv``).
 
+    The whole run holds an exclusive lock on ``out_dir`` (:func:`stego_probe.lock.folder_lock`):
+    a second sweep started into the same folder is refused with
+    :class:`~stego_probe.lock.FolderLockedError` naming the holder, and a point already in
+    ``results.csv`` is never appended again (:func:`append_point`).
+
     Raises:
         ImportError: an optional package the sweep needs is missing (nothing is written).
-        ValueError: ``out_dir`` holds results of a sweep with other result-defining settings.
+        ValueError: ``out_dir`` holds results of a sweep with other result-defining settings,
+            or a store there does not match the config.
+        stego_probe.lock.FolderLockedError: another live run holds ``out_dir``.
         SweepError: some points failed (the others' rows are written; re-run to retry).
     """
     if executor not in ("local", "ray"):
         raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
     check_dependencies(config, executor)
-    out = Path(out_dir)
+    from stego_probe.lock import folder_lock
+
+    # One run per output folder: a second sweep (or evaluate) into it is refused at once.
+    with folder_lock(out_dir, what="sweep"):
+        return _run_sweep_locked(config, Path(out_dir), executor, progress, train_store, val_store)
+
+
+def _run_sweep_locked(config, out: Path, executor, progress, train_store, val_store):
     _check_resume(config, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
@@ -653,13 +1097,17 @@ def run_sweep(
         config, out, progress=progress, train_store=train_store, val_store=val_store
     )
     _check_pair(train_store, val_store)
+    if (config.distinctness or {}).get("enabled", True) and val_store.n_classes:
+        check_distinctness_tokens(config, int(val_store.n_classes))
 
     done = done_points(results)
     todo = run_order([p for p in sweep_points(config, train_store.dim) if p not in done])
     # The PCA fits made here read the train store like a sweep point does: same thread policy.
     with limit("auto", store_workload(train_store)):
         if "pca" in config.methods and not _has_spectrum(results):
-            append_csv(pca_spectrum_rows(config, train_store, cache_dir), results)
+            append_csv(
+                pca_spectrum_rows(config, train_store, cache_dir), results, unique=IDENTITY_COLUMNS
+            )
         if executor == "ray":
             # One PCA fit per seed, shared by every D: fitted here, or parallel tasks would race
             # to fit and save the same file.
@@ -1002,13 +1450,61 @@ class SweepProgress:
         self.bar.refresh()
 
 
+#: Metrics that are always defined: a NaN there means a broken point, never an empty class.
+FINITE_METRICS = ("accuracy", "miou", "explained_variance_ratio")
+
+
+def check_rows_finite(rows: list[dict], what: str) -> None:
+    """``ValueError`` naming ``what`` if result rows hold an infinite value, or NaN in a metric
+    of :data:`FINITE_METRICS`. (Some metrics are NaN by definition in places, e.g. the
+    precision of a class never predicted, or restart agreement with one seed.)"""
+    bad = []
+    for r in rows:
+        v = float(r.get("value", float("nan")))
+        if np.isinf(v) or (np.isnan(v) and r.get("metric") in FINITE_METRICS):
+            bad.append(f"{r.get('probe')}/{r.get('metric')}={v}")
+    if bad:
+        raise ValueError(
+            f"{what}: {len(bad)} non-finite result value(s) ({', '.join(bad[:5])}); the rows "
+            "are not written"
+        )
+
+
+def append_point(point: Point, rows: list[dict], results: Path) -> bool:
+    """Append one point's rows to ``results`` unless the point is already there.
+
+    Idempotent: a point whose rows ``results`` holds already (:func:`done_points`) is skipped
+    with a warning, so a rerun, or a second writer that slipped past the folder lock, never
+    duplicates rows. Rows are checked with :func:`check_rows_finite` first.
+
+    Returns:
+        True if the rows were appended, False if the point was already in ``results``.
+    """
+    check_rows_finite(rows, f"sweep point {point_label(point)}")
+    if point in done_points(results):
+        warnings.warn(
+            f"sweep point {point_label(point)} is already in {results}; its new rows are not "
+            "appended again",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    append_csv(rows, results, unique=IDENTITY_COLUMNS)
+    return True
+
+
 def _record(point: Point, outcome, seconds, results: Path, tracker: SweepProgress) -> None:
     """Shared by both executors: append a finished point's rows to ``results`` (as soon as it
-    finishes, so nothing finished is lost), or record its failure (an exception)."""
+    finishes, so nothing finished is lost), or record its failure (an exception; also rows
+    with non-finite headline values, which are not written)."""
+    if not isinstance(outcome, BaseException):
+        try:
+            append_point(point, outcome, results)
+        except ValueError as e:
+            outcome = e
     if isinstance(outcome, BaseException):
         tracker.finish(point, error=outcome)
     else:
-        append_csv(outcome, results)
         tracker.finish(point, seconds)
 
 

@@ -190,9 +190,11 @@ def write_folder(
     ignore_value: int = 255,
     seed: int = 0,
     image_ext: str = ".png",
+    label_ext: str = ".png",
 ) -> dict:
     """Write ``root/imgs/<split>/<stem><image_ext>`` and (if ``labels``)
-    ``root/labels/<split>/<stem>.png``, with label content that differs per stem so that a
+    ``root/labels/<split>/<stem><label_ext>`` (a PNG whatever the extension's case), with
+    label content that differs per stem so that a
     pairing by sorted order instead of stem would be detected: the label of stem number ``j`` (in
     ``stems`` order) has ``label[0, 0] = j % n_classes`` and ``ignore_value`` at ``[0, 1]``.
 
@@ -209,13 +211,15 @@ def write_folder(
     for j, stem in enumerate(stems):
         img = _image(rng, size)
         path = root / "imgs" / split / f"{stem}{image_ext}"
-        Image.fromarray(img).save(path)
+        Image.fromarray(img).save(path, Image.registered_extensions()[image_ext.lower()])
         images[stem] = _decoded(path)
         if labels:
             lab = rng.integers(0, n_classes, size=size).astype(np.int64)
             lab[0, 0] = j % n_classes
             lab[0, 1] = ignore_value
-            Image.fromarray(lab.astype(np.uint8)).save(root / "labels" / split / f"{stem}.png")
+            Image.fromarray(lab.astype(np.uint8)).save(
+                root / "labels" / split / f"{stem}{label_ext}", "PNG"
+            )
             labs[stem] = lab
     return {"ids": sorted(stems), "images": images, "labels": labs if labels else None}
 

@@ -10,9 +10,14 @@ pickled under the OmegaConf class names (so the loader's no-omegaconf fallback i
 
 from __future__ import annotations
 
+import builtins
+import collections
 import importlib.util
+import os
+import subprocess
 import sys
 import types
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,42 +128,52 @@ class TinyStore:
 
 # ------------------------------------------------------------------ fake released checkpoint
 def _fake_omegaconf_modules() -> dict[str, types.ModuleType]:
-    """Modules ``omegaconf.{dictconfig,nodes,base}`` with minimal look-alike classes, whose
-    pickles have the shape of real OmegaConf pickles (``__dict__`` state with ``_content`` /
-    ``_val`` / ``_metadata`` / ``_parent``)."""
+    """Modules ``omegaconf.{dictconfig,listconfig,nodes,base}`` with minimal look-alike classes
+    whose pickles have the shape of real OmegaConf 2.1-2.3 pickles: ``__dict__`` state with
+    ``_content`` / ``_val`` / ``_metadata`` / ``_parent``, metadata naming ``typing.Any``,
+    ``dict`` / ``list`` / ``int`` and holding a ``collections.defaultdict`` resolver cache."""
     base = types.ModuleType("omegaconf.base")
     nodes = types.ModuleType("omegaconf.nodes")
     dictconfig = types.ModuleType("omegaconf.dictconfig")
     listconfig = types.ModuleType("omegaconf.listconfig")
     root = types.ModuleType("omegaconf")
 
-    class ContainerMetadata:
-        def __init__(self, key=None):
-            self.key, self.optional, self.flags = key, True, {}
+    class Metadata:
+        def __init__(self, key=None, object_type=None):
+            self.ref_type, self.object_type, self.optional, self.key = Any, object_type, True, key
+            self.flags, self.flags_root = {}, False
+            self.resolver_cache = collections.defaultdict(dict)
+
+    class ContainerMetadata(Metadata):
+        def __init__(self, key=None, object_type=dict):
+            super().__init__(key, object_type)
+            self.key_type = int if object_type is list else Any
+            self.element_type = Any
 
     class AnyNode:
-        def __init__(self, value, parent):
-            self._val, self._parent = value, parent
-            self._metadata = ContainerMetadata()
+        def __init__(self, value, parent, key):
+            self._metadata, self._parent = Metadata(key), parent
+            self._flags_cache, self._val = None, value
 
     class DictConfig:
-        def __init__(self, content: dict, parent=None):
-            self._parent, self._metadata = parent, ContainerMetadata()
-            self._content = {k: _wrap(v, self) for k, v in content.items()}
+        def __init__(self, content: dict, parent=None, key=None):
+            self._metadata, self._parent = ContainerMetadata(key, dict), parent
+            self._content = {k: _wrap(v, self, k) for k, v in content.items()}
 
     class ListConfig:
-        def __init__(self, content: list, parent=None):
-            self._parent, self._metadata = parent, ContainerMetadata()
-            self._content = [_wrap(v, self) for v in content]
+        def __init__(self, content: list, parent=None, key=None):
+            self._metadata, self._parent = ContainerMetadata(key, list), parent
+            self._content = [_wrap(v, self, i) for i, v in enumerate(content)]
 
-    def _wrap(v, parent):
+    def _wrap(v, parent, key):
         if isinstance(v, dict):
-            return DictConfig(v, parent)
+            return DictConfig(v, parent, key)
         if isinstance(v, list):
-            return ListConfig(v, parent)
-        return AnyNode(v, parent)
+            return ListConfig(v, parent, key)
+        return AnyNode(v, parent, key)
 
     for cls, mod in (
+        (Metadata, base),
         (ContainerMetadata, base),
         (AnyNode, nodes),
         (DictConfig, dictconfig),
@@ -168,6 +183,29 @@ def _fake_omegaconf_modules() -> dict[str, types.ModuleType]:
         setattr(mod, cls.__name__, cls)
     root.DictConfig = DictConfig
     return {m.__name__: m for m in (root, base, nodes, dictconfig, listconfig)}
+
+
+def _fake_lightning_modules() -> dict[str, types.ModuleType]:
+    """``pytorch_lightning.utilities.parsing`` with a look-alike ``AttributeDict`` (a dict)."""
+    mods = {n: types.ModuleType(n) for n in LIGHTNING_MODULES}
+
+    class AttributeDict(dict):
+        def __getattr__(self, key):
+            try:
+                return self[key]
+            except KeyError as e:
+                raise AttributeError(key) from e
+
+    AttributeDict.__module__, AttributeDict.__qualname__ = LIGHTNING_MODULES[-1], "AttributeDict"
+    mods[LIGHTNING_MODULES[-1]].AttributeDict = AttributeDict
+    return mods
+
+
+LIGHTNING_MODULES = (
+    "pytorch_lightning",
+    "pytorch_lightning.utilities",
+    "pytorch_lightning.utilities.parsing",
+)
 
 
 def make_cfg(cfg: dict):
@@ -190,8 +228,14 @@ def write_fake_checkpoint(
     drop_keys: tuple[str, ...] = (),
     cfg: dict | None = None,
     seed: int = 0,
+    attribute_dict: bool = False,
 ) -> dict:
     """Write a fake released STEGO checkpoint to ``path``; returns its state dict.
+
+    Besides ``state_dict`` and ``hyper_parameters`` it holds what Lightning 1.5 also saves
+    (``callbacks`` keyed by state-key strings, Adam ``optimizer_states``, ``lr_schedulers``).
+    ``attribute_dict``: store ``hyper_parameters`` as a Lightning ``AttributeDict`` (as some
+    Lightning versions do) instead of a plain dict.
 
     Shapes: ``net.cluster1.0.weight`` (D, C, 1, 1), ``net.cluster2.0.weight`` (C, C, 1, 1),
     ``net.cluster2.2.weight`` (D, C, 1, 1), ``cluster_probe.clusters`` (K + E, D),
@@ -235,15 +279,35 @@ def write_fake_checkpoint(
         **(cfg or {}),
     }
     fake = {} if HAVE_OMEGACONF else _fake_omegaconf_modules()
+    if attribute_dict:
+        fake.update(_fake_lightning_modules())
     saved = {k: sys.modules.get(k) for k in fake}
     sys.modules.update(fake)
     try:
+        hp = {"n_classes": n_classes, "cfg": make_cfg(cfg)}
+        if attribute_dict:
+            hp = sys.modules[LIGHTNING_MODULES[-1]].AttributeDict(hp)
         ckpt = {
             "epoch": 3,
             "global_step": 1234,
             "pytorch-lightning_version": "1.5.10",
             "state_dict": sd,
-            "hyper_parameters": {"n_classes": n_classes, "cfg": make_cfg(cfg)},
+            "callbacks": {
+                "ModelCheckpoint{'monitor': 'test/cluster/mIoU', 'mode': 'max'}": {
+                    "monitor": "test/cluster/mIoU",
+                    "best_model_score": torch.tensor(0.25),
+                    "best_model_path": "checkpoints/epoch=3-step=1234.ckpt",
+                }
+            },
+            "optimizer_states": [
+                {
+                    "state": {0: {"step": 1234, "exp_avg": r(dim), "exp_avg_sq": r(dim)}},
+                    "param_groups": [{"lr": 5e-4, "betas": (0.9, 0.999), "params": [0]}],
+                }
+            ],
+            "lr_schedulers": [],
+            "hparams_name": "kwargs",
+            "hyper_parameters": hp,
         }
         torch.save(ckpt, path)
     finally:  # the look-alike modules must not outlive the pickling
@@ -253,3 +317,53 @@ def write_fake_checkpoint(
             else:
                 sys.modules[k] = v
     return sd
+
+
+# ------------------------------------------------------------------ crafted (malicious) checkpoints
+class _SystemPayload:
+    """Unpickles as ``os.system("touch MARKER")``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+class _ExecPayload(_SystemPayload):
+    """Unpickles as ``builtins.exec("open(MARKER, 'w').write('pwned')")``."""
+
+    def __reduce__(self):
+        return (builtins.exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+class _SubprocessPayload(_SystemPayload):
+    """Unpickles as ``subprocess.call(["touch", MARKER])``."""
+
+    def __reduce__(self):
+        return (subprocess.call, (["touch", self.marker],))
+
+
+#: Payload kind -> (class, the ``module.name`` global its pickle names).
+PAYLOADS = {
+    "os.system": (_SystemPayload, f"{os.system.__module__}.system"),
+    "builtins.exec": (_ExecPayload, "builtins.exec"),
+    "subprocess.call": (_SubprocessPayload, "subprocess.call"),
+}
+
+
+def write_payload_checkpoint(path, kind: str, marker) -> str:
+    """Write a fake checkpoint whose ``hyper_parameters.cfg`` unpickles as the ``kind`` payload
+    (see :data:`PAYLOADS`), which would create the file ``marker``. Returns the global's name."""
+    cls, name = PAYLOADS[kind]
+    sd = write_fake_checkpoint(path)  # a valid state dict; only the config is replaced
+    torch.save(
+        {
+            "epoch": 3,
+            "global_step": 1234,
+            "state_dict": sd,
+            "hyper_parameters": {"n_classes": 3, "cfg": cls(marker)},
+        },
+        path,
+    )
+    return name

@@ -460,3 +460,174 @@ def test_synthetic_needs_texture_beyond_colour():
     acc_c = (LinearDiscriminantAnalysis().fit(ct, yt).predict(cv) == yv).mean()
     acc_b = (LinearDiscriminantAnalysis().fit(bt, yt).predict(bv) == yv).mean()
     assert acc_c < 0.85 and acc_b > acc_c + 0.1
+
+
+# ----------------------------------------------------------------------------- image decoding
+
+
+def _sixteen_bit(path, values: np.ndarray) -> None:
+    im = Image.fromarray(values.astype(np.uint16))
+    assert im.mode == "I;16"
+    im.save(path)
+
+
+def test_16bit_grayscale_is_scaled_by_its_range_not_clipped(tmp_path):
+    from stego_probe.data.io import read_image
+
+    # the full 16-bit range: convert("RGB") clipped ~99.6 % of such pixels to 255
+    values = np.linspace(0, 65535, 16 * 16).round().reshape(16, 16).astype(np.uint16)
+    values[0, :4] = [0, 257, 32768, 65535]
+    _sixteen_bit(tmp_path / "a.png", values)
+    with Image.open(tmp_path / "a.png") as im:
+        assert im.mode == "I;16"  # what a 16-bit PNG decodes to
+    got = np.asarray(read_image(tmp_path / "a.png"))
+    assert got.dtype == np.uint8 and got.shape == (16, 16, 3)
+    want = np.floor(values.astype(np.float64) * 255 / 65535 + 0.5).astype(np.uint8)
+    for c in range(3):
+        np.testing.assert_array_equal(got[..., c], want)
+    assert got[0, :4, 0].tolist() == [0, 1, 128, 255]
+    assert (got == 255).mean() < 0.01
+    # a 12-bit camera in a 16-bit container (values <= 4095) stays dark, in proportion
+    _sixteen_bit(tmp_path / "b.png", np.full((4, 4), 4095))
+    assert np.asarray(read_image(tmp_path / "b.png")).max() == 16
+    # through a folder dataset
+    (tmp_path / "d/imgs/train").mkdir(parents=True)
+    _sixteen_bit(tmp_path / "d/imgs/train/x.png", values)
+    ds = get_dataset("folder", tmp_path / "d", "train")
+    np.testing.assert_array_equal(np.asarray(ds[0].image)[..., 0], want)
+
+
+def test_32bit_int_and_float_images_scaled_or_refused_naming_the_file(tmp_path):
+    from stego_probe.data.io import read_image
+
+    ints = np.array([[0, 257, 32768, 65535]], dtype=np.int32)
+    Image.fromarray(ints).save(tmp_path / "i.tif")
+    assert np.asarray(read_image(tmp_path / "i.tif"))[0, :, 1].tolist() == [0, 1, 128, 255]
+    Image.fromarray(np.array([[0, 70000]], dtype=np.int32)).save(tmp_path / "big.tif")
+    with pytest.raises(ValueError, match=r"big\.tif.*mode 'I'.*\[0, 65535\].*\[0, 70000\]"):
+        read_image(tmp_path / "big.tif")
+    floats = np.array([[0.0, 0.5, 1.0]], dtype=np.float32)
+    Image.fromarray(floats).save(tmp_path / "f.tif")
+    assert np.asarray(read_image(tmp_path / "f.tif"))[0, :, 2].tolist() == [0, 128, 255]
+    Image.fromarray(np.array([[0.0, 3.0]], dtype=np.float32)).save(tmp_path / "f3.tif")
+    with pytest.raises(ValueError, match=r"f3\.tif.*mode 'F'.*\[0, 1\]"):
+        read_image(tmp_path / "f3.tif")
+    # 8-bit modes are unchanged: RGBA drops alpha, L is repeated
+    Image.fromarray(np.full((2, 2, 4), 7, np.uint8)).save(tmp_path / "rgba.png")
+    assert np.asarray(read_image(tmp_path / "rgba.png")).tolist() == [[[7] * 3] * 2] * 2
+
+
+def test_folder_pairs_uppercase_and_mixed_case_extensions(tmp_path):
+    stems = ("alpha", "beta", "gamma")
+    ref = write_folder(tmp_path / "a", stems=stems, n_classes=4, label_ext=".PNG")
+    ds = get_dataset("folder", tmp_path / "a", "train", n_classes=4)
+    for i, stem in enumerate(ds.ids):
+        want = ref["labels"][stem].copy()
+        want[want == 255] = -1
+        np.testing.assert_array_equal(ds[i].label, want)
+    assert "labels/train/alpha.PNG" in ds.file_list()[0]
+    # mixed: images .PNG / .Png, labels .pNg, one per stem
+    root = tmp_path / "b"
+    for j, (iext, lext) in enumerate([(".PNG", ".pNg"), (".Png", ".png"), (".png", ".PNG")]):
+        r = write_folder(root, stems=(f"s{j}",), n_classes=4, image_ext=iext, label_ext=lext,
+                         seed=j)  # fmt: skip
+        ref["labels"][f"s{j}"] = r["labels"][f"s{j}"]
+    ds = get_dataset("folder", root, "train", n_classes=4)
+    assert ds.ids == ["s0", "s1", "s2"]
+    for i, stem in enumerate(ds.ids):
+        want = ref["labels"][stem].copy()
+        want[want == 255] = -1
+        np.testing.assert_array_equal(ds[i].label, want)
+
+
+def test_decompression_bomb_is_one_line_naming_the_path(tmp_path, monkeypatch, capsys):
+    import PIL.Image
+
+    from stego_probe.data.io import read_image, read_label_png
+
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(tmp_path / "warn.png")  # 144 px
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "error.png")  # 256 px
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "label.png")
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 100)  # PIL: warn > 100, error > 200
+    for name in ("warn.png", "error.png"):
+        with pytest.raises(ValueError) as e:
+            read_image(tmp_path / name)
+        msg = str(e.value)
+        assert str(tmp_path / name) in msg and "decompression bomb" in msg, msg
+        assert "MAX_IMAGE_PIXELS" in msg and "\n" not in msg
+    with pytest.raises(ValueError, match=r"label\.png: label image refused.*decompression bomb"):
+        read_label_png(tmp_path / "label.png")
+    # through the extract CLI: one line naming the file
+    (tmp_path / "d/imgs/train").mkdir(parents=True)
+    (tmp_path / "error.png").rename(tmp_path / "d/imgs/train/error.png")
+    argv = ["extract", "--dataset", "folder", "--data-root", str(tmp_path / "d"), "--split",
+            "train", "--backbone", "descriptor", "--res", "16", "--device", "cpu",
+            "--no-progress", "--store", str(tmp_path / "store")]  # fmt: skip
+    capsys.readouterr()
+    assert cli_main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path / "d/imgs/train/error.png") in err, err
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)
+    assert read_image(tmp_path / "warn.png").size == (12, 12)
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def test_provenance_records_args_root_and_a_file_list_fingerprint(tmp_path, monkeypatch):
+    write_cocostuff(tmp_path)
+    write_cityscapes(tmp_path)
+    write_potsdam(tmp_path)
+    write_folder(tmp_path / "f", n_classes=4)
+    crops = [np.zeros((6, 8, 3), np.uint8)] * 5
+    write_cropped(tmp_path, "cocostuff27", "train", crops, [np.zeros((6, 8), np.int64)] * 5)
+    cases = [
+        ("synthetic", None, "val", {"n_images": 3, "seed": 2}),
+        ("folder", tmp_path / "f", "train", {"n_classes": 4, "ignore_value": 9}),
+        ("cocostuff27", tmp_path, "train", {}),
+        ("cocostuff27", tmp_path, "train", {"cropped": True}),
+        ("cityscapes27", tmp_path, "val", {}),
+        ("potsdam3", tmp_path, "train", {"potsdam_unmapped": "zero"}),
+    ]
+    for name, root, split, kw in cases:
+        ds = get_dataset(name, root=root, split=split, **kw)
+        prov = ds.provenance
+        assert prov["root"] == (None if root is None else str(root.resolve())), name
+        assert len(prov["files_sha256"]) == 64
+        for k, v in kw.items():  # the options given are recorded (normalised)
+            assert prov["args"][k] == ([v] if k == "ignore_value" else v), (name, k)
+        # the recorded options rebuild the same split
+        again = get_dataset(name, root=root, split=split, **prov["args"])
+        assert again.provenance == prov and again.ids == ds.ids, name
+    # the fingerprint follows the file names, not their contents; and it is cheap
+    f = get_dataset("folder", tmp_path / "f", "train", n_classes=4)
+    fp = f.files_sha256
+    Image.fromarray(np.zeros((9, 13, 3), np.uint8)).save(tmp_path / "f/imgs/train/mid.png")
+    assert get_dataset("folder", tmp_path / "f", "train", n_classes=4).files_sha256 == fp
+    for d in ("imgs", "labels"):
+        (tmp_path / f"f/{d}/train/mid.png").rename(tmp_path / f"f/{d}/train/mide.png")
+    assert get_dataset("folder", tmp_path / "f", "train", n_classes=4).files_sha256 != fp
+    # a relative root is recorded as the same absolute path
+    monkeypatch.chdir(tmp_path)
+    rel = get_dataset("folder", "f", "train", n_classes=4)
+    assert rel.provenance["root"] == str(tmp_path.resolve() / "f")
+    assert (
+        rel.files_sha256 == get_dataset("folder", tmp_path / "f", "train", n_classes=4).files_sha256
+    )
+
+
+def test_prepare_crops_resumes_folders_whose_manifest_predates_args(tmp_path):
+    import json
+
+    src = get_dataset("synthetic", split="train", n_images=2, size=(16, 16))
+    base = prepare_crops(src, tmp_path, progress=False)
+    manifest = base / "manifest_train.json"
+    meta = json.loads(manifest.read_text())
+    assert meta["source"]["args"]["seed"] == 0 and len(meta["source"]["files_sha256"]) == 64
+    for k in ("args", "files_sha256"):  # as written by stego_probe 0.2.0
+        del meta["source"][k]
+    manifest.write_text(json.dumps(meta))
+    prepare_crops(src, tmp_path, progress=False)  # resumes
+    other = get_dataset("synthetic", split="train", n_images=2, size=(16, 16), seed=1)
+    with pytest.raises(ValueError, match="refusing to mix.*args: .*seed.* 0.*1"):
+        prepare_crops(other, tmp_path, progress=False)

@@ -167,8 +167,11 @@ def test_evaluate_codes_errors():
         evaluate_codes(codes, pix, codes[:, :4], pix, K, probes="kmeans")
     with pytest.raises(ValueError, match="unknown probe"):
         evaluate_codes(codes, pix, codes, pix, K, probes="svm")
-    with pytest.raises(ValueError, match="no valid pixel"):
+    with pytest.raises(ValueError, match="val_labels: no labelled pixel"):
         evaluate_codes(codes, pix, codes, np.full_like(pix, -1), K, probes="kmeans",
+                       probe_kwargs=FAST)  # fmt: skip
+    with pytest.raises(ValueError, match="train_labels: no labelled pixel"):
+        evaluate_codes(codes, np.full_like(pix, 255), codes, pix, K, probes="linear",
                        probe_kwargs=FAST)  # fmt: skip
 
 
@@ -377,8 +380,7 @@ def test_released_checkpoint_probes_on_stores_eval_mode(tmp_path):
     train = make_store(tmp_path / "train", codes, pix, **prov)
     val = make_store(tmp_path / "val", vcodes, vpix, flipped=flipped, split="val", **prov)
     write_fake_checkpoint(tmp_path / "potsdam_test.ckpt", in_dim=6, dim=4, n_classes=K)
-    with pytest.warns(UserWarning, match="pickle"):
-        head, hparams = import_checkpoint(tmp_path / "potsdam_test.ckpt")
+    head, hparams = import_checkpoint(tmp_path / "potsdam_test.ckpt")
     assert head.provenance_["fit_data"]["dataset"] == "potsdam3"
     assert head.provenance_["fit_data"]["reference_dataset"] == "potsdam"
     cluster, linear = head.probes()

@@ -362,7 +362,7 @@ def test_cli_extract_bad_input_is_one_clear_line(tmp_path, capsys):
         "unknown dataset 'nope'": ["--dataset", "nope"],
         "unknown backbone 'nope'": ["--backbone", "nope"],
         "not divisible by the backbone's patch size 8": ["--res", "20"],
-        "batch_size: expected a positive int, got -2": ["--batch-size", "-2"],
+        "batch_size (--batch-size): expected a positive int, got -2": ["--batch-size", "-2"],
         "dataset 'synthetic': unknown option(s) colour": ["--dataset-arg", "colour=red"],
     }
     if not torch.cuda.is_available():
@@ -398,3 +398,298 @@ def test_float32_tokens_are_exact_and_cannot_be_mixed_with_float16(tmp_path):
     assert np.abs(half.tokens(slice(None)) - feats).max() > 0
     with pytest.raises(ValueError, match="token_dtype"):
         _run(tmp_path / "s", ds, bb, token_dtype="float16")
+
+
+# ----------------------------------------------------------------------------- inputs never mixed
+
+
+def _synthetic(seed=0, n=10):
+    from stego_probe.data import get_dataset
+
+    return get_dataset("synthetic", split="train", n_images=n, size=(16, 20), seed=seed)
+
+
+def test_resume_with_another_dataset_seed_is_refused(tmp_path):
+    path = tmp_path / "s"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(path, ds=_synthetic(0), bb=ToyBackbone(fail_after=2))
+    assert FeatureStore.open(path, allow_incomplete=True).done_blocks().tolist() == [
+        True,
+        False,
+        False,
+    ]
+    before = _tree(path)
+    with pytest.raises(ValueError) as e:
+        _run(path, ds=_synthetic(1))
+    msg = str(e.value)
+    assert f"refusing to mix incompatible feature store {path}" in msg
+    assert "dataset_args.seed: 0 != 1" in msg and "--dataset-arg seed=" in msg, msg
+    assert "`extract --overwrite`" in msg and "overwrite=True" in msg
+    assert _tree(path) == before
+    # the same seed resumes; the complete store is then refused to the other seed too
+    store = _run(path, ds=_synthetic(0))
+    ref = _run(tmp_path / "ref", ds=_synthetic(0))
+    assert store.complete and _tree(path) == _tree(ref.path)
+    assert store.provenance["dataset_args"]["seed"] == 0
+    with pytest.raises(ValueError, match="dataset_args.seed: 0 != 1"):
+        _run(path, ds=_synthetic(1))
+    # other options of the generator, and the split's file list, are covered as well
+    with pytest.raises(ValueError, match=r"dataset_args.size: \[16, 20\] != \[16, 24\]"):
+        _run(path, ds=_synthetic(0).__class__("train", n_images=10, size=(16, 24)))
+
+
+def test_resume_from_another_data_root_is_refused(tmp_path, monkeypatch):
+    from data_fixtures import write_folder
+
+    from stego_probe.data import get_dataset
+
+    stems = tuple(f"im{i}" for i in range(6))
+    write_folder(tmp_path / "a", stems=stems, size=(16, 16), n_classes=K, seed=0)
+    write_folder(tmp_path / "b", stems=stems, size=(16, 16), n_classes=K, seed=1)
+
+    def folder(root):
+        return get_dataset("folder", root, "train", n_classes=K)
+
+    path = tmp_path / "s"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(path, ds=folder(tmp_path / "a"), bb=ToyBackbone(fail_after=2))
+    before = _tree(path)
+    with pytest.raises(ValueError) as e:
+        _run(path, ds=folder(tmp_path / "b"))  # same file names, other images
+    msg = str(e.value)
+    assert f"data_root: '{tmp_path / 'a'}' != '{tmp_path / 'b'}'" in msg and "--data-root" in msg
+    assert "files_sha256" not in msg  # same names: only the root differs
+    assert _tree(path) == before
+    # the same root given as a relative path is the same input
+    monkeypatch.chdir(tmp_path)
+    assert _run(path, ds=folder("a")).complete
+    # another file list under the same root is refused (a file renamed, same count)
+    for d in ("imgs", "labels"):
+        (tmp_path / f"a/{d}/train/im5.png").rename(tmp_path / f"a/{d}/train/im9.png")
+    with pytest.raises(ValueError, match="files_sha256: '[0-9a-f]{64}' != '[0-9a-f]{64}'"):
+        _run(path, ds=folder("a"))
+    # with --limit only the files used count: a file after the limit may change
+    lim = tmp_path / "lim"
+    assert _run(lim, ds=folder("a"), limit=4).complete
+    (tmp_path / "a/imgs/train/im9.png").rename(tmp_path / "a/imgs/train/im8.png")
+    (tmp_path / "a/labels/train/im9.png").rename(tmp_path / "a/labels/train/im8.png")
+    assert _run(lim, ds=folder("a"), limit=4).complete
+
+
+def _labels_up_to_11(root, n=6, bad_from=0):
+    """A folder dataset whose labels hold 0..10 and the value 11 (meant as "ignore") in images
+    ``bad_from`` and later."""
+    (root / "imgs/train").mkdir(parents=True)
+    (root / "labels/train").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+            root / f"imgs/train/im{i}.png"
+        )
+        lab = rng.integers(0, 11, (16, 16)).astype(np.uint8)
+        if i >= bad_from:
+            lab[0, :3] = 11
+        Image.fromarray(lab).save(root / f"labels/train/im{i}.png")
+
+
+NAMES = [f"name{k}" for k in range(11)]
+
+
+def test_failed_first_run_then_rerun_with_other_dataset_args_records_the_rerun(tmp_path, capsys):
+    import json
+
+    from stego_probe.cli.main import main
+
+    root = tmp_path / "data"
+    _labels_up_to_11(root)
+    path = str(tmp_path / "store")
+    argv = ["extract", "--dataset", "folder", "--data-root", str(root), "--split", "train",
+            "--backbone", "descriptor", "--res", "16", "--device", "cpu", "--no-progress",
+            "--chunk-images", "2", "--store", path, "--dataset-arg", "n_classes=11"]  # fmt: skip
+    # first run: value 11 is no class of 11 and not the ignore value 255 -> fails at image 0
+    assert main(argv) == 1
+    assert "im0.png" in capsys.readouterr().err
+    assert not FeatureStore.open(path, allow_incomplete=True).done_blocks().any()
+    # rerun with the options that fit the data
+    rerun = argv + ["--dataset-arg", "ignore_value=11", "--dataset-arg",
+                    f"class_names={json.dumps(NAMES)}"]  # fmt: skip
+    assert main(rerun) == 0
+    capsys.readouterr()
+    assert main(["info", "--json", path]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["class_names"] == NAMES
+    store = FeatureStore.open(path)
+    prov = store.provenance
+    assert prov["class_names"] == NAMES and prov["dataset_args"]["ignore_value"] == [11]
+    assert prov["dataset_info"]["ignore_values"] == [11]
+    assert (store.labels(slice(None))[:, 0, :3] == -1).all()  # 11 stored as ignore
+    capsys.readouterr()
+    assert main(["info", path]) == 0
+    assert "name0, name1" in capsys.readouterr().out
+
+
+def test_rerun_with_other_label_options_after_some_blocks_is_refused(tmp_path):
+    from stego_probe.data import get_dataset
+
+    root = tmp_path / "data"
+    _labels_up_to_11(root, bad_from=4)  # images 0-3 are fine: blocks 0 and 1 get written
+    path = tmp_path / "store"
+    first = get_dataset("folder", root, "train", n_classes=11)
+    with pytest.raises(ValueError, match=r"im4\.png"):
+        _run(path, ds=first, chunk_images=2)
+    assert FeatureStore.open(path, allow_incomplete=True).done_blocks().tolist() == [
+        True,
+        True,
+        False,
+    ]
+    before = _tree(path)
+    other = get_dataset("folder", root, "train", n_classes=11, ignore_value=11, class_names=NAMES)
+    with pytest.raises(ValueError) as e:
+        _run(path, ds=other, chunk_images=2)
+    msg = str(e.value)
+    for needle in [
+        "class_names: ['class0', ",
+        "dataset_args.ignore_value: [255] != [11]",
+        "dataset_args.class_names",
+        "--dataset-arg ignore_value=",
+        "--dataset-arg class_names=",
+    ]:
+        assert needle in msg, (needle, msg)
+    assert _tree(path) == before
+    # overwrite=True starts again from the new options
+    store = _run(path, ds=other, chunk_images=2, overwrite=True)
+    assert store.complete and store.class_names == NAMES
+
+
+def test_incomplete_store_without_written_blocks_is_recreated_from_the_new_inputs(tmp_path):
+    path = tmp_path / "s"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(path, ds=_synthetic(0), bb=ToyBackbone(fail_after=0))
+    # anything may change, backbone included: there is no data to mix with
+    store = _run(path, ds=_synthetic(3), bb=OtherBackbone(seed=2), res=20, chunk_images=5)
+    ref = _run(tmp_path / "ref", ds=_synthetic(3), bb=OtherBackbone(seed=2), res=20, chunk_images=5)
+    assert store.provenance["dataset_args"]["seed"] == 3 and store.chunk_images == 5
+    assert _tree(path) == _tree(ref.path)
+
+
+def test_random_init_backbones_with_other_seeds_are_refused_on_resume(tmp_path):
+    from stego_probe.backbones import get_backbone
+
+    tiny = {"depth": 1, "embed_dim": 48, "num_heads": 3, "img_size": 32}
+
+    def rand(seed):
+        return get_backbone(
+            "timm:vit_small_patch16_224", pretrained=False, seed=seed, model_kwargs=tiny
+        )
+
+    path = tmp_path / "vit"
+    with pytest.raises(ValueError, match="'toy_6'"):
+        _run(path, ds=ToyDataset(bad=6), bb=rand(1), res=32)
+    assert FeatureStore.open(path, allow_incomplete=True).done_blocks().any()
+    before = _tree(path)
+    with pytest.raises(ValueError, match="weights_sha256: '[0-9a-f]{64}' != '[0-9a-f]{64}'"):
+        _run(path, bb=rand(2), res=32)
+    assert _tree(path) == before
+    store = _run(path, bb=rand(1), res=32)  # the same seed: the same weights, resumed
+    assert store.complete and store.provenance["backbone_info"]["init_seed"] == 1
+    # a custom backbone without a weight file: its weights are fingerprinted by extract
+    toy = tmp_path / "toy"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(toy, bb=ToyBackbone(seed=0, fail_after=2))
+    with pytest.raises(ValueError, match="weights_sha256"):
+        _run(toy, bb=ToyBackbone(seed=5))
+    store = _run(toy, bb=ToyBackbone(seed=0))
+    assert store.complete
+    fp = store.provenance["weights_sha256"]
+    assert fp == store.provenance["backbone_info"]["weights_fingerprint"] and len(fp) == 64
+    from stego_probe.backbones.weights import state_dict_fingerprint
+
+    assert fp == state_dict_fingerprint(ToyBackbone(seed=0))
+    # a backbone without weights at all (descriptor) records none
+    desc = extract(ToyDataset(2), get_backbone("descriptor"), tmp_path / "d", res=16,
+                   progress=False)  # fmt: skip
+    assert desc.provenance["weights_sha256"] is None
+
+
+class BadOutputBackbone(ToyBackbone):
+    """ToyBackbone whose ``call``-th forward pass puts ``value`` into sample ``row``."""
+
+    def __init__(self, call: int, row: int, value: float, scale_all: bool = False):
+        super().__init__()
+        self.bad_call, self.row, self.value, self.scale_all = call, row, value, scale_all
+
+    def features(self, images):
+        out = super().features(images)
+        if self.calls == self.bad_call:
+            out = out.clone()
+            if self.scale_all:
+                out[self.row] *= self.value
+            else:
+                out[self.row, 1, 0, 2] = self.value
+        return out
+
+
+def test_non_finite_backbone_output_is_refused_naming_the_sample(tmp_path):
+    path = tmp_path / "s"
+    # batches of 2, blocks of 4: call 4 = images 6, 7 (block 1); row 0 = image 6
+    with pytest.raises(ValueError) as e:
+        _run(path, bb=BadOutputBackbone(call=4, row=0, value=float("nan")))
+    msg = str(e.value)
+    assert "non-finite tokens for sample 'toy_6' (index 6)" in msg and "1 NaN" in msg, msg
+    partial = FeatureStore.open(path, allow_incomplete=True)
+    assert partial.done_blocks().tolist() == [True, False, False]  # block 1 not written
+    assert np.isfinite(partial.tokens(slice(0, 4))).all()
+    assert (partial.tokens(slice(4, 8)) == 0).all()
+    assert _run(path).complete and np.isfinite(FeatureStore.open(path).tokens(slice(None))).all()
+    with pytest.raises(ValueError, match=r"'toy_3' \(index 3\).*infinite"):
+        _run(tmp_path / "inf", bb=BadOutputBackbone(call=2, row=1, value=float("-inf")))
+    assert not FeatureStore.open(tmp_path / "inf", allow_incomplete=True).done_blocks().any()
+    # finite values beyond float16: refused, with the way out; float32 tokens store them
+    big = BadOutputBackbone(call=1, row=1, value=1e6, scale_all=True)
+    with pytest.raises(ValueError, match=r"'toy_1' \(index 1\).*overflow float16.*--float32"):
+        _run(tmp_path / "big", bb=big)
+    big = BadOutputBackbone(call=1, row=1, value=1e6, scale_all=True)
+    store = _run(tmp_path / "big32", bb=big, token_dtype="float32")
+    assert np.isfinite(store.tokens(1)).all() and np.abs(store.tokens(1)).max() > 65504
+    # the flipped tokens are checked too (the 2nd call of a batch is the flipped pass)
+    with pytest.raises(ValueError, match=r"non-finite flipped tokens for sample 'toy_0'"):
+        _run(tmp_path / "f", bb=BadOutputBackbone(call=2, row=0, value=float("nan")), flipped=True)
+
+
+def test_a_store_being_written_is_locked(tmp_path):
+    from stego_probe.extract import _store_lock
+    from stego_probe.lock import FolderLockedError
+
+    path = tmp_path / "s"
+    with _store_lock(str(path)):
+        with pytest.raises(FolderLockedError, match=rf"feature store {path} is being written"):
+            _run(path)
+    assert _run(path).complete  # released
+    assert (tmp_path / ".s.lock").is_file()
+
+
+def test_cli_errors_name_the_cli_options(tmp_path, capsys):
+    from stego_probe.cli.main import main
+
+    def err(argv):
+        assert main(argv) == 1
+        msg = capsys.readouterr().err.strip()
+        assert len(msg.splitlines()) == 1 and "Traceback" not in msg, msg
+        return msg
+
+    path = str(tmp_path / "s")
+    argv = ["extract", "--dataset", "synthetic", "--split", "val", "--backbone", "descriptor",
+            "--res", "16", "--device", "cpu", "--no-progress", "--store", path,
+            "--dataset-arg", "n_images=3"]  # fmt: skip
+    assert main(argv + ["--dataset-arg", "seed=0"]) == 0
+    capsys.readouterr()
+    msg = err(argv + ["--dataset-arg", "seed=1"])
+    assert "dataset_args.seed: 0 != 1" in msg and "--dataset-arg seed=" in msg
+    assert "`extract --overwrite`" in msg
+    msg = err(argv + ["--dataset-arg", "seed=0", "--res", "32"])
+    assert "--res" in msg and "res: 16 != 32" in msg
+    assert "limit (--limit): expected a positive int, got 0" in err(argv + ["--limit", "0"])
+    assert "--num-workers" in err(argv + ["--num-workers", "-1"])
+    folder = ["extract", "--dataset", "folder", "--split", "train", "--backbone", "descriptor",
+              "--store", str(tmp_path / "f")]  # fmt: skip
+    assert "root (--data-root)" in err(folder)

@@ -394,3 +394,25 @@ def test_linear_probe_initialize_resets_the_statistics():
     assert getattr(probe, "mean_", None) is None
     probe.fit_scaler(codes[:, :3]).partial_fit(codes[:, :3], labels)
     assert probe.mean_.shape == (3,)
+
+
+def test_linear_probe_refuses_to_train_without_labelled_pixels():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 3, 2, 2)).astype(np.float32)
+    ignore = np.full((4, 4, 4), 255)
+    with pytest.raises(ValueError, match="no labelled pixel"):
+        LinearProbe(3, steps=5, batch_size=2).fit(x, ignore)
+    # a stream of all-ignore batches "trains" with zero loss; check_labelled refuses it
+    probe = LinearProbe(3, standardize="none")
+    for _ in range(3):
+        probe.partial_fit(x[:2], ignore[:2])
+    assert probe.n_labelled_ == 0
+    with pytest.raises(ValueError, match="train store S: the linear probe was trained without"):
+        probe.check_labelled("train store S")
+    labels = ignore.copy()
+    labels[0, 0, :2] = [0, 2]
+    probe.partial_fit(x[:2], labels[:2])
+    assert probe.n_labelled_ == 2
+    probe.check_labelled()
+    fitted = LinearProbe(3, steps=2, batch_size=2).fit(x, labels)
+    assert fitted.n_labelled_ == 2

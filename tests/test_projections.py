@@ -407,6 +407,22 @@ def test_non_finite_fit_data_is_refused(bad):
     assert np.isfinite(ok.all_components_).all()
 
 
+def test_non_finite_store_tokens_name_the_image_and_its_id():
+    from stego_probe.projections.base import _check_store_sample
+
+    store = _store(n_images=10)
+    store.ids = [f"img{i:03d}" for i in range(10)]
+    store._t[7, 2, 1, 4] = np.nan
+    with pytest.raises(ValueError, match=r"image index 7, id 'img007'"):
+        PCAProjection(3, n_images=None).fit(store)
+    # a token sample (UMAP / h-NNE fits) is traced back to the image it came from
+    sample = store.sample_tokens(10**6, seed=0)
+    assert not np.isfinite(sample).all()
+    with pytest.raises(ValueError, match=r"'fake://store' has NaN .*image index 7, id 'img007'"):
+        _check_store_sample(store, sample, None)
+    _check_store_sample(store, store.sample_tokens(50, images=np.arange(5)), np.arange(5))
+
+
 def test_non_finite_transform_input_is_refused():
     x = _correlated(300)
     for est in (PCAProjection(3).fit(x), RandomProjection(3).fit(x), Identity().fit(x)):

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from stego_fixtures import TinyStore, clustered_tokens, write_fake_checkpoint
+from stego_fixtures import (
+    HAVE_OMEGACONF,
+    PAYLOADS,
+    TinyStore,
+    clustered_tokens,
+    write_fake_checkpoint,
+    write_payload_checkpoint,
+)
 
 from stego_probe.projections.stego import (
     PRESETS,
@@ -25,6 +33,7 @@ from stego_probe.projections.stego import (
     sample,
     super_perm,
 )
+from stego_probe.projections.stego import checkpoint as ckpt_mod
 from stego_probe.projections.stego.knn import sibling_groups
 
 
@@ -250,6 +259,49 @@ def test_knn_cache_keyed_on_provenance(tmp_path):
     assert store.reads > reads and len(list(tmp_path.glob("knn_*.npz"))) == 2
 
 
+def test_knn_cache_damage_is_detected_and_recomputed(tmp_path):
+    from stego_probe.projections.stego.knn import KNNCacheError, load_knns, save_knns
+
+    store = _knn_store()
+    want = compute_knns(store, 5, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("knn_*.npz")
+    good = path.read_bytes()
+    key = json.loads(str(np.load(path)["key"]))
+    data_at = good.index(want.tobytes()[:64])  # first bytes of the table inside the zip
+
+    def flipped(b):
+        b = bytearray(b)
+        b[data_at] ^= 0x01  # an index still in range: only the zip member's CRC catches it
+        return bytes(b)
+
+    damaged = {
+        "empty": b"",
+        "truncated_10": good[:10],
+        "truncated_half": good[: len(good) // 2],
+        "truncated_end": good[:-1],
+        "flipped": flipped(good),
+    }
+    for name, content in damaged.items():
+        path.write_bytes(content)
+        with pytest.raises(KNNCacheError) as e:
+            load_knns(path, key)
+        msg = str(e.value)
+        assert len(msg.splitlines()) == 1 and str(path) in msg and "expected" in msg, (name, msg)
+        reads = store.reads
+        with pytest.warns(UserWarning, match="recomputing"):
+            got = compute_knns(store, 5, cache_dir=tmp_path)
+        assert store.reads > reads, name  # recomputed from the store, not read as data
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(load_knns(path, key), want)  # and the cache repaired
+    # a well-formed file whose table does not fit its key: shape, then index range
+    for nns, what in ((want[:-1], "shape"), (want + 40, "outside")):
+        save_knns(path, nns, key)
+        with pytest.raises(KNNCacheError, match=what):
+            load_knns(path, key)
+        with pytest.warns(UserWarning, match="recomputing"):
+            np.testing.assert_array_equal(compute_knns(store, 5, cache_dir=tmp_path), want)
+
+
 # ------------------------------------------------------------------ training
 @pytest.fixture(scope="module")
 def toy():
@@ -443,14 +495,32 @@ def test_presets_match_protocol_table():
 
 
 # ------------------------------------------------------------------ checkpoint import
-@pytest.mark.parametrize("unpickler", ["auto", "stub"])
-def test_import_checkpoint_roundtrip(tmp_path, unpickler):
+#: --unpickler modes available here (omegaconf: only when it is installed).
+MODES = ["auto", "stub"] + (["omegaconf"] if HAVE_OMEGACONF else [])
+
+
+def _force_reader(monkeypatch, reader: str) -> None:
+    """Make the safe loader use only one of its two readers."""
+    if reader == "weights_only":  # the allow-list unpickler must not be needed
+        monkeypatch.setattr(
+            ckpt_mod, "_allow_list_pickle", lambda allowed: pytest.fail("fell back")
+        )
+    elif reader == "allow_list":  # as on torch < 2.5 (no safe_globals context)
+        monkeypatch.delattr(torch.serialization, "safe_globals")
+
+
+@pytest.mark.parametrize("reader", ["weights_only", "allow_list"])
+@pytest.mark.parametrize("unpickler", MODES)
+def test_import_checkpoint_roundtrip(tmp_path, monkeypatch, unpickler, reader):
     path = tmp_path / "fake.ckpt"
     sd = write_fake_checkpoint(path, in_dim=6, dim=4, n_classes=3, extra_clusters=1)
-    with pytest.warns(UserWarning, match="trust"):
+    _force_reader(monkeypatch, reader)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the safe loader has nothing to warn about
         head, hp = import_checkpoint(path, unpickler=unpickler)
     assert hp["n_classes"] == 3 and hp["backbone"] == "dino_vits8" and hp["global_step"] == 1234
     assert hp["cfg"]["neg_inter_shift"] == 0.76 and hp["cfg"]["nested"] == {"a": 1, "b": [1, 2]}
+    assert hp["cfg"]["crop_type"] is None and hp["cfg"]["dropout"] is True
     assert (
         head.resolved_params_["neg_inter_shift"] == 0.76 and head.resolved_params_["steps"] == 5000
     )
@@ -473,20 +543,88 @@ def test_import_checkpoint_roundtrip(tmp_path, unpickler):
     assert torch.equal(back.transform(x), head.transform(x))
 
 
+@pytest.mark.parametrize("reader", ["default", "allow_list"])
+def test_import_checkpoint_attribute_dict_hparams(tmp_path, monkeypatch, reader):
+    """weights_only cannot fill a dict subclass (SETITEMS), so this needs the allow-list reader."""
+    path = tmp_path / "ad.ckpt"
+    write_fake_checkpoint(path, attribute_dict=True)  # Lightning is not installed to read it
+    _force_reader(monkeypatch, reader)
+    _, hp = import_checkpoint(path, unpickler="stub")
+    assert hp["n_classes"] == 3 and hp["cfg"]["nested"] == {"a": 1, "b": [1, 2]}
+
+
+@pytest.mark.parametrize("kind", sorted(PAYLOADS))
+@pytest.mark.parametrize("reader", ["default", "allow_list"])
+@pytest.mark.parametrize("unpickler", MODES)
+def test_crafted_checkpoint_runs_nothing(tmp_path, monkeypatch, unpickler, reader, kind):
+    path, marker = tmp_path / "evil.ckpt", tmp_path / "marker"
+    name = write_payload_checkpoint(path, kind, marker)
+    _force_reader(monkeypatch, reader)
+    with pytest.raises(ValueError) as e:
+        import_checkpoint(path, unpickler=unpickler)
+    assert not marker.exists()
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and str(path) in msg and f"global {name}," in msg, msg
+
+
+@pytest.mark.parametrize("kind", sorted(PAYLOADS))
+def test_crafted_checkpoint_payload_is_live_under_trust(tmp_path, kind):
+    """Control for the test above: with trust=True the same file does run its payload."""
+    path, marker = tmp_path / "evil.ckpt", tmp_path / "marker"
+    write_payload_checkpoint(path, kind, marker)
+    with pytest.warns(UserWarning, match="runs any code"):
+        import_checkpoint(path, trust=True)
+    assert marker.exists()
+
+
+def test_allow_list_is_by_name_not_by_module(tmp_path):
+    """Admitted modules (torch, collections, builtins) do not admit their other callables."""
+
+    class Call:
+        def __init__(self, fn, *args):
+            self.fn, self.args = fn, args
+
+        def __reduce__(self):
+            return self.fn, self.args
+
+    for fn, args, name in (
+        (torch.load, (str(tmp_path / "x.pt"),), "torch.serialization.load"),
+        (getattr, (dict, "fromkeys"), "builtins.getattr"),
+        (__import__("collections").namedtuple, ("T", "a"), "collections.namedtuple"),
+    ):
+        path = tmp_path / "call.ckpt"
+        torch.save({"state_dict": {}, "hyper_parameters": Call(fn, *args)}, path)
+        with pytest.raises(ValueError, match=f"global {name},"):
+            import_checkpoint(path)
+
+
+@pytest.mark.skipif(HAVE_OMEGACONF, reason="omegaconf is installed")
+def test_unpickler_omegaconf_needs_omegaconf(tmp_path):
+    path = tmp_path / "fake.ckpt"
+    write_fake_checkpoint(path)
+    with pytest.raises(ImportError, match="--unpickler omegaconf"):
+        import_checkpoint(path, unpickler="omegaconf")
+    with pytest.raises(ValueError, match="unpickler must be one of"):
+        import_checkpoint(path, unpickler="pickle")
+
+
 def test_import_checkpoint_strict_keys(tmp_path):
     bad = tmp_path / "bad.ckpt"
     write_fake_checkpoint(bad, extra_keys={"net.cluster3.0.weight": torch.zeros(1)})
-    with pytest.warns(UserWarning), pytest.raises(KeyError, match="net.cluster3.0.weight"):
+    with pytest.raises(KeyError, match="net.cluster3.0.weight"):
         import_checkpoint(bad)
     miss = tmp_path / "miss.ckpt"
     write_fake_checkpoint(miss, drop_keys=("linear_probe.bias",))
-    with pytest.warns(UserWarning), pytest.raises(KeyError, match="linear_probe.bias"):
+    with pytest.raises(KeyError, match="linear_probe.bias"):
         import_checkpoint(miss)
     lin = tmp_path / "lin.ckpt"
     write_fake_checkpoint(lin, nonlinear=False)
-    with pytest.warns(UserWarning):
-        head, _ = import_checkpoint(lin)
+    head, _ = import_checkpoint(lin)
     assert head.head_.projection_type == "linear"
+    odd = tmp_path / "odd.ckpt"
+    write_fake_checkpoint(odd, extra_keys={"net.model.extra": [1, 2]})
+    with pytest.raises(ValueError, match="'state_dict' must map names to tensors.*net.model.extra"):
+        import_checkpoint(odd)
     with pytest.raises(FileNotFoundError):
         import_checkpoint(tmp_path / "none.ckpt")
 
@@ -606,3 +744,68 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, capsys, toy):
     if not torch.cuda.is_available():
         assert "CUDA is not available" in err(args + ["--device", "cuda", "--out", out])
     assert not (tmp_path / "h.pt").exists()
+
+
+@pytest.mark.parametrize("kind", sorted(PAYLOADS))
+def test_cli_import_crafted_checkpoint_runs_nothing(tmp_path, capsys, kind):
+    from stego_probe.cli.checkpoint import UNPICKLERS
+    from stego_probe.cli.main import main
+
+    assert UNPICKLERS == ckpt_mod.UNPICKLERS
+    path, marker, out = tmp_path / "evil.ckpt", tmp_path / "marker", tmp_path / "imp"
+    name = write_payload_checkpoint(path, kind, marker)
+    for mode in MODES:
+        assert main(["import-checkpoint", str(path), "--unpickler", mode, "--out", str(out)]) == 1
+        msg = capsys.readouterr().err.strip()
+        assert len(msg.splitlines()) == 1 and "Traceback" not in msg, msg
+        assert str(path) in msg and f"global {name}," in msg and "--trust-pickle" in msg, msg
+        assert not marker.exists() and not out.exists()
+
+
+def test_cli_import_trust_pickle(tmp_path, capsys):
+    from stego_probe.cli.main import main
+
+    path = tmp_path / "fake.ckpt"
+    write_fake_checkpoint(path)
+    argv = ["import-checkpoint", str(path), "--trust-pickle", "--out", str(tmp_path / "imp")]
+    with pytest.warns(UserWarning, match="runs any code"):
+        assert main(argv) == 0
+    assert "neg_inter_shift: 0.76" in capsys.readouterr().out
+    assert StegoHead.load(tmp_path / "imp" / "stego_head.pt").dim == 4
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--steps", "0", "expected a positive integer (>= 1), got '0'"),
+        ("--steps", "-5", "expected a positive integer (>= 1), got '-5'"),
+        ("--steps", "ten", "expected a positive integer (>= 1), got 'ten'"),
+        ("--seed", "-1", "expected a non-negative integer (>= 0), got '-1'"),
+        ("--batch-size", "0", "expected a positive integer (>= 1), got '0'"),
+        ("--val-every", "0", "expected a positive integer (>= 1), got '0'"),
+        ("--dim", "-2", "expected a positive integer (>= 1), got '-2'"),
+    ],
+)
+def test_cli_train_int_flags_fail_at_parsing(tmp_path, capsys, flag, value, expected):
+    from stego_probe.cli.main import main
+
+    argv = ["train-stego", "--train-store", str(tmp_path / "nope"), "--preset", "synthetic",
+            flag, value, "--out", str(tmp_path / "h.pt")]  # fmt: skip
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(f"error: argument {flag}: {expected}"), err
+    assert "Traceback" not in "\n".join(err) and not (tmp_path / "h.pt").exists()
+
+
+def test_argtypes_accept_their_range():
+    import argparse
+
+    from stego_probe.cli.argtypes import nonneg_int, positive_int
+
+    assert positive_int("1") == 1 and positive_int("7000") == 7000
+    assert nonneg_int("0") == 0 and nonneg_int("3") == 3
+    for fn, bad in ((positive_int, "0"), (nonneg_int, "-1"), (nonneg_int, "1.5")):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected a"):
+            fn(bad)

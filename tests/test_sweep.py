@@ -5,7 +5,9 @@ optimisation steps) is run once per module and shared; tests that mutate a run w
 """
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 import types
 import warnings
@@ -19,6 +21,7 @@ import yaml
 
 from stego_probe import sweep
 from stego_probe.cli.main import main
+from stego_probe.lock import LOCK_NAME, FolderLockedError, folder_lock, lock_holder
 from stego_probe.results import RESULT_COLUMNS, make_rows, read_results
 from stego_probe.sweep import (
     Point,
@@ -183,6 +186,21 @@ def test_overrides_merge_into_nested_dicts():
         ({"method_kwargs": {"pcaa": {}}}, ValueError, ["method_kwargs", "pcaa"]),
         ({"probe_kwargs": {"kmean": {}}}, ValueError, ["probe_kwargs", "kmean"]),
         ({"mode": "token", "flip": True}, ValueError, ["flip", "token"]),
+        ({"seeds": [0, -1]}, ValueError, ["seeds", "non-negative", "-1"]),
+        ({"seeds": [2**32]}, ValueError, ["seeds"]),
+        ({"seeds": ["a"]}, ValueError, ["seeds"]),
+        ({"dims": []}, ValueError, ["dims"]),
+        ({"train": {"res": 0}}, ValueError, ["train.res"]),
+        ({"distinctness": {"n_tokens": 6}}, ValueError, ["distinctness.n_tokens=6", "K + 1 = 7"]),
+        ({"distinctness": {"n_tokens": 0}}, ValueError, ["distinctness.n_tokens"]),
+        ({"distinctness": {"seeds": [-2]}}, ValueError, ["distinctness.seeds"]),
+        ({"distinctness": {"seeds": []}}, ValueError, ["distinctness.seeds"]),
+        # K from dataset_kwargs: 3 classes need 4 tokens
+        (
+            {"dataset_kwargs": {"n_classes": 3}, "distinctness": {"n_tokens": 3}},
+            ValueError,
+            ["distinctness.n_tokens=3", "K = 3"],
+        ),
     ],
 )
 def test_bad_config_errors_name_the_problem(overrides, exc, words):
@@ -190,6 +208,45 @@ def test_bad_config_errors_name_the_problem(overrides, exc, words):
         load_config("synthetic", overrides)
     for w in words:
         assert w in str(info.value)
+
+
+def test_config_is_validated_on_construction(tmp_path):
+    with pytest.raises(ValueError, match="seeds"):
+        SweepConfig(name="t", dataset="synthetic", backbone="descriptor", seeds=[-1])
+    with pytest.raises(ValueError, match="distinctness.n_tokens"):
+        SweepConfig(
+            name="t", dataset="cocostuff27", backbone="dino_vitb8", distinctness={"n_tokens": 27}
+        )
+    # distinctness off: n_tokens is not used, so not checked against K
+    SweepConfig(
+        name="t", dataset="synthetic", backbone="descriptor",
+        distinctness={"enabled": False, "n_tokens": 2},
+    )  # fmt: skip
+    # config.json round trip
+    config = tiny_config()
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config.to_dict()))
+    assert SweepConfig.from_json(path).to_dict() == config.to_dict()
+    path.write_text(json.dumps({**config.to_dict(), "seeds": [-3]}))
+    with pytest.raises(ValueError, match="seeds"):
+        SweepConfig.from_json(path)
+
+
+def test_cli_rejects_bad_seeds_and_tokens_before_any_work(tmp_path, capsys):
+    out = tmp_path / "x"
+    for flag, value in (("--seeds", "-1"), ("--seeds", "0,x"), ("--dims", "0")):
+        with pytest.raises(SystemExit) as info:
+            main(["sweep", "--preset", "synthetic", "--out", str(out), flag, value])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and f"argument {flag}" in err, err
+    preset = tmp_path / "bad.yaml"
+    data = {**load_config("synthetic", TINY).to_dict(), "name": "bad"}
+    data["distinctness"] = {"n_tokens": 5}
+    preset.write_text(yaml.safe_dump(data))
+    rc = main(["sweep", "--preset", str(preset), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "distinctness.n_tokens=5" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()  # refused when the config was loaded: nothing extracted
 
 
 def test_bad_preset_errors(tmp_path):
@@ -311,6 +368,8 @@ def test_killed_sweep_resumes_to_the_uninterrupted_table(tiny_run, tmp_path, mon
     monkeypatch.setattr(sweep, "run_point", killed_on_third)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(config, out, progress=False)
+    assert lock_holder(out) is None  # Ctrl-C released the folder
+    assert not (out / "failures.log").exists()  # an interrupt is not a failed point
     partial = read_results(out / "results.csv")
     finished = set(calls[:2])
     assert done_points(out / "results.csv") == finished
@@ -362,7 +421,12 @@ def test_resume_refuses_another_configuration(tiny_run, tmp_path):
             run_sweep(tiny_config(**{key: value}), out, progress=False)
     assert (out / "config.json").read_text() == before
     assert (out / "results.csv").read_bytes() == table
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "results.csv"]
+    # nothing written apart from the folder's (released) lock file
+    assert sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) == [
+        "config.json",
+        "results.csv",
+    ]
+    assert lock_holder(out) is None
 
 
 def test_mismatched_stores_refused(tiny_run, tmp_path, monkeypatch):
@@ -834,3 +898,334 @@ def test_has_results(tiny_run, tmp_path):
     path.write_text(",".join(RESULT_COLUMNS) + "\n")  # a header only
     assert not sweep.has_results(path)
     assert sweep.has_results(tiny_run.out / "results.csv")
+
+
+# ------------------------------------------------------------------ integrity (issue 9)
+
+
+def rebuild_store(src, path, tokens=None, labels=None):
+    """A copy of store ``src`` at ``path`` written through the store API, with ``tokens(t, a)``
+    / ``labels(l, a)`` applied to each block (``a`` = first image of the block)."""
+    from stego_probe.store import FeatureStore
+
+    new = FeatureStore.create(
+        path, n_images=src.n_images, grid=src.grid, dim=src.dim, label_shape=src.label_shape,
+        provenance=dict(src.provenance), chunk_images=src.chunk_images, overwrite=True,
+    )  # fmt: skip
+    for b in range(new.n_blocks):
+        a, z = new.block_range(b)
+        t, lab = src.tokens(slice(a, z)), src.labels(slice(a, z))
+        t = t if tokens is None else tokens(t, a)
+        lab = lab if labels is None else labels(lab, a)
+        new.write_block(b, t, lab, src.ids[a:z])
+    new.mark_complete()
+    return FeatureStore.open(path)
+
+
+def nan_at_image(k):
+    def poison(t, a):
+        t = t.copy()
+        if a <= k < a + len(t):
+            t[k - a, 1, 2, 3] = np.nan
+        return t
+
+    return poison
+
+
+def tiny_stores(run: Run):
+    from stego_probe.store import FeatureStore
+
+    return tuple(
+        FeatureStore.open(sweep.store_path(run.config, run.out, w)) for w in ("train", "val")
+    )
+
+
+def test_reused_store_must_match_the_config(tiny_run, tmp_path):
+    """A complete store at OUT/stores/<tag> extracted with other dataset options is refused,
+    naming the store and the field (the tag does not encode dataset_kwargs)."""
+    out = copy_run(tiny_run, tmp_path / "run")  # stores only: no config.json, not a resume
+    other = tiny_config(dataset_kwargs={**TINY["dataset_kwargs"], "seed": 1})
+    train = sweep.store_path(other, out, "train")
+    assert train == sweep.store_path(tiny_run.config, out, "train")  # same tag
+    with pytest.raises(ValueError) as info:
+        run_sweep(other, out, progress=False)
+    msg = str(info.value)
+    assert f"train store {train}" in msg and "dataset_kwargs.seed: store 0, config 1" in msg
+    assert "Delete it" in msg
+    assert not (out / "results.csv").exists() and not (out / "projections").exists()
+    # the other way round: the store has seed 1 and the config leaves seed at its default 0
+    out2 = tmp_path / "run2"
+    sweep.ensure_stores(other, out2, progress=False)
+    with pytest.raises(ValueError, match=r"seed: store 1, config 0"):
+        run_sweep(tiny_config(), out2, progress=False)
+
+
+class FakeStore:
+    def __init__(self, provenance, n_classes=6, has_flipped=False):
+        self.provenance, self.n_classes, self.has_flipped = provenance, n_classes, has_flipped
+
+
+def test_check_store_matches_weights_backbone_and_spec(tiny_run, tmp_path):
+    train, _ = tiny_stores(tiny_run)
+    config = tiny_config()
+    prov = dict(train.provenance)
+    assert sweep.check_store_matches(config, "train", train, what="s", strict=True) == []
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"weights")
+    cfg = tiny_config(weights=str(weights))
+    with pytest.raises(ValueError, match=r"weights: store None .sha256 None., config .*w.pth"):
+        sweep.check_store_matches(cfg, "train", train, what="s", strict=True)
+    bb = {"pretrained": False, "init_seed": 0}
+    fake = FakeStore({**prov, "backbone_info": bb})
+    with pytest.raises(ValueError, match="backbone_kwargs.pretrained: store False, config True"):
+        sweep.check_store_matches(config, "train", fake, what="s", strict=True)
+    cfg = tiny_config(backbone_kwargs={"pretrained": False, "seed": 1})
+    with pytest.raises(ValueError, match="backbone_kwargs.seed: store 0, config 1"):
+        sweep.check_store_matches(cfg, "train", fake, what="s", strict=True)
+    # resolution / crop / limit: refused for the sweep's own store, warned about for a given one
+    fake = FakeStore({**prov, "res": 64, "limit": 8})
+    with pytest.raises(ValueError, match="res: store 64, config 48; limit: store 8, config None"):
+        sweep.check_store_matches(config, "train", fake, what="s", strict=True)
+    assert sweep.check_store_matches(config, "train", fake, what="s", strict=False) == [
+        "res 64 (config 48)",
+        "limit 8 (config None)",
+    ]
+    # the val store of a flip sweep needs flipped tokens
+    with pytest.raises(ValueError, match="flip"):
+        sweep.check_store_matches(
+            tiny_config(flip=True), "val", FakeStore({**prov, "split": "val"}), what="s",
+            strict=True,
+        )  # fmt: skip
+
+
+def test_sweep_locks_its_output_folder(tiny_run, tmp_path, capsys, monkeypatch):
+    out = copy_run(tiny_run, tmp_path / "run")
+    config = tiny_config(methods=["pca"], dims=[3])
+    monkeypatch.setattr(sweep, "run_point", failing_run_point({}))
+    with folder_lock(out, what="sweep"):  # another run holds the folder
+        with pytest.raises(FolderLockedError, match=f"in use by another sweep: pid {os.getpid()}"):
+            run_sweep(config, out, progress=False)
+        preset = tmp_path / "tiny.yaml"
+        preset.write_text(yaml.safe_dump({**config.to_dict(), "name": "tiny"}))
+        rc = main(["sweep", "--preset", str(preset), "--out", str(out), "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 1 and len(err.strip().splitlines()) == 1, err
+        assert "in use by another sweep" in err and f"pid {os.getpid()}" in err
+        assert not (out / "results.csv").exists() and not (out / "config.json").exists()
+    run_sweep(config, out, progress=False)  # free again
+    assert done_points(out / "results.csv") == set(sweep_points(config, C))
+
+
+#: A sweep process whose points wait for a release file (so that two processes certainly
+#: overlap), then write one fake row each.
+BLOCKING_SWEEP = """
+import sys, time
+from pathlib import Path
+from stego_probe import sweep
+from stego_probe.results import make_rows
+
+release = Path(sys.argv[1])
+
+def run_point(config, point, train_store, val_store, cache_dir):
+    deadline = time.monotonic() + 120
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    context = {**sweep._context(config, val_store, point), "probe": "kmeans"}
+    return make_rows({**context, "match": "hungarian"}, {"miou": float(point.dim)})
+
+sweep.run_point = run_point
+from stego_probe.cli.main import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_two_sweeps_started_together_write_one_set_of_rows(tiny_run, tmp_path):
+    import time
+
+    out = copy_run(tiny_run, tmp_path / "run")
+    preset = tmp_path / "tiny.yaml"
+    config = tiny_config(methods=["dino", "rp"], dims=[3])
+    preset.write_text(yaml.safe_dump({**config.to_dict(), "name": "tiny"}))
+    release = tmp_path / "release"
+    argv = [sys.executable, "-c", BLOCKING_SWEEP, str(release), "sweep", "--preset", str(preset),
+            "--out", str(out), "--no-progress", "--threads", "1"]  # fmt: skip
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        # the holder's points wait for the release file: only a refused process can end first
+        deadline = time.monotonic() + 120
+        while all(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = next((p for p in procs if p.poll() is not None), None)
+    finally:
+        release.write_text("")
+        codes = [p.wait(timeout=300) for p in procs]
+    errs = [p.stderr.read() for p in procs]
+    for p in procs:
+        p.stderr.close()
+    assert first is not None and first.returncode == 1, (codes, errs)
+    refused = errs[procs.index(first)]
+    assert len(refused.strip().splitlines()) == 1 and "Traceback" not in refused, refused
+    assert "in use by another sweep" in refused and "pid " in refused
+    other = 1 - procs.index(first)
+    assert codes[other] == 0, errs[other]
+    df = read_results(out / "results.csv")
+    assert done_points(out / "results.csv") == set(sweep_points(config, C))
+    assert len(df) == len(sweep_points(config, C))  # one row per point: exactly one set
+    assert lock_holder(out) is None
+
+
+def test_appending_a_point_twice_keeps_one_copy(tiny_run, tmp_path):
+    from stego_probe.results import IDENTITY_COLUMNS, append_csv
+
+    results = tmp_path / "results.csv"
+    point = Point("pca", 3, 0)
+    rows = [r for r in tiny_run.df.to_dict("records") if (r["method"], r["dim"]) == ("pca", 3)]
+    assert len(rows) > 10
+    assert sweep.append_point(point, rows, results)
+    before = results.read_bytes()
+    with pytest.warns(RuntimeWarning, match=r"already in .*not appended again"):
+        assert not sweep.append_point(point, rows, results)
+    assert results.read_bytes() == before
+    # row-level: the same rows read back from the CSV (types as pandas reads them) are dropped
+    again = read_results(results).to_dict("records")
+    append_csv(again, results, unique=IDENTITY_COLUMNS)
+    assert len(read_results(results)) == len(rows)
+    append_csv(again, results)  # without unique: a plain append
+    assert len(read_results(results)) == 2 * len(rows)
+
+
+def test_non_finite_rows_are_not_appended(tiny_run, tmp_path):
+    rows = [r for r in tiny_run.df.to_dict("records") if (r["method"], r["dim"]) == ("rp", 3)]
+    bad = [dict(r, value=float("nan")) if r["metric"] == "miou" else r for r in rows]
+    results = tmp_path / "results.csv"
+    with pytest.raises(ValueError, match=r"\(rp, D=3, seed=0\).*non-finite.*miou=nan"):
+        sweep.append_point(Point("rp", 3, 0), bad, results)
+    inf = [dict(r, value=float("inf")) if r["metric"] == "silhouette" else r for r in rows]
+    with pytest.raises(ValueError, match="silhouette=inf"):
+        sweep.append_point(Point("rp", 3, 0), inf, results)
+    assert not results.exists()
+    # NaN where a metric is undefined by definition (restart agreement with one seed) is kept
+    assert any(np.isnan(r["value"]) for r in rows if r["metric"] == "kmeans_ari")
+    assert sweep.append_point(Point("rp", 3, 0), rows, results)
+
+
+def test_nan_token_in_train_store_is_refused_and_nothing_cached(tiny_run, tmp_path):
+    """One NaN token: the fit refuses naming the store and the image; no spectrum rows, no
+    cached fit; once the store is fixed the rerun succeeds (no poisoned cache)."""
+    train, val = tiny_stores(tiny_run)
+    out = tmp_path / "run"
+    bad_path = tmp_path / "train_bad"
+    rebuild_store(train, bad_path, tokens=nan_at_image(5))
+    config = tiny_config(methods=["pca", "rp"], dims=[3])
+    with pytest.raises(ValueError) as info:
+        run_sweep(config, out, progress=False, train_store=bad_path, val_store=val.path)
+    msg = str(info.value)
+    assert str(bad_path) in msg and "image index 5" in msg and f"id {train.ids[5]!r}" in msg
+    assert not (out / "results.csv").exists()  # no NaN spectrum rows
+    assert not list((out / "projections").glob("*.pt"))  # nothing cached
+    assert lock_holder(out) is None
+    # the store is fixed in place: the rerun fits afresh and succeeds
+    rebuild_store(train, bad_path)
+    df = run_sweep(config, out, progress=False, train_store=bad_path, val_store=val.path)
+    assert done_points(out / "results.csv") == set(sweep_points(config, C))
+    spectrum = df[df["metric"] == "explained_variance_ratio"]["value"]
+    assert len(spectrum) == C and np.isfinite(spectrum).all()
+
+
+def test_cached_projection_is_refitted_when_its_inputs_change(tiny_run, tmp_path, monkeypatch):
+    from stego_probe.projections import PCAProjection
+
+    train, _ = tiny_stores(tiny_run)
+    config = tiny_config()
+    cache = tmp_path / "projections"
+    path = tmp_path / "train"
+    store = rebuild_store(train, path)
+    first = sweep.fit_projection(config, Point("pca", 3, 0), store, cache)
+    cached = torch_load(cache / "pca_seed0.pt")
+    assert json.loads(cached["provenance"])["sweep_inputs"]["train"]["n_images"] == 16
+    # unchanged inputs: the cache is reused (no fit, no warning)
+    with monkeypatch.context() as m, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.setattr(PCAProjection, "fit", lambda *a, **k: pytest.fail("refitted"))
+        again = sweep.fit_projection(config, Point("pca", 6, 0), store, cache)
+    np.testing.assert_array_equal(again.mean_, first.mean_)
+    # the store is extracted again with other content at the same path: refitted
+    store = rebuild_store(train, path, tokens=lambda t, a: t * 2 + 1)
+    with pytest.warns(
+        RuntimeWarning, match=r"refitting .*pca_seed0.pt: its inputs changed .*train"
+    ):
+        refit = sweep.fit_projection(config, Point("pca", 3, 0), store, cache)
+    np.testing.assert_allclose(refit.mean_, first.mean_ * 2 + 1, rtol=1e-2, atol=1e-2)
+    # another seed of the method or other method_kwargs are other inputs too
+    other = tiny_config(method_kwargs={"pca": {"n_images": 8}})
+    with pytest.warns(RuntimeWarning, match=r"inputs changed \(method_kwargs\)"):
+        sweep.fit_projection(other, Point("pca", 3, 0), store, cache)
+    # a poisoned cache without a fingerprint (an older version) is refitted, never used
+    bad = PCAProjection(random_state=0).fit(store)
+    bad.mean_ = bad.mean_.copy()
+    bad.mean_[0] = np.nan
+    bad.save(cache / "pca_seed0.pt")
+    with pytest.warns(RuntimeWarning, match="records no fingerprint"):
+        proj = sweep.fit_projection(config, Point("pca", 3, 0), store, cache)
+    assert np.isfinite(proj.mean_).all()
+    # a non-finite fit is never written
+    with pytest.raises(ValueError, match=r"mean_ \(1 of 64\).*not cached"):
+        sweep._save_fit(bad, cache / "x.pt", {}, Point("pca", 3, 0))
+    assert not (cache / "x.pt").exists()
+
+
+def torch_load(path):
+    import torch
+
+    return torch.load(path, weights_only=True)
+
+
+def test_degenerate_point_is_recorded_and_the_others_go_on(tiny_run, tmp_path, monkeypatch, capsys):
+    """Constant codes for one point (distinctness cannot cluster them): that point is
+    recorded as failed with its reason, the others finish, the CLI exits 1 with a summary, and
+    a resume retries only it, again without aborting."""
+    out = copy_run(tiny_run, tmp_path / "run")
+    config = tiny_config(methods=["pca", "rp"], dims=[3])
+    real = sweep.val_code_sample
+
+    def constant_for_rp3(val_store, projection, n_tokens, seed):
+        codes, labels = real(val_store, projection, n_tokens, seed)
+        if projection.method_name == "rp" and projection.dim == 3:
+            codes = np.ones_like(codes)
+        return codes, labels
+
+    monkeypatch.setattr(sweep, "val_code_sample", constant_for_rp3)
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(yaml.safe_dump({**config.to_dict(), "name": "tiny"}))
+    argv = ["sweep", "--preset", str(preset), "--out", str(out), "--no-progress"]
+    for _attempt in range(2):  # the first run, then a resume
+        rc = main(argv)
+        captured = capsys.readouterr()
+        assert rc == 1
+        assert "1 of" in captured.err and "(rp, D=3, seed=0): ValueError: distinctness" in (
+            captured.err
+        )
+        assert "val store" in captured.err
+        done = done_points(out / "results.csv")
+        assert done == set(sweep_points(config, C)) - {Point("rp", 3, 0)}
+        assert "(rp, D=3, seed=0)" in (out / "failures.log").read_text()
+    df = read_results(out / "results.csv")
+    assert not df.duplicated(KEY).any()
+
+
+def test_val_split_with_one_class_fails_its_points_not_the_sweep(tiny_run, tmp_path):
+    train, val = tiny_stores(tiny_run)
+    one = rebuild_store(val, tmp_path / "val_one", labels=lambda lab, a: np.zeros_like(lab))
+    out = tmp_path / "run"
+    config = tiny_config(methods=["dino", "rp"], dims=[3])
+    with pytest.raises(SweepError) as info:
+        run_sweep(config, out, progress=False, train_store=train.path, val_store=one.path)
+    err = info.value
+    assert {p for p, _ in err.failures} == set(sweep_points(config, C))
+    assert all("need at least 2 classes" in str(e) for _, e in err.failures)
+    assert "3 of 3 points failed" in str(err)
+    assert not done_points(out / "results.csv")  # no rows of failed points
+    assert lock_holder(out) is None

@@ -342,7 +342,8 @@ def _check_options(what: str, pretrained: bool, weights, seed, extra: Mapping) -
     if pretrained:
         if seed is not None:
             raise ValueError(
-                f"{what}: seed={seed!r} only applies to random weights; pass pretrained=False"
+                f"{what}: seed={seed!r} only applies to random weights; pass pretrained=False "
+                "(`--backbone-kwargs pretrained=false`)"
             )
         return None
     return check_init_seed(0 if seed is None else seed, f"{what}: seed")
@@ -444,7 +445,7 @@ def _hub_file(cfg: Mapping, timm_name: str, progress: bool = True) -> tuple[Path
     if custom and (not hub_id or custom == "hf"):
         raise ValueError(
             f"{what}: its pretrained weights need timm's custom loader; "
-            "convert them to a state dict and pass weights=PATH"
+            "convert them to a state dict and pass weights=PATH (`--weights PATH`)"
         )
     if custom:
         url = None  # the URL is in a custom format (e.g. .npz); the hub copy is a state dict

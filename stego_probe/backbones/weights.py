@@ -203,7 +203,10 @@ def download_weights(
         FileNotFoundError: the download failed (no network, 404, ...).
     """
     if not spec.url:
-        raise ValueError(f"weight file {spec.file_name!r} has no download URL; pass weights=PATH")
+        raise ValueError(
+            f"weight file {spec.file_name!r} has no download URL; pass weights=PATH "
+            "(`--weights PATH`)"
+        )
     dst = Path(dst) if dst is not None else spec.cache_path()
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".partial", dir=dst.parent)
@@ -253,7 +256,9 @@ def resolve_weights(
             raise FileNotFoundError(f"{what}: weights file {os.fspath(path)!r} does not exist")
         return path
     if spec is None:
-        raise FileNotFoundError(f"{what}: no official weight file is known; pass weights=PATH")
+        raise FileNotFoundError(
+            f"{what}: no official weight file is known; pass weights=PATH (`--weights PATH`)"
+        )
     cached = spec.cache_path()
     if cached.is_file():
         return cached

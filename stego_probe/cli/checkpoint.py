@@ -7,7 +7,11 @@ import argparse
 import json
 from pathlib import Path
 
+from stego_probe.cli.argtypes import nonneg_int, positive_int
 from stego_probe.threads import add_threads_argument
+
+#: --unpickler choices (kept here so that building the parser does not import torch).
+UNPICKLERS = ("auto", "omegaconf", "stub")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,21 +20,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "import-checkpoint",
         help="import a released STEGO checkpoint (.ckpt) as a stego_probe head + probes",
         description=(
-            "Read a released STEGO Lightning checkpoint (pickle: only import files you trust), "
-            "print its stored hyperparameters and write DIR/stego_head.pt (head, cluster and "
-            "linear probe; load with StegoHead.load) and DIR/hyperparameters.json. The ViT "
-            "weights in the checkpoint are not used: apply the head to a feature store of the "
-            "matching backbone."
+            "Read a released STEGO Lightning checkpoint, print its stored hyperparameters and "
+            "write DIR/stego_head.pt (head, cluster and linear probe; load with StegoHead.load) "
+            "and DIR/hyperparameters.json. The file is read without running code from it: only "
+            "the classes a released checkpoint is made of (OmegaConf configs, Lightning "
+            "AttributeDict, tensors, builtin containers) are admitted, any other is refused "
+            "(see docs/stego.md). The ViT weights in the checkpoint are not used: apply the "
+            "head to a feature store of the matching backbone."
         ),
     )
     p.add_argument("ckpt", help="the .ckpt file")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument(
         "--unpickler",
-        choices=["auto", "omegaconf", "stub"],
+        choices=list(UNPICKLERS),
         default="auto",
-        help="auto: OmegaConf when installed, else a fallback that reads the config as plain "
-        "dicts (default)",
+        help="how the OmegaConf config is rebuilt, all safe: auto (default): the real classes "
+        "when omegaconf is installed, else inert stand-ins read as plain dicts; omegaconf: "
+        "require omegaconf; stub: always the stand-ins",
+    )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="read the file with plain pickle, which runs any code it contains: only for "
+        "checkpoints you made or otherwise trust, if the safe reader refuses one of its classes",
     )
     p.set_defaults(func=_cmd_import)
 
@@ -51,12 +64,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="cocostuff27, cityscapes27, potsdam3 or synthetic (see docs/stego.md)",
     )
-    p.add_argument("--dim", type=int, default=None, help="code width D (default: the preset's)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: preset)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per step (preset)")
-    p.add_argument("--seed", type=int, default=0, help="random_state (0)")
     p.add_argument(
-        "--val-every", type=int, default=None, help="validation cadence in steps (preset: 100)"
+        "--dim", type=positive_int, default=None, help="code width D (default: the preset's)"
+    )
+    p.add_argument(
+        "--steps", type=positive_int, default=None, help="training steps (default: preset)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=None, help="images per step (preset)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="random_state, >= 0 (0)")
+    p.add_argument(
+        "--val-every",
+        type=positive_int,
+        default=None,
+        help="validation cadence in steps (preset: 100)",
     )
     p.add_argument(
         "--select",
@@ -90,7 +110,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a directory; expected an output folder")
-    head, hparams = import_checkpoint(args.ckpt, unpickler=args.unpickler)
+    head, hparams = import_checkpoint(args.ckpt, unpickler=args.unpickler, trust=args.trust_pickle)
     print(format_hyperparameters(hparams))
     out.mkdir(parents=True, exist_ok=True)
     head.save(out / "stego_head.pt")

@@ -14,22 +14,12 @@ import argparse
 import math
 import os
 
+from stego_probe.cli.argtypes import nonneg_int, positive_int
 from stego_probe.probes import PROBE_NAMES as PROBES
 from stego_probe.threads import add_threads_argument
 
 #: Seeds of ``stego-probe evaluate`` by default: three, so the spread over seeds is reported.
 DEFAULT_SEEDS = (0, 1, 2)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def tolerance(text: str) -> float | None:
@@ -64,12 +54,11 @@ def seed_list(text: str) -> list[int]:
 
 def one_seed(text: str) -> list[int]:
     """argparse type of ``--seed``: one non-negative integer, as a one-element seed list."""
-    seeds = seed_list(text)
-    if len(seeds) != 1:
+    if "," in text:
         raise argparse.ArgumentTypeError(
             f"expected one seed (use --seeds for several), got {text!r}"
         )
-    return seeds
+    return [nonneg_int(text)]
 
 
 def add_kmeans_arguments(p: argparse.ArgumentParser, defaults: bool = True) -> None:
@@ -129,9 +118,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(method 'dino', the DINO-only baseline), once per seed (default 0,1,2, so that "
             "the spread over seeds is printed). Codes are upsampled to the label resolution "
             "(--mode pixel, the paper's protocol) or labels pooled to the token grid (--mode "
-            "token, a fast approximation). Rows are appended to --out; the k-means stopping "
-            "rule (--tol, --niter, --nredo) and the iterations run are recorded in every "
-            "kmeans row."
+            "token, a fast approximation). Rows are appended to --out, probe by probe; a point "
+            "(seed, probe, mode, ...) whose rows --out already holds is skipped, so a rerun "
+            "never duplicates rows and resumes an interrupted run; one run at a time writes "
+            "to an --out (a lock). The k-means stopping rule (--tol, --niter, --nredo) and "
+            "the iterations run are recorded in every kmeans row."
         ),
     )
     p.add_argument("--train-store", required=True, help="training feature store (dir or URL)")
@@ -163,7 +154,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="extra dataset option for the CRF images, as in `extract` (repeatable)",
     )
-    p.add_argument("--crf-workers", type=int, default=0, help="CRF processes (0: serial)")
+    p.add_argument("--crf-workers", type=nonneg_int, default=0, help="CRF processes (0: serial)")
     p.add_argument(
         "--match",
         choices=["hungarian", "majority", "reference"],
@@ -183,16 +174,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="seeds",
         help="a single seed (same as --seeds N)",
     )
-    p.add_argument("--steps", type=int, default=7000, help="cluster/linear training batches (7000)")
     p.add_argument(
-        "--train-batch-size", type=int, default=32, help="training images per batch (32)"
+        "--steps", type=positive_int, default=7000, help="cluster/linear training batches (7000)"
     )
     p.add_argument(
-        "--n-train", type=int, default=1_000_000, help="tokens sampled for k-means (1e6)"
+        "--train-batch-size", type=positive_int, default=32, help="training images per batch (32)"
+    )
+    p.add_argument(
+        "--n-train", type=positive_int, default=1_000_000, help="tokens sampled for k-means (1e6)"
     )
     add_kmeans_arguments(p)
-    p.add_argument("--n-clusters", type=int, default=None, help="clusters (default: classes)")
-    p.add_argument("--batch-size", type=int, default=8, help="validation images per batch (8)")
+    p.add_argument(
+        "--n-clusters", type=positive_int, default=None, help="clusters (default: classes)"
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, default=8, help="validation images per batch (8)"
+    )
     p.add_argument(
         "--save-probes",
         default=None,
@@ -210,7 +207,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_threads_argument(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--out", required=True, help="results CSV to append to")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="results CSV to append to (checked writable before any work; each probe's rows "
+        "are appended as soon as they are scored; rows already there for the same point are "
+        "kept and that point is skipped, so rerunning an interrupted command resumes it)",
+    )
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -243,33 +246,266 @@ def summarize(frame, metrics=("accuracy", "miou")):
     return table
 
 
+#: Columns that identify one evaluated point of a results table (with ``metric``, one row).
+#: A rerun skips the points whose rows ``--out`` already holds.
+POINT_COLUMNS = (
+    "dataset",
+    "backbone",
+    "weights_sha256",
+    "method",
+    "dim",
+    "seed",
+    "probe",
+    "crf",
+    "mode",
+    "match",
+    "split",
+    "kmeans_niter",
+    "kmeans_tol",
+    "kmeans_nredo",
+)
+_NUMERIC = {"dim", "seed", "kmeans_niter", "kmeans_tol", "kmeans_nredo"}
+#: Settings that change a probe's numbers but are no column of the table, recorded per point in
+#: ``<out>.settings.json`` so that a rerun with other values is refused instead of skipped.
+SETTINGS_FLAGS = {
+    "train_store": "--train-store",
+    "val_store": "--val-store",
+    "n_train": "--n-train",
+    "n_clusters": "--n-clusters",
+    "steps": "--steps",
+    "train_batch_size": "--train-batch-size",
+    "stats_tokens": "--n-train (the linear probe's input statistics)",
+}
+SETTINGS_SUFFIX = ".settings.json"
+
+
+def _norm(column: str, value) -> str:
+    """A comparable text form of one key value (CSV round trips turn 5 into 5.0, True into
+    'True', '' into NaN)."""
+    if value is None:
+        return ""
+    if column in _NUMERIC:
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            return str(value).strip()
+        return "" if math.isnan(f) else repr(f)
+    if column == "crf":
+        return str(value).strip().lower()
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return str(value).strip()
+
+
+def point_key(row) -> tuple[str, ...]:
+    """The :data:`POINT_COLUMNS` values of a result row (a mapping), normalised."""
+    return tuple(_norm(c, row.get(c)) for c in POINT_COLUMNS)
+
+
+def _settings_path(out) -> str:
+    return str(out) + SETTINGS_SUFFIX
+
+
+def _read_settings(out) -> dict:
+    import json
+
+    path = _settings_path(out)
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return {tuple(json.loads(k)): v for k, v in data["points"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(
+            f"{path}: not a readable settings record of {out} ({e}); delete it to treat the "
+            "rows of --out as settings unknown"
+        ) from None
+
+
+def _write_settings(out, points: dict) -> None:
+    import json
+
+    path = _settings_path(out)
+    data = {"format": 1, "points": {json.dumps(list(k)): v for k, v in points.items()}}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _probe_settings(args, probes: list[str], train, val) -> dict[str, dict]:
+    from stego_probe.evaluate import STATS_TOKENS
+
+    common = {"train_store": str(train.path), "val_store": str(val.path)}
+    stats = args.n_train if "kmeans" in probes else min(args.n_train, STATS_TOKENS)
+    return {
+        "kmeans": {**common, "n_train": args.n_train, "n_clusters": args.n_clusters},
+        "cluster": {
+            **common,
+            "steps": args.steps,
+            "train_batch_size": args.train_batch_size,
+            "n_clusters": args.n_clusters,
+        },
+        "linear": {
+            **common,
+            "steps": args.steps,
+            "train_batch_size": args.train_batch_size,
+            "stats_tokens": stats,
+        },
+    }
+
+
+def _planned_keys(args, probe: str, seed: int, train, val) -> list[tuple[str, ...]]:
+    """The point keys the rows of (seed, probe) will have (both CRF settings with --crf)."""
+    prov = dict(val.provenance)
+    context = {
+        "dataset": prov.get("dataset", ""),
+        "backbone": prov.get("backbone", ""),
+        "weights_sha256": prov.get("weights_sha256") or "",
+        "method": "dino",
+        "dim": int(train.dim),
+        "seed": seed,
+        "probe": probe,
+        "mode": "token" if args.mode == "token" else ("eval" if args.flip else "val"),
+        "match": "identity" if probe == "linear" else args.match,
+        "split": prov.get("split", ""),
+    }
+    if probe == "kmeans":
+        context.update(
+            kmeans_niter=args.niter,
+            kmeans_tol=0.0 if args.tol is None else args.tol,
+            kmeans_nredo=args.nredo,
+        )
+    return [point_key({**context, "crf": c}) for c in ((False, True) if args.crf else (False,))]
+
+
+def _lock_folder(out: str) -> str:
+    """The folder whose lock serialises the runs writing results CSV ``out``."""
+    parent = os.path.dirname(os.path.abspath(out))
+    return os.path.join(parent, ".stego_probe.locks", os.path.basename(out))
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from stego_probe.cli.store import open_store
-    from stego_probe.evaluate import dataset_for_store, evaluate_stores, store_images
-    from stego_probe.export import check_output_dir, save_probes
-    from stego_probe.results import append_csv, read_results, to_frame
+    from stego_probe.lock import FolderLockedError, folder_lock, lock_holder
+
+    # Everything that can refuse the output is checked before any store is read.
+    _check_outputs(args)
+    parent = os.path.dirname(os.path.abspath(args.out))
+    holder = lock_holder(parent)
+    if holder is not None:
+        raise FolderLockedError(
+            f"--out {args.out}: its folder {parent} is in use by a running "
+            f"{holder.get('what', 'run')} (pid {holder.get('pid')} on host "
+            f"{holder.get('host')!r}); write the results elsewhere or wait for it to finish"
+        )
+    with folder_lock(_lock_folder(args.out), what="evaluate"):
+        return _evaluate_locked(args)
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    from stego_probe.export import MAPPING_FILE, PROBES_MANIFEST, check_output_dir, check_writable
+    from stego_probe.results import read_results
 
     if os.path.exists(args.out):
         read_results(args.out)  # a --out that is not a results table fails before the work
-    for flag, path in (("--save-probes", args.save_probes), ("--save-predictions",
-                       args.save_predictions)):  # fmt: skip
+    check_writable(args.out, "--out")
+    check_writable(_settings_path(args.out), "--out settings record")
+    _read_settings(args.out)
+    for flag, path, probe_file in (
+        ("--save-probes", args.save_probes, PROBES_MANIFEST),
+        ("--save-predictions", args.save_predictions, MAPPING_FILE),
+    ):
         if path is not None:
             check_output_dir(path, flag)
-    probes = ",".join(args.probe) if args.probe else ",".join(PROBES)
+            check_writable(os.path.join(path, probe_file), flag)
+
+
+def _evaluate_locked(args: argparse.Namespace) -> int:
+    from stego_probe.cli.store import open_store
+    from stego_probe.evaluate import _probe_list, dataset_for_store, evaluate_stores, store_images
+    from stego_probe.export import save_probes
+    from stego_probe.results import append_csv, read_results, to_frame
+
+    out = args.out
+    probes = _probe_list(",".join(args.probe or PROBES))
     kmeans_kw = kmeans_kwargs(args)
     cluster_kw = {}
     if args.n_clusters is not None:
         kmeans_kw["n_clusters"] = cluster_kw["n_clusters"] = args.n_clusters
     train = open_store(args.train_store, "--train-store")
     val = open_store(args.val_store, "--val-store")
+
+    # -- what --out holds already (idempotent reruns) -----------------------------------------
+    table = read_results(out) if os.path.exists(out) else None
+    have_rows = set()  # (point key, metric) of every row in --out
+    if table is not None:
+        for row in table.to_dict("records"):
+            have_rows.add((point_key(row), str(row["metric"])))
+    have = {k for k, _ in have_rows}
+    recorded = _read_settings(out)
+    settings = _probe_settings(args, probes, train, val)
+    plan, conflicts = {}, []
+    for seed in args.seeds:
+        done, unknown = [], []
+        for probe in probes:
+            keys = _planned_keys(args, probe, seed, train, val)
+            if not all(k in have for k in keys):
+                continue
+            done.append(probe)
+            for k in keys:
+                old = recorded.get(k, {}).get("settings")
+                if old is None:
+                    unknown.append(probe)
+                    continue
+                diff = [
+                    f"{SETTINGS_FLAGS.get(n, n)} {old.get(n)!r} there, {v!r} now"
+                    for n, v in settings[probe].items()
+                    if old.get(n) != v
+                ]
+                if diff:
+                    conflicts.append(f"seed {seed} {probe}: {'; '.join(diff)}")
+        plan[seed] = (done, sorted(set(unknown), key=probes.index))
+    if conflicts:
+        raise ValueError(
+            f"--out {out}: already holds rows of these points computed with other settings "
+            f"({' | '.join(conflicts[:4])}{' ...' if len(conflicts) > 4 else ''}); write to "
+            "another --out, or delete those rows (and their entries in "
+            f"{_settings_path(out)}) to recompute them"
+        )
+
     images = None
-    if args.crf:
+    if args.crf and any(len(d) < len(probes) for d, _ in plan.values()):
         from stego_probe.cli.store import parse_key_values
 
         ds = dataset_for_store(val, args.data_root, **parse_key_values(args.dataset_arg))
         images = store_images(val, ds)
-    frames = []
+    written = 0
+
+    def on_rows(probe: str, frame) -> None:
+        nonlocal written
+        rows = [
+            r for r in frame.to_dict("records") if (point_key(r), str(r["metric"])) not in have_rows
+        ]
+        if not rows:
+            return
+        for k in {point_key(r) for r in rows}:
+            recorded[k] = {"settings": settings[probe]}
+        _write_settings(out, recorded)  # first: a crash before the append only recomputes
+        append_csv(rows, out)  # each probe as soon as it is scored: finished probes are kept
+        have_rows.update((point_key(r), str(r["metric"])) for r in rows)
+        written += len(rows)
+
     for seed in args.seeds:
+        done, unknown = plan[seed]
+        if done:
+            note = f" (no settings recorded for {', '.join(unknown)})" if unknown else ""
+            print(
+                f"seed {seed}: {', '.join(done)} already in {out}{note}; not recomputed "
+                "(delete those rows to recompute them)"
+            )
+        if len(done) == len(probes):
+            continue
         preds = None
         if args.save_predictions is not None:
             preds = os.path.join(args.save_predictions, f"seed{seed}")
@@ -277,6 +513,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             train,
             val,
             probes=probes,
+            skip=done,
             mode=args.mode,
             crf=args.crf,
             flip=args.flip,
@@ -293,12 +530,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             return_probes=True,
             save_predictions=preds,
             threads=args.threads,
+            on_rows=on_rows,
         )
         if args.save_probes is not None:
             info = {"seed": seed, "train_store": str(train.path), "val_store": str(val.path)}
             save_probes(fitted, os.path.join(args.save_probes, f"seed{seed}"), info)
-        append_csv(frame.to_dict("records"), args.out)  # per seed: finished seeds are kept
-        frames.append(frame)
         if "kmeans" in fitted:
             km = fitted["kmeans"]
             print(
@@ -306,11 +542,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 f"({'fixed point reached' if km.converged_ else 'no fixed point'}; "
                 f"tol={km.tol}, nredo={km.nredo})"
             )
-    frame = to_frame(r for f in frames for r in f.to_dict("records"))
+    wanted = {
+        k for seed in args.seeds for p in probes for k in _planned_keys(args, p, seed, train, val)
+    }
+    table = read_results(out) if os.path.exists(out) else to_frame([])
+    rows = [r for r in table.to_dict("records") if point_key(r) in wanted]
+    frame = to_frame(rows)
     n = len(args.seeds)
     print(f"mean ± std over {n} seed(s) {','.join(map(str, args.seeds))}:")
-    print(summarize(frame).to_string())
+    if len(frame):
+        print(summarize(frame).to_string())
     if n == 1:
         print("one seed: the spread over seeds is not measured (use --seeds 0,1,2)")
-    print(f"appended {len(frame)} rows to {args.out}")
+    kept = len(frame) - written
+    print(
+        f"appended {written} rows to {out}"
+        + (f" ({kept} rows of these points were there already)" if kept > 0 else "")
+    )
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Submodules that contribute subcommands, in the order they appear in --help.
@@ -22,6 +23,23 @@ COMMAND_MODULES = [
     "checkpoint",
     "figures",
 ]
+
+#: Environment variable: set to 1 for the full traceback of an error (as ``--debug``).
+DEBUG_ENV = "STEGO_PROBE_DEBUG"
+
+#: Exceptions that carry a message for the user (printed as one ``error:`` line, exit 1);
+#: anything else is a bug and keeps its traceback. FolderLockedError is a RuntimeError.
+EXPECTED_ERRORS = (ValueError, OSError, KeyError, RuntimeError, ImportError)
+
+#: What an interrupted command leaves behind and how to go on (``Ctrl-C``, exit 130).
+RESUME_HINTS = {
+    "extract": "finished blocks are kept; rerun the same command to resume",
+    "prepare-crops": "finished crops are kept; rerun the same command to resume",
+    "sweep": "finished points are kept in OUT/results.csv; rerun the same command to resume",
+    "evaluate": "rows already appended to --out are kept; rerun the same command to compute "
+    "only the missing ones",
+    "demo": "finished steps are kept; rerun the same command to resume",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"stego-probe {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"show the full traceback of an error (or set {DEBUG_ENV}=1)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -50,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``stego-probe`` command; returns the exit status.
+
+    Errors the library raises with a message for the user (:data:`EXPECTED_ERRORS`) print one
+    line ``stego-probe COMMAND: error: MESSAGE`` and return 1; Ctrl-C prints one line saying
+    what was kept and how to resume (:data:`RESUME_HINTS`) and returns 130. With ``--debug``
+    (or ``STEGO_PROBE_DEBUG=1``) both re-raise with the traceback. Bad arguments exit with
+    argparse's status 2.
+    """
     from stego_probe.threads import limit, passive_wait
 
     passive_wait()  # before torch / FAISS start OpenMP (the CLI modules import them)
@@ -58,11 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    debug = bool(args.debug) or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
     try:
         # --threads of the long-running commands (stego_probe.threads.add_threads_argument)
         with limit(getattr(args, "threads", None), getattr(args, "threads_workload", "small")):
             return int(args.func(args) or 0)
-    except (ValueError, OSError, KeyError, RuntimeError, ImportError) as e:
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        hint = RESUME_HINTS.get(args.command, "rerun the command to start it again")
+        print(f"\nstego-probe {args.command}: interrupted: {hint}", file=sys.stderr)
+        return 130
+    except EXPECTED_ERRORS as e:
+        if debug:
+            raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"stego-probe {args.command}: error: {msg}", file=sys.stderr)
         return 1

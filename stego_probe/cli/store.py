@@ -11,7 +11,7 @@ from stego_probe.threads import add_threads_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``extract`` and ``info`` subcommands."""
+    """Add the ``extract``, ``info`` and ``verify`` subcommands."""
     p = subparsers.add_parser(
         "extract",
         help="extract backbone patch tokens of a dataset split into a feature store",
@@ -80,6 +80,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("store", help="store directory or fsspec URL")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_info)
+
+    p = subparsers.add_parser(
+        "verify",
+        help="check every block of a feature store; --repair re-extracts the damaged ones",
+        description=(
+            "Read every block of a feature store and check it: per-block checksums, missing "
+            "and undecodable chunks, written markers, and the layout attributes against the "
+            "arrays. Prints the blocks checked and the damaged blocks with their image ranges; "
+            "exits 1 when anything is damaged. --repair marks the damaged blocks not written "
+            "and re-extracts exactly them, rebuilding the dataset and backbone from the "
+            "store's provenance; if they cannot be rebuilt it prints the `stego-probe extract` "
+            "command that finishes the store."
+        ),
+    )
+    p.add_argument("store", help="store directory or fsspec URL")
+    p.add_argument(
+        "--repair", action="store_true", help="re-extract the damaged blocks (only those)"
+    )
+    p.add_argument("--data-root", default=None, help="--repair: the dataset root, if it has moved")
+    p.add_argument("--device", default="auto", help="--repair: auto (default), cpu, cuda[:N]")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="--repair: images per forward pass (16; use the extraction's value)",
+    )
+    p.add_argument("--num-workers", type=int, default=0, help="--repair: DataLoader workers")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_threads_argument(p, workload="large")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=_cmd_verify)
 
 
 def parse_key_values(items: list[str], option: str = "--dataset-arg") -> dict:
@@ -211,3 +242,51 @@ def _cmd_info(args: argparse.Namespace) -> int:
     info = FeatureStore.open(args.store, allow_incomplete=True).info()
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from stego_probe.verify import repair_store, verify_store
+
+    progress = not args.no_progress and not args.json
+    if not args.repair:
+        report = verify_store(args.store, progress=progress)
+        print(json.dumps(report.to_json(), indent=2) if args.json else report.summary())
+        return 0 if report.ok else 1
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch-size: expected a positive int, got {args.batch_size}")
+    device = cli_device(args.device) if args.device != "auto" else "auto"
+    result = repair_store(
+        args.store,
+        data_root=args.data_root,
+        device=device,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        progress=progress,
+    )
+    if args.json:
+        out = {
+            "before": result.before.to_json(),
+            "invalidated": result.invalidated,
+            "reextracted": result.reextracted,
+            "after": None if result.after is None else result.after.to_json(),
+            "reason": result.reason,
+            "command": None if result.reextracted else result.command,
+            "ok": result.ok,
+        }
+        print(json.dumps(out, indent=2))
+        return 0 if result.ok else 1
+    print(result.before.summary())
+    if not result.invalidated:
+        return 0 if result.ok else 1
+    blocks = ", ".join(map(str, result.invalidated))
+    if result.reextracted:
+        print(f"re-extracted blocks {blocks}")
+        print(result.after.summary())
+    else:
+        print(
+            f"blocks {blocks} are marked not written, but the inputs could not be rebuilt from "
+            f"the provenance ({result.reason}); finish the store with:\n  {result.command}\n"
+            f"(extract recomputes only the blocks not written; adjust --data-root / "
+            f"--dataset-arg / --weights if they differ)"
+        )
+    return 0 if result.ok else 1

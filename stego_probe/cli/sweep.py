@@ -9,11 +9,24 @@ from stego_probe.cli.evaluate import add_kmeans_arguments, kmeans_kwargs
 from stego_probe.threads import add_threads_argument
 
 
-def _ints(text: str) -> list[int]:
+def _int_list(text: str, low: int, what: str) -> list[int]:
     try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = None
+    if not values or any(v < low for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
+    return values
+
+
+def _ints(text: str) -> list[int]:
+    """``--dims``: comma-separated integers >= 1."""
+    return _int_list(text, 1, "positive integers, e.g. 3,6,12")
+
+
+def _seeds(text: str) -> list[int]:
+    """``--seeds``: comma-separated integers >= 0."""
+    return _int_list(text, 0, "non-negative integers, e.g. 0,1,2")
 
 
 def _strs(text: str) -> list[str]:
@@ -30,6 +43,8 @@ def register(sub) -> None:
             "cluster), measure distinctness, and append tidy rows to OUT/results.csv. Re-running "
             "resumes: finished points are skipped. A failing point does not stop the others; "
             "the command lists the failures (tracebacks in OUT/failures.log) and exits 1. "
+            "Only one run at a time may write into OUT: a second one is refused (the folder "
+            "is locked while a sweep runs). "
             "Presets: synthetic, cocostuff27, cityscapes27, potsdam3 (or a YAML file)."
         ),
     )
@@ -45,7 +60,7 @@ def register(sub) -> None:
     add_backbone_kwargs_argument(p)
     p.add_argument("--methods", type=_strs, help="comma list, e.g. dino,pca,rp,stego")
     p.add_argument("--dims", type=_ints, help="comma list of D values, e.g. 3,6,12,24")
-    p.add_argument("--seeds", type=_ints, help="comma list of seeds, e.g. 0,1,2")
+    p.add_argument("--seeds", type=_seeds, help="comma list of seeds (>= 0), e.g. 0,1,2")
     p.add_argument("--probes", type=_strs, help="comma list of kmeans,linear,cluster")
     p.add_argument("--mode", choices=["pixel", "token"], help="pixel (reference) or token (fast)")
     p.add_argument("--device", help="auto, cpu or cuda")

@@ -109,11 +109,18 @@ class Cityscapes27(SegDataset):
             class_names=list(CLASS_NAMES),
             ids=ids,
             info={
-                "root": str(self.root),
                 "annotations": "gtFine labelIds",
                 "label_map": "labelId-7, negative->-1",
             },
+            root=self.root,
         )
+
+    def file_list(self) -> list[str]:
+        """``cityscapes/leftImg8bit/<split>/<city>/<file> | cityscapes/gtFine/...`` per sample."""
+        return [
+            f"{a.relative_to(self.root).as_posix()} | {b.relative_to(self.root).as_posix()}"
+            for a, b in zip(self._images, self._labels, strict=True)
+        ]
 
     def load(self, i: int) -> Sample:
         """Sample ``i``: image RGB, label int64 (H, W) in [0, 27) with -1 = ignore."""
@@ -136,7 +143,9 @@ def make_cityscapes27(
     from stego_probe.data.crops import CroppedDataset
 
     if root is None:
-        raise ValueError("root: cityscapes27 needs the data root that contains cityscapes/")
+        raise ValueError(
+            "root (--data-root): cityscapes27 needs the data root containing cityscapes/"
+        )
     if cropped:
         return CroppedDataset(
             root,

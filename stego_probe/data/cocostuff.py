@@ -119,11 +119,21 @@ class CocoStuff27(SegDataset):
             class_names=list(COARSE_NAMES),
             ids=ids,
             info={
-                "root": str(self.root),
                 "image_list": str(Path("curated") / split_dir / image_list),
                 "label_map": "cocostuff fine182->coarse27, 255->-1",
             },
+            args={"image_list": image_list},
+            root=self.root,
         )
+        self._split_dir = split_dir
+
+    def file_list(self) -> list[str]:
+        """``cocostuff/images/<split>/<id>.jpg | cocostuff/annotations/<split>/<id>.png``."""
+        d = self._split_dir
+        return [
+            f"cocostuff/images/{d}/{sid}.jpg | cocostuff/annotations/{d}/{sid}.png"
+            for sid in self.ids
+        ]
 
     def load(self, i: int) -> Sample:
         """Sample ``i``: image RGB, label int64 (H, W) coarse ids with -1 = ignore."""
@@ -150,7 +160,9 @@ def make_cocostuff27(
     from stego_probe.data.crops import CroppedDataset
 
     if root is None:
-        raise ValueError("root: cocostuff27 needs the data root that contains cocostuff/")
+        raise ValueError(
+            "root (--data-root): cocostuff27 needs the data root containing cocostuff/"
+        )
     if cropped:
         if image_list is not None:
             raise ValueError("image_list: not used with cropped=True (the crops are fixed)")

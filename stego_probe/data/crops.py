@@ -31,6 +31,8 @@ REFERENCE_DIR_NAMES = {"cocostuff27": "cocostuff27", "cityscapes27": "cityscapes
 STORAGES = {"png": ".png", "jpeg75": ".jpg"}
 _INDEX_FILE = re.compile(r"^(\d+)\.(png|jpg)$")
 _TMP_SUFFIX = ".partial"
+#: Source provenance keys added after stego_probe 0.2.0 (absent from older manifests).
+_LATER_SOURCE_KEYS = ("args", "files_sha256")
 
 
 def crop_dir(root: str | os.PathLike, dir_name: str, ratio: float = 0.5) -> Path:
@@ -111,7 +113,7 @@ class CroppedDataset(SegDataset):
             )
         manifest = base / f"manifest_{split}.json"
         ids = [str(j) for j in range(n)]
-        info = {"root": str(self.root), "cropped": str(base.relative_to(self.root))}
+        info = {"cropped": str(base.relative_to(self.root))}
         if manifest.is_file():
             meta = json.loads(manifest.read_text())
             if meta.get("complete") and len(meta.get("ids", [])) == n:
@@ -126,7 +128,18 @@ class CroppedDataset(SegDataset):
             class_names=list(class_names),
             ids=ids,
             info=info,
+            # the registry options that select these folders (cocostuff27 / cityscapes27)
+            args={"cropped": True, "crop_ratio": float(ratio), "crop_dir_name": dir_name},
+            root=self.root,
         )
+
+    def file_list(self) -> list[str]:
+        """``cropped/<dir>/img/<split>/<j>.<ext> | cropped/<dir>/label/<split>/<j>.png``."""
+        return [
+            f"{self._images[j].relative_to(self.root).as_posix()} | "
+            f"{self._labels[j].relative_to(self.root).as_posix()}"
+            for j in range(len(self.ids))
+        ]
 
     def load(self, i: int) -> Sample:
         """Crop ``i``: image RGB, label int64 (H, W) = stored value - 1."""
@@ -196,7 +209,10 @@ def prepare_crops(
     if storage not in STORAGES:
         raise ValueError(f"storage: expected one of {list(STORAGES)}, got {storage!r}")
     if isinstance(dataset, CroppedDataset):
-        raise ValueError("dataset: already a five-crop dataset; pass the full-resolution split")
+        raise ValueError(
+            "dataset: already a five-crop dataset; pass the full-resolution split (without "
+            "cropped=True / `--dataset-arg cropped=true`)"
+        )
     if dataset.n_classes > 254:
         raise ValueError(
             f"dataset: {dataset.n_classes} classes do not fit the uint8 label + 1 encoding"
@@ -226,10 +242,13 @@ def prepare_crops(
     )
     if manifest.is_file():
         old = json.loads(manifest.read_text())
+        old_source = old.get("source", {})
+        # manifests written before stego_probe recorded args / files_sha256 lack them
+        new_only = {k for k in _LATER_SOURCE_KEYS if k not in old_source}
         check_compatible(
-            {**old.get("source", {}), "ratio": old.get("ratio"), "storage": old.get("storage")},
+            {**old_source, "ratio": old.get("ratio"), "storage": old.get("storage")},
             {**source, "ratio": float(ratio), "storage": storage},
-            sorted(set(old.get("source", {})) | set(source) | {"ratio", "storage"}),
+            sorted((set(old_source) | set(source) | {"ratio", "storage"}) - new_only),
             what=f"five-crop inputs for {base} (delete it to start over)",
         )
     _write_manifest(

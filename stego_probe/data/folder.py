@@ -4,6 +4,7 @@ Layout::
 
     <root>/imgs/<split>/<stem>.<jpg|png|...>
     <root>/labels/<split>/<stem>.png       optional; single-channel, raw class ids
+                                           (extensions in any case: .png, .PNG ...)
 
 Images and labels are paired by file stem (the reference pairs them by sorted order and only
 checks the counts, which silently mislabels a folder with one missing file).
@@ -53,6 +54,8 @@ class FolderDataset(SegDataset):
 
     Ids are the file stems, in sorted order. With labels, every image stem must have exactly one
     ``<stem>.png`` label and vice versa, otherwise ValueError lists the unmatched files.
+    Extensions are matched case-insensitively (``a.JPG`` pairs with ``a.PNG``) and every file
+    is opened under its own name.
     """
 
     def __init__(
@@ -77,7 +80,8 @@ class FolderDataset(SegDataset):
             require_dir(
                 lab_dir,
                 "folder dataset label directory",
-                "put one <stem>.png label per image there, or pass labels=False",
+                "put one <stem>.png label per image there, or pass labels=False "
+                "(`--dataset-arg labels=false`)",
             )
         self.ignore_values = (
             (int(ignore_value),) if isinstance(ignore_value, int) else tuple(map(int, ignore_value))
@@ -86,7 +90,8 @@ class FolderDataset(SegDataset):
             if n_classes is None:
                 raise ValueError(
                     f"n_classes: the folder dataset {self.root} has labels ({lab_dir}); pass "
-                    "n_classes=K (label values >= K other than ignore_value are errors)"
+                    "n_classes=K (`--dataset-arg n_classes=K`; label values >= K other than "
+                    "ignore_value are errors)"
                 )
             label_files = sorted(
                 p
@@ -121,7 +126,8 @@ class FolderDataset(SegDataset):
         self.labelled = bool(labels)
         ids = sorted(images)
         self._images = [images[s] for s in ids]
-        self._labels = [lab_dir / f"{s}.png" for s in ids] if self.labelled else None
+        # the label files as listed (their own name: ``a.PNG`` stays ``a.PNG``)
+        self._labels = [label_map[s] for s in ids] if self.labelled else None
         super().__init__(
             name="folder",
             split=split,
@@ -129,11 +135,25 @@ class FolderDataset(SegDataset):
             class_names=list(class_names),
             ids=ids,
             info={
-                "root": str(self.root),
                 "labelled": self.labelled,
                 "ignore_values": list(self.ignore_values),
             },
+            args={
+                "n_classes": n_classes,
+                "ignore_value": list(self.ignore_values),
+                "class_names": list(class_names),
+                "labels": self.labelled,
+            },
+            root=self.root,
         )
+
+    def file_list(self) -> list[str]:
+        """``imgs/<split>/<file>`` (``| labels/<split>/<file>``) per sample."""
+        imgs = [p.relative_to(self.root).as_posix() for p in self._images]
+        if self._labels is None:
+            return imgs
+        labs = [p.relative_to(self.root).as_posix() for p in self._labels]
+        return [f"{a} | {b}" for a, b in zip(imgs, labs, strict=True)]
 
     def load(self, i: int) -> Sample:
         """Sample ``i``: image RGB, label int64 (H, W) (ignore -> -1) or None if unlabelled."""
@@ -157,7 +177,9 @@ def make_folder(
 ) -> SegDataset:
     """Registry factory for ``folder`` (see :class:`FolderDataset`)."""
     if root is None:
-        raise ValueError("root: the folder dataset needs root=<dir containing imgs/<split>/>")
+        raise ValueError(
+            "root (--data-root): the folder dataset needs root=<dir containing imgs/<split>/>"
+        )
     return FolderDataset(
         root,
         split,

@@ -7,7 +7,10 @@ tells the user which file to look at.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -63,24 +66,105 @@ def read_list(path: str | os.PathLike, what: str = "split list", hint: str = "")
     return ids
 
 
+#: 16-bit single-channel PIL modes; their values 0..65535 are scaled to 0..255.
+MODES_16BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+@contextlib.contextmanager
+def _open(p: Path, what: str) -> Iterator[Image.Image]:
+    """``Image.open`` + ``load``; a decompression bomb (PIL's warning as well as its error)
+    is a one-line ``ValueError`` naming the file and the limit."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(p) as im:
+                im.load()
+                yield im
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ValueError(
+                f"{p}: {what} refused as a possible decompression bomb: {e} If the file is "
+                "trusted, raise PIL.Image.MAX_IMAGE_PIXELS (None disables the check)"
+            ) from None
+
+
+def to_rgb(im: Image.Image, source: str = "image") -> Image.Image:
+    """Convert a decoded PIL image to 8-bit ``RGB``.
+
+    8-bit modes (``L``, ``P``, ``RGB``, ``RGBA``, ``CMYK`` ...) go through ``convert("RGB")``
+    (alpha dropped). High-bit-depth grayscale is scaled by its mode's range, never clipped:
+
+    * ``I;16`` / ``I;16L`` / ``I;16B`` / ``I;16N``: ``round(v * 255 / 65535)``;
+    * ``I`` (32-bit int, how some readers return 16-bit files): values must lie in
+      ``[0, 65535]`` and are scaled as 16-bit; others raise ValueError;
+    * ``F`` (32-bit float): values must be finite and lie in ``[0, 1]``; scaled by 255.
+
+    The gray value is then repeated into the three channels.
+
+    Args:
+        im: a loaded image.
+        source: the file name for error messages.
+
+    Returns:
+        the image in mode ``RGB`` (same size).
+
+    Raises:
+        ValueError: an ``I`` / ``F`` image whose values are outside the range above.
+
+    Examples:
+        >>> im = Image.fromarray(np.array([[0, 257, 32768, 65535]], dtype=np.uint16))
+        >>> im.mode, np.asarray(to_rgb(im))[0, :, 0].tolist()
+        ('I;16', [0, 1, 128, 255])
+    """
+    mode = im.mode
+    if mode not in (*MODES_16BIT, "I", "F"):
+        return im.convert("RGB")
+    arr = np.asarray(im).astype(np.float64)
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if mode == "F":
+        if not np.isfinite(arr).all() or lo < 0 or hi > 1:
+            raise ValueError(
+                f"{source}: float (mode 'F') image values must be finite and lie in [0, 1], got "
+                f"[{lo:g}, {hi:g}]; convert it to 8- or 16-bit"
+            )
+        scale = 255.0
+    else:
+        if mode == "I" and (lo < 0 or hi > 65535):
+            raise ValueError(
+                f"{source}: 32-bit integer (mode 'I') image values must lie in [0, 65535] "
+                f"(16-bit), got [{lo:g}, {hi:g}]; convert it to 8- or 16-bit"
+            )
+        scale = 255.0 / 65535.0
+    gray = np.floor(arr * scale + 0.5).astype(np.uint8)
+    return Image.fromarray(gray, mode="L").convert("RGB")
+
+
 def read_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file and return it fully decoded as RGB.
+    """Open an image file and return it fully decoded as 8-bit RGB.
+
+    16-bit grayscale (PIL modes ``I;16*``, ``I``) and float (``F``) images are scaled by their
+    mode's range to 0..255, not clipped (see :func:`to_rgb`).
 
     Returns:
         ``PIL.Image`` in mode ``RGB`` (size W x H).
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a readable image (unknown format, truncated, corrupt).
+        ValueError: the file is not a readable image (unknown format, truncated, corrupt), its
+            values do not fit its mode's range (:func:`to_rgb`), or it has more pixels than
+            ``PIL.Image.MAX_IMAGE_PIXELS`` (a possible decompression bomb; PIL only warns
+            between 1x and 2x the limit, this refuses both).
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"image file not found: {p}")
     try:
-        with Image.open(p) as im:
-            im.load()
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        with _open(p, "image") as im:
+            return to_rgb(im, str(p))
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"{p}: cannot read image ({type(e).__name__}: {e})") from e
+    except ValueError as e:
+        if str(p) in str(e):
+            raise
         raise ValueError(f"{p}: cannot read image ({type(e).__name__}: {e})") from e
 
 
@@ -94,14 +178,14 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: unreadable file, or a multi-channel image (labels must be one channel).
+        ValueError: unreadable file, a multi-channel image (labels must be one channel), or
+            more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (a possible decompression bomb).
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"label file not found: {p}")
     try:
-        with Image.open(p) as im:
-            im.load()
+        with _open(p, "label image") as im:
             mode = im.mode
             if mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1"):
                 raise ValueError(

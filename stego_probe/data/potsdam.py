@@ -146,12 +146,22 @@ class Potsdam3(SegDataset):
             class_names=list(CLASS_NAMES),
             ids=ids,
             info={
-                "root": str(self.root),
                 "split_lists": list(SPLIT_LISTS[split]),
                 "label_map": "{0,4}->0 {1,5}->1 {2,3}->2 255->-1",
                 "potsdam_unmapped": potsdam_unmapped,
             },
+            args={"potsdam_unmapped": potsdam_unmapped},
+            root=self.root,
         )
+
+    def file_list(self) -> list[str]:
+        """``potsdam/imgs/<id>.mat | potsdam/gt/<id>.mat`` per sample, ``| (no gt)`` where the
+        label file is missing (the sample then reads as all-ignore)."""
+        return [
+            f"potsdam/imgs/{sid}.mat | "
+            + (f"potsdam/gt/{sid}.mat" if (self.gt_dir / f"{sid}.mat").is_file() else "(no gt)")
+            for sid in self.ids
+        ]
 
     def load(self, i: int) -> Sample:
         """Sample ``i``: image RGB, label int64 (H, W) in {0, 1, 2} with -1 = ignore."""
@@ -202,5 +212,5 @@ def make_potsdam3(
             "tiles are trained and evaluated whole"
         )
     if root is None:
-        raise ValueError("root: potsdam3 needs the data root that contains potsdam/")
+        raise ValueError("root (--data-root): potsdam3 needs the data root containing potsdam/")
     return Potsdam3(root, split, potsdam_unmapped=potsdam_unmapped)

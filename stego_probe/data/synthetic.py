@@ -189,6 +189,12 @@ class SyntheticDataset(SegDataset):
             class_names=[c[0] for c in CLASSES[:n_classes]],
             ids=[f"{split}_{i:05d}" for i in range(n_images)],
             info={"size": list(size), "seed": self.seed, "generator": "warped-voronoi-v1"},
+            args={
+                "n_images": n_images,
+                "size": list(size),
+                "n_classes": n_classes,
+                "seed": self.seed,
+            },
         )
 
     def load(self, i: int) -> Sample:

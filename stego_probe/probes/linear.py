@@ -162,6 +162,8 @@ class LinearProbe(MinibatchProbe):
         params_: ``{"weight": Parameter (K, D), "bias": Parameter (K,)}`` in the standardised
             space.
         loss_history_: training loss of every step.
+        n_labelled_: labelled pixels (labels in ``[0, K)``) the training saw: all of
+            :meth:`fit`'s labels, or the sum over :meth:`partial_fit` batches.
 
     Examples:
         >>> rng = np.random.default_rng(0)
@@ -265,12 +267,48 @@ class LinearProbe(MinibatchProbe):
 
     def _reset(self) -> None:
         super()._reset()
+        self.n_labelled_ = 0
         for attr in ("mean_", "scale_", "_scaler_t"):
             if hasattr(self, attr):
                 delattr(self, attr)
 
     def _before_fit(self, codes: torch.Tensor) -> None:
+        # fit(): the labels were prepared (and counted) just before; refuse to "train" on none
+        n = int(getattr(self, "_batch_labelled", 0))
+        self.n_labelled_ = n
+        if n == 0:
+            raise ValueError(
+                f"labels: no labelled pixel (every label is an ignore value, -1 / 255 / outside "
+                f"[0, {self.n_classes})); the linear probe cannot be trained on them"
+            )
         self.fit_scaler(codes)
+
+    def partial_fit(self, codes, labels=None):
+        """One Adam step on one mini-batch (see :meth:`MinibatchProbe.partial_fit`).
+
+        The labelled pixels seen so far are counted in ``n_labelled_`` (a batch without any is
+        a step with zero loss); :meth:`check_labelled` refuses a probe that saw none.
+
+        Returns:
+            self
+        """
+        super().partial_fit(codes, labels)
+        self.n_labelled_ = int(getattr(self, "n_labelled_", 0)) + int(self._batch_labelled)
+        return self
+
+    def check_labelled(self, where: str = "training labels") -> None:
+        """Raise ``ValueError`` if the probe was trained without one labelled pixel.
+
+        A linear probe trained only on ignore labels keeps its random initialisation (every
+        loss is zero) and would report a meaningless score. ``where`` names the label source
+        in the message (e.g. ``"train store /data/train.zarr"``).
+        """
+        if int(getattr(self, "n_labelled_", 0)) == 0:
+            raise ValueError(
+                f"{where}: the linear probe was trained without one labelled pixel (all train "
+                f"labels it saw are ignore values, -1 / 255 / outside [0, {self.n_classes})); "
+                "its score would be that of a random probe"
+            )
 
     def _extra_arrays(self) -> dict[str, np.ndarray]:
         if self.standardize == "train" and getattr(self, "mean_", None) is not None:
@@ -312,6 +350,8 @@ class LinearProbe(MinibatchProbe):
         y = check_labels(
             to_numpy(labels, "labels"), int(self.n_classes), IGNORE_VALUES, source="labels"
         )
+        # labelled pixels of this call (counted by partial_fit, required > 0 by fit)
+        self._batch_labelled = int(np.count_nonzero((y >= 0) & (y < int(self.n_classes))))
         if codes.ndim == 2:
             if y.shape != (codes.shape[0],):
                 raise ValueError(

@@ -293,8 +293,34 @@ def _check_store_tokens(store: Any, images: np.ndarray, tokens: np.ndarray) -> N
     first = int(np.asarray(images)[np.argmax(bad)])
     raise ValueError(
         f"feature store {getattr(store, 'path', store)!r} has NaN or infinite tokens in "
-        f"{int(bad.sum())} of the images read (first: image index {first}); expected finite "
-        "backbone features: re-extract the store"
+        f"{int(bad.sum())} of the images read (first: image index {first}"
+        f"{_image_id(store, first)}); expected finite backbone features: re-extract the store"
+    )
+
+
+def _image_id(store: Any, i: int) -> str:
+    """``", id '<id>'"`` of store image ``i`` (empty when the store has no ids)."""
+    try:
+        return f", id {str(store.ids[i])!r}"
+    except Exception:  # a duck-typed store without ids
+        return ""
+
+
+def _check_store_sample(store: Any, sample: np.ndarray, images: np.ndarray | None) -> None:
+    """``ValueError`` naming the store and the first image with NaN / inf tokens if the token
+    ``sample`` (n, C) drawn from ``images`` (None: all) is not finite. Only on failure are the
+    images scanned, a chunk at a time, to find the image the bad tokens come from."""
+    if np.isfinite(sample).all():
+        return
+    idx = np.arange(int(store.n_images)) if images is None else np.asarray(images)
+    step = max(1, int(getattr(store, "chunk_images", 32) or 32))
+    for start in range(0, idx.size, step):
+        sel = idx[start : start + step]
+        _check_store_tokens(store, sel, np.asarray(store.tokens(sel), dtype=np.float32))
+    check_finite(  # the tokens read back finite: a store that changes under us
+        sample,
+        f"the token sample of feature store {getattr(store, 'path', store)!r}",
+        " (backbone features); re-extract the store",
     )
 
 
@@ -511,11 +537,7 @@ class Projection(TransformerMixin, BaseEstimator):
                 raise ValueError(
                     f"sample_tokens(n, seed) must return (n, C) tokens, got shape {out.shape}"
                 )
-            check_finite(
-                out,
-                f"the token sample of feature store {getattr(source, 'path', source)!r}",
-                " (backbone features); re-extract the store",
-            )
+            _check_store_sample(source, out, kw.get("images"))
         elif n >= source.shape[0]:
             out = source
         else:

@@ -2,9 +2,17 @@
 
 A released ``.ckpt`` is a pickle holding ``state_dict`` (the whole ``LitUnsupervisedSegmenter``:
 ViT, head, probes, unused modules) and ``hyper_parameters`` (``n_classes`` and ``cfg``, an
-OmegaConf ``DictConfig``). Unpickling runs arbitrary code: **only load files you trust** (the
-official release, your own runs). ``omegaconf`` is needed to rebuild the ``DictConfig``; without
-it a restricted fallback unpickler rebuilds OmegaConf objects as plain dicts/lists.
+OmegaConf ``DictConfig``).
+
+**Safe by default.** A pickle can name any importable callable and have it called, so a crafted
+file could run code. The loader admits only the globals a released checkpoint is made of
+(:data:`ALLOWED_GLOBALS` lists them by kind): it first tries ``torch.load(weights_only=True)`` with
+those extra classes registered through ``torch.serialization.safe_globals``, and if that fails it
+reads the file with an allow-list unpickler that refuses every other global, naming it. The
+OmegaConf classes are the real ones when ``omegaconf`` is installed (``unpickler="auto"`` or
+``"omegaconf"``), else inert stand-ins (``"stub"``, or ``"auto"`` without omegaconf) that
+:func:`_plain` turns into dicts and lists. ``trust=True`` (``--trust-pickle``) is plain pickle,
+which runs any code the file contains: only for files you made or otherwise trust.
 
 Key mapping (strict: any key not mapped and not in :data:`IGNORED_PREFIXES` is an error):
 
@@ -24,11 +32,17 @@ checkpoint key                     stego_probe
 
 from __future__ import annotations
 
+import _compat_pickle
+import codecs
+import collections
+import functools
 import hashlib
+import importlib
 import importlib.util
 import os
 import pickle
 import types
+import typing
 import warnings
 from pathlib import Path
 
@@ -41,6 +55,9 @@ from stego_probe.provenance import sha256_file
 IGNORED_PREFIXES = ("net.model.", "train_cluster_probe.", "decoder.")
 HEAD_KEYS = ("cluster1.0.weight", "cluster1.0.bias")
 NONLINEAR_KEYS = ("cluster2.0.weight", "cluster2.0.bias", "cluster2.2.weight", "cluster2.2.bias")
+
+#: Values of ``unpickler`` (``--unpickler``); all of them are safe (allow-list).
+UNPICKLERS = ("auto", "omegaconf", "stub")
 
 #: Reference ``cfg`` keys -> StegoHead parameters.
 CFG_TO_PARAMS = {
@@ -77,12 +94,103 @@ BACKBONES = {
     ("vit_base", 16): "dino_vitb16",
 }
 
+# ------------------------------------------------------------------ what a checkpoint may name
+#: OmegaConf classes of a pickled ``DictConfig`` (containers, their value nodes and metadata).
+OMEGACONF_GLOBALS = (
+    "omegaconf.dictconfig.DictConfig",
+    "omegaconf.listconfig.ListConfig",
+    "omegaconf.base.Metadata",
+    "omegaconf.base.ContainerMetadata",
+    "omegaconf.nodes.AnyNode",
+    "omegaconf.nodes.StringNode",
+    "omegaconf.nodes.IntegerNode",
+    "omegaconf.nodes.FloatNode",
+    "omegaconf.nodes.BooleanNode",
+    "omegaconf.nodes.BytesNode",
+)
+
+#: Lightning classes, always read as inert stand-ins (Lightning is never imported):
+#: ``AttributeDict`` (the ``hparams`` container) and ``ModelCheckpoint``, which Lightning < 1.5
+#: pickles as the key of its callback state.
+LIGHTNING_GLOBALS = (
+    "pytorch_lightning.utilities.parsing.AttributeDict",
+    "lightning.pytorch.utilities.parsing.AttributeDict",
+    "lightning_fabric.utilities.data.AttributeDict",
+    "lightning.fabric.utilities.data.AttributeDict",
+    "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+    "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint",
+)
+
+#: Plain data types (and what pickle needs to rebuild them) that a checkpoint may name.
+DATA_GLOBALS = {
+    "builtins.dict": dict,
+    "builtins.list": list,
+    "builtins.tuple": tuple,
+    "builtins.set": set,
+    "builtins.frozenset": frozenset,
+    "builtins.int": int,
+    "builtins.float": float,
+    "builtins.bool": bool,
+    "builtins.str": str,
+    "builtins.bytes": bytes,
+    "builtins.bytearray": bytearray,
+    "builtins.complex": complex,
+    "collections.OrderedDict": collections.OrderedDict,
+    "collections.defaultdict": collections.defaultdict,
+    "typing.Any": typing.Any,
+    "_codecs.encode": codecs.encode,  # bytes in protocol-2 pickles
+}
+
+#: ``torch._utils`` functions that rebuild tensors and parameters from their storage.
+TORCH_REBUILD_FUNCTIONS = (
+    "_rebuild_tensor",
+    "_rebuild_tensor_v2",
+    "_rebuild_tensor_v3",
+    "_rebuild_parameter",
+    "_rebuild_parameter_with_state",
+    "_rebuild_qtensor",
+    "_rebuild_sparse_tensor",
+    "_rebuild_nested_tensor",
+    "_rebuild_meta_tensor_no_storage",
+    "_rebuild_wrapper_subclass",
+    "_rebuild_device_tensor_from_cpu_tensor",
+)
+
+#: What the allow-list admits, by kind, for readers and docs/stego.md (the loader itself uses
+#: :func:`_allowed_globals`, built from the same constants).
+ALLOWED_GLOBALS = {
+    "omegaconf": OMEGACONF_GLOBALS,
+    "lightning": LIGHTNING_GLOBALS,
+    "data": tuple(DATA_GLOBALS),
+    "torch": (
+        "torch.Tensor",
+        "torch.nn.parameter.Parameter",
+        "torch.Size",
+        "torch.device",
+        "torch.serialization._get_layout",
+        "torch.storage.UntypedStorage",
+        "torch.storage.TypedStorage",
+        "torch.<dtype | layout | memory_format | qscheme> (e.g. torch.float32)",
+        "torch.<Dtype>Storage (e.g. torch.FloatStorage)",
+        "torch._tensor._rebuild_from_type_v2",
+        *(f"torch._utils.{f}" for f in TORCH_REBUILD_FUNCTIONS),
+    ),
+}
+
+
+class RefusedGlobalError(pickle.UnpicklingError):
+    """A pickle named a global that is not on the checkpoint allow-list (``.name``)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"global {name} is not allowed")
+        self.name = name
+
 
 class _Stub(dict):
-    """Stand-in for a class that cannot be imported (OmegaConf without omegaconf installed).
+    """Inert stand-in for an OmegaConf / Lightning class read without importing it.
 
     It accepts whatever pickle gives it: dict items, list items (``append``/``extend``) and a
-    ``__setstate__`` state; :func:`_plain` turns it into plain Python afterwards.
+    ``__setstate__`` state, and does nothing else; :func:`_plain` turns it into plain Python.
     """
 
     # Class-level defaults: pickle creates instances with __new__ only (no __init__).
@@ -104,25 +212,102 @@ class _Stub(dict):
         self._items = (*self._items, *xs)
 
 
+@functools.cache
 def _stub_class(module: str, name: str) -> type:
+    """The stand-in class for ``module.name`` (one per name, so pickle memo identity holds)."""
     return type(name, (_Stub,), {"_module": module, "_name": name})
 
 
-class _StubUnpickler(pickle.Unpickler):
-    """Unpickler that replaces classes of modules that are not installed by :class:`_Stub`."""
+def _torch_globals() -> dict:
+    """Full name -> object for the torch globals a tensor pickle names (see ALLOWED_GLOBALS)."""
+    out = {
+        "torch.Tensor": torch.Tensor,
+        "torch.nn.parameter.Parameter": torch.nn.Parameter,
+        "torch.Size": torch.Size,
+        "torch.device": torch.device,
+        "torch.serialization._get_layout": torch.serialization._get_layout,
+        "torch.storage.UntypedStorage": torch.storage.UntypedStorage,
+        "torch.storage.TypedStorage": torch.storage.TypedStorage,
+    }
+    kinds = (torch.dtype, torch.layout, torch.memory_format, torch.qscheme)
+    for k, v in vars(torch).items():  # vars(): no lazy submodule imports
+        if isinstance(v, kinds):
+            out[f"torch.{k}"] = v
+    for k in vars(torch):
+        if k.endswith("Storage") and k not in ("UntypedStorage", "TypedStorage"):
+            try:
+                out[f"torch.{k}"] = torch.serialization.StorageType(k)
+            except (KeyError, AttributeError):  # pragma: no cover - not a legacy storage name
+                pass
+    rebuild = getattr(torch._tensor, "_rebuild_from_type_v2", None)
+    if rebuild is not None:
+        out["torch._tensor._rebuild_from_type_v2"] = rebuild
+    for f in TORCH_REBUILD_FUNCTIONS:
+        if hasattr(torch._utils, f):
+            out[f"torch._utils.{f}"] = getattr(torch._utils, f)
+    return out
+
+
+def _allowed_globals(real_omegaconf: bool) -> dict:
+    """Full name -> object admitted by the allow-list: the OmegaConf classes (real ones when
+    ``real_omegaconf``, else stand-ins), Lightning stand-ins, plain data types and torch's."""
+    allowed = {**DATA_GLOBALS, **_torch_globals()}
+    for full in OMEGACONF_GLOBALS + LIGHTNING_GLOBALS:
+        module, name = full.rsplit(".", 1)
+        obj = None
+        if real_omegaconf and module.startswith("omegaconf."):
+            obj = getattr(importlib.import_module(module), name, None)
+        allowed[full] = obj if obj is not None else _stub_class(module, name)
+    return allowed
+
+
+def _python3_name(module: str, name: str) -> tuple[str, str]:
+    """Protocol-2 pickles name Python 2 modules (``__builtin__.long``); map them as pickle does."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    """Unpickler whose ``find_class`` returns only objects of ``allowed`` (by full name) and
+    raises :class:`RefusedGlobalError` for any other global (nothing is imported)."""
+
+    allowed: dict = {}
 
     def find_class(self, module: str, name: str):
-        root = module.split(".")[0]
-        if importlib.util.find_spec(root) is None:
+        module, name = _python3_name(module, name)
+        full = f"{module}.{name}"
+        if full not in self.allowed:
+            raise RefusedGlobalError(full)
+        return self.allowed[full]
+
+
+def _allow_list_pickle(allowed: dict) -> types.SimpleNamespace:
+    """A ``pickle_module`` for ``torch.load`` whose unpickler admits only ``allowed``."""
+    cls = type("_Unpickler", (_AllowListUnpickler,), {"allowed": allowed})
+    return types.SimpleNamespace(
+        Unpickler=cls,
+        load=lambda f, **kw: cls(f, **kw).load(),
+        __name__="stego_probe_allow_list_pickle",
+    )
+
+
+class _TrustingStubUnpickler(pickle.Unpickler):
+    """``trust=True`` without omegaconf: ordinary pickle (runs code), except that classes of
+    modules that are not installed are replaced by :class:`_Stub`."""
+
+    def find_class(self, module: str, name: str):
+        module, name = _python3_name(module, name)
+        if importlib.util.find_spec(module.split(".")[0]) is None:
             return _stub_class(module, name)
         return super().find_class(module, name)
 
 
-#: A ``pickle_module`` for ``torch.load`` using :class:`_StubUnpickler`.
-_stub_pickle = types.SimpleNamespace(
-    Unpickler=_StubUnpickler,
-    load=lambda f, **kw: _StubUnpickler(f, **kw).load(),
-    __name__="stego_probe_stub_pickle",
+#: A ``pickle_module`` for ``torch.load`` using :class:`_TrustingStubUnpickler`.
+_trusting_stub_pickle = types.SimpleNamespace(
+    Unpickler=_TrustingStubUnpickler,
+    load=lambda f, **kw: _TrustingStubUnpickler(f, **kw).load(),
+    __name__="stego_probe_trusting_stub_pickle",
 )
 
 
@@ -147,9 +332,9 @@ def _plain(obj):
             return _plain(state["_val"])  # a value node
         if obj._items:
             return [_plain(x) for x in obj._items]
-        if len(obj):
-            return {k: _plain(v) for k, v in obj.items()}
-        return _plain(state) if state is not None else None
+        if len(obj) or state is None:
+            return {k: _plain(v) for k, v in obj.items()}  # AttributeDict (maybe empty)
+        return _plain(state)
     if isinstance(obj, dict):
         return {k: _plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
@@ -157,50 +342,102 @@ def _plain(obj):
     return obj
 
 
-def load_lightning_checkpoint(path: str | os.PathLike, unpickler: str = "auto") -> dict:
-    """Unpickle a Lightning checkpoint (trusted files only: this runs pickle).
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    reason = " ".join(str(e).split()) or type(e).__name__
+    return f"{type(e).__name__}: {reason[:limit]}"
+
+
+def load_lightning_checkpoint(
+    path: str | os.PathLike, unpickler: str = "auto", *, trust: bool = False
+) -> dict:
+    """Read a Lightning checkpoint without running code from it (unless ``trust=True``).
+
+    Safe modes (``trust=False``, the default) admit only the globals of a released checkpoint
+    (:data:`ALLOWED_GLOBALS`): ``torch.load(weights_only=True)`` with the extra classes
+    registered is tried first, then an allow-list unpickler; any other global is refused.
 
     Args:
         path: the ``.ckpt`` file.
-        unpickler: ``"auto"`` (OmegaConf if installed, else the stub fallback), ``"omegaconf"``
-            (require omegaconf), ``"stub"`` (always the fallback).
+        unpickler: how OmegaConf objects are rebuilt: ``"auto"`` (the real classes if omegaconf
+            is installed, else inert stand-ins), ``"omegaconf"`` (require omegaconf), ``"stub"``
+            (always the stand-ins; :func:`checkpoint_hyperparameters` reads both as plain data).
+        trust: plain pickle (``torch.load(weights_only=False)``), which runs any code the file
+            contains; only for files you made or otherwise trust. Warns.
 
     Returns:
         the checkpoint dict (tensors on the CPU).
+
+    Raises:
+        ValueError: the file names a global outside the allow-list (the message names the file
+            and the global), or is not a PyTorch / Lightning checkpoint.
+        ImportError: ``unpickler="omegaconf"`` without omegaconf installed.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if unpickler not in ("auto", "omegaconf", "stub"):
-        raise ValueError(f"unpickler must be 'auto', 'omegaconf' or 'stub', got {unpickler!r}")
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a directory; expected a .ckpt file")
+    if unpickler not in UNPICKLERS:
+        raise ValueError(f"unpickler must be one of {list(UNPICKLERS)}, got {unpickler!r}")
     have_omegaconf = importlib.util.find_spec("omegaconf") is not None
     if unpickler == "omegaconf" and not have_omegaconf:
         raise ImportError(
-            "reading the checkpoint's config needs omegaconf (pip install omegaconf), or use "
-            "unpickler='stub'"
+            "reading the checkpoint's config with unpickler='omegaconf' (--unpickler omegaconf) "
+            "needs omegaconf (pip install omegaconf); 'auto' and 'stub' read it without"
         )
-    warnings.warn(
-        f"loading {path} with pickle (torch.load(weights_only=False)): this can run arbitrary "
-        "code; only load checkpoints you trust",
-        UserWarning,
-        stacklevel=2,
-    )
-    kw = {"pickle_module": _stub_pickle}
-    if unpickler == "omegaconf" or (unpickler == "auto" and have_omegaconf):
-        kw = {}
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, **kw)
-    except ImportError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        reason = " ".join(str(e).split()) or type(e).__name__
-        raise ValueError(
-            f"{path}: not a PyTorch checkpoint (expected a released STEGO .ckpt file); "
-            f"torch.load failed with {type(e).__name__}: {reason[:200]}"
-        ) from e
+    real = unpickler == "omegaconf" or (unpickler == "auto" and have_omegaconf)
+    if trust:
+        warnings.warn(
+            f"loading {path} with trust=True (--trust-pickle, torch.load(weights_only=False)): "
+            "this runs any code the file contains; only load checkpoints you trust",
+            UserWarning,
+            stacklevel=2,
+        )
+        kw = {} if real else {"pickle_module": _trusting_stub_pickle}
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False, **kw)
+        except ImportError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+            raise _not_a_checkpoint(path, e) from e
+    else:
+        ckpt = _load_safe(path, _allowed_globals(real))
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict' entry)")
     return ckpt
+
+
+def _not_a_checkpoint(path: Path, e: BaseException) -> ValueError:
+    return ValueError(
+        f"{path}: not a PyTorch checkpoint (expected a released STEGO .ckpt file); "
+        f"torch.load failed with {_one_line(e)}"
+    )
+
+
+def _load_safe(path: Path, allowed: dict):
+    """``torch.load`` admitting only ``allowed`` globals: weights_only first, then the
+    allow-list unpickler (which also names a refused global for the error)."""
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    if safe_globals is not None:
+        extra = [(obj, full) for full, obj in allowed.items() if not full.startswith("torch.")]
+        try:
+            with safe_globals(extra):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001, S110 - retried below; that reader names the cause
+            pass
+    try:
+        return torch.load(
+            path, map_location="cpu", weights_only=False, pickle_module=_allow_list_pickle(allowed)
+        )
+    except RefusedGlobalError as e:
+        raise ValueError(
+            f"{path}: refusing to load: the pickle names the global {e.name}, which is not on "
+            "the allow-list of a STEGO checkpoint (OmegaConf configs, Lightning AttributeDict, "
+            "tensors, builtin containers), so nothing was run; use --trust-pickle (trust=True) "
+            "only if you made or otherwise trust this file"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        raise _not_a_checkpoint(path, e) from e
 
 
 def checkpoint_hyperparameters(ckpt: dict) -> dict:
@@ -210,7 +447,11 @@ def checkpoint_hyperparameters(ckpt: dict) -> dict:
 
 
 def import_checkpoint(
-    path: str | os.PathLike, *, unpickler: str = "auto", verbose: bool = False
+    path: str | os.PathLike,
+    *,
+    unpickler: str = "auto",
+    trust: bool = False,
+    verbose: bool = False,
 ) -> tuple[StegoHead, dict]:
     """Import a released STEGO checkpoint as a fitted :class:`StegoHead` (head + both probes).
 
@@ -218,8 +459,11 @@ def import_checkpoint(
     (``hparams["backbone"]``, e.g. ``dino_vitb8``) extracted at the checkpoint's resolution.
 
     Args:
-        path: the ``.ckpt`` file (trusted).
-        unpickler: see :func:`load_lightning_checkpoint`.
+        path: the ``.ckpt`` file; read without running code from it unless ``trust``.
+        unpickler: ``"auto"``, ``"omegaconf"`` or ``"stub"``; see
+            :func:`load_lightning_checkpoint`.
+        trust: read it with plain pickle, which runs any code it contains (only for files
+            you made or otherwise trust; needed only if the safe reader refuses a global).
         verbose: print the stored hyperparameters.
 
     Returns:
@@ -229,12 +473,27 @@ def import_checkpoint(
 
     Raises:
         KeyError: a state-dict key that is neither mapped nor ignored, or a missing one.
-        ValueError: inconsistent shapes.
+        ValueError: a global outside the allow-list (see :func:`load_lightning_checkpoint`),
+            a state dict that is not name -> tensor, or inconsistent shapes.
     """
     path = Path(path)
-    ckpt = load_lightning_checkpoint(path, unpickler)
+    ckpt = load_lightning_checkpoint(path, unpickler, trust=trust)
     sd = ckpt["state_dict"]
-    hparams = checkpoint_hyperparameters(ckpt)
+    bad = (
+        [type(sd).__name__]
+        if not isinstance(sd, dict)
+        else [repr(k) for k, v in sd.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    )
+    if bad:
+        raise ValueError(
+            f"{path}: 'state_dict' must map names to tensors; got {', '.join(bad[:3])}"
+        )
+    try:
+        hparams = checkpoint_hyperparameters(ckpt)
+    except Exception as e:  # noqa: BLE001 - a malformed config is the file's fault
+        raise ValueError(
+            f"{path}: 'hyper_parameters' could not be read as plain data ({_one_line(e)})"
+        ) from e
     cfg = hparams.get("cfg") if isinstance(hparams.get("cfg"), dict) else {}
     head_sd, probe_sd = {}, {"cluster_probe": {}, "linear_probe": {}}
     for key, value in sd.items():

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import faiss
@@ -158,19 +159,66 @@ def save_knns(path: str | os.PathLike, nns: np.ndarray, key: dict) -> None:
     os.replace(tmp, path)
 
 
+class KNNCacheError(ValueError):
+    """A KNN file that cannot be read as a table: truncated, corrupt, or of the wrong shape."""
+
+
+#: What a KNN file must be (for error messages).
+KNN_FILE_EXPECTED = "an .npz written by save_knns with arrays 'nns' (N, k) int64 and 'key' (JSON)"
+
+
 def load_knns(path: str | os.PathLike, key: dict | None = None) -> np.ndarray:
-    """Read a table written by :func:`save_knns`; if ``key`` is given it must match the file's."""
+    """Read a table written by :func:`save_knns`, (N, k) int64; if ``key`` is given it must
+    match the file's.
+
+    The table is checked against the key stored with it: shape ``(n_images, k)`` and every
+    index in ``[0, n_images)``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        KNNCacheError: (a ``ValueError``) the file is truncated, corrupt or not a KNN file, or
+            its table does not have the shape / index range its key says; the message names the
+            file and what was expected.
+        ValueError: the file's key differs from ``key`` (the differing fields are listed).
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"KNN file {path} does not exist")
-    with np.load(path, allow_pickle=False) as z:
-        if "nns" not in z or "key" not in z:
-            raise ValueError(f"{path}: not a stego_probe KNN file (expected arrays 'nns', 'key')")
-        stored = json.loads(str(z["key"]))
-        if key is not None and stored != json.loads(json.dumps(key, sort_keys=True)):
-            diff = sorted(k for k in set(stored) | set(key) if stored.get(k) != key.get(k))
-            raise ValueError(f"{path}: KNN table was computed for other inputs (differs in {diff})")
-        return z["nns"].astype(np.int64)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [a for a in ("nns", "key") if a not in z.files]
+            if missing:
+                raise KNNCacheError(
+                    f"{path}: not a stego_probe KNN file (no array {missing[0]!r}); "
+                    f"expected {KNN_FILE_EXPECTED}"
+                )
+            stored = json.loads(str(z["key"]))
+            nns = z["nns"]
+    except KNNCacheError:
+        raise
+    except Exception as e:  # noqa: BLE001 - zip, zlib, npy-header and JSON errors alike
+        reason = " ".join(str(e).split())[:160] or type(e).__name__
+        raise KNNCacheError(
+            f"{path}: unreadable KNN file (truncated or corrupt: {type(e).__name__}: "
+            f"{reason}); expected {KNN_FILE_EXPECTED}"
+        ) from e
+    if not isinstance(stored, dict):
+        raise KNNCacheError(f"{path}: KNN key is not a JSON object; expected {KNN_FILE_EXPECTED}")
+    n, k = stored.get("n_images"), stored.get("k")
+    if nns.ndim != 2 or not np.issubdtype(nns.dtype, np.integer) or nns.shape != (n, k):
+        raise KNNCacheError(
+            f"{path}: KNN table is {nns.dtype} of shape {nns.shape}; expected int64 of shape "
+            f"(n_images, k) = ({n}, {k}) as its key says"
+        )
+    if nns.size and (int(nns.min()) < 0 or int(nns.max()) >= n):
+        raise KNNCacheError(
+            f"{path}: KNN table holds indices outside [0, {n}) (range {int(nns.min())}.."
+            f"{int(nns.max())}); expected image indices of the {n} images"
+        )
+    if key is not None and stored != json.loads(json.dumps(key, sort_keys=True)):
+        diff = sorted(k for k in set(stored) | set(key) if stored.get(k) != key.get(k))
+        raise ValueError(f"{path}: KNN table was computed for other inputs (differs in {diff})")
+    return nns.astype(np.int64)
 
 
 def compute_knns(
@@ -197,7 +245,11 @@ def compute_knns(
         dropout: channel-dropout probability applied before pooling (parity with Q5: 0.1).
         random_state: seed of that dropout.
         cache_dir: if given, load ``knn_<hash>.npz`` from it when the key matches, else compute
-            and save it there.
+            and save it there. A cached file that is truncated, corrupt or for other inputs
+            (:func:`load_knns` raises) is recomputed and replaced, with a warning naming it.
+
+    Returns:
+        (N, k) int64 neighbour indices, most similar first.
     """
     if knn_self_rank0 and exclude_siblings:
         raise ValueError("knn_self_rank0=True (reference table) cannot exclude siblings")
@@ -214,7 +266,10 @@ def compute_knns(
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         path = Path(cache_dir) / f"knn_{digest}.npz"
         if path.exists():
-            return load_knns(path, key)
+            try:
+                return load_knns(path, key)
+            except ValueError as e:  # truncated / corrupt / foreign: never read it as data
+                warnings.warn(f"{e}; recomputing it", UserWarning, stacklevel=2)
     desc = pooled_descriptors(store, batch_size, dropout, random_state, progress)
     groups = sibling_groups(store.ids) if exclude_siblings else None
     nns = knn_search(
