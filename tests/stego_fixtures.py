@@ -229,13 +229,14 @@ def write_fake_checkpoint(
     cfg: dict | None = None,
     seed: int = 0,
     attribute_dict: bool = False,
+    extra_entries: dict | None = None,
 ) -> dict:
     """Write a fake released STEGO checkpoint to ``path``; returns its state dict.
 
     Besides ``state_dict`` and ``hyper_parameters`` it holds what Lightning 1.5 also saves
     (``callbacks`` keyed by state-key strings, Adam ``optimizer_states``, ``lr_schedulers``).
     ``attribute_dict``: store ``hyper_parameters`` as a Lightning ``AttributeDict`` (as some
-    Lightning versions do) instead of a plain dict.
+    Lightning versions do) instead of a plain dict. ``extra_entries``: more top-level entries.
 
     Shapes: ``net.cluster1.0.weight`` (D, C, 1, 1), ``net.cluster2.0.weight`` (C, C, 1, 1),
     ``net.cluster2.2.weight`` (D, C, 1, 1), ``cluster_probe.clusters`` (K + E, D),
@@ -308,6 +309,7 @@ def write_fake_checkpoint(
             "lr_schedulers": [],
             "hparams_name": "kwargs",
             "hyper_parameters": hp,
+            **(extra_entries or {}),
         }
         torch.save(ckpt, path)
     finally:  # the look-alike modules must not outlive the pickling

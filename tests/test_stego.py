@@ -553,6 +553,18 @@ def test_import_checkpoint_attribute_dict_hparams(tmp_path, monkeypatch, reader)
     assert hp["n_classes"] == 3 and hp["cfg"]["nested"] == {"a": 1, "b": [1, 2]}
 
 
+@pytest.mark.parametrize("reader", ["default", "allow_list"])
+def test_import_checkpoint_admits_numpy_data(tmp_path, monkeypatch, reader):
+    """Metrics logged as numpy scalars / arrays (data only) do not make a checkpoint unreadable."""
+    path = tmp_path / "np.ckpt"
+    extra = {"metrics": {"miou": np.float64(0.25), "hist": np.arange(4, dtype=np.int32)}}
+    sd = write_fake_checkpoint(path, extra_entries=extra)
+    _force_reader(monkeypatch, reader)
+    head, hp = import_checkpoint(path, unpickler="stub")
+    assert hp["n_classes"] == 3
+    assert torch.equal(head.head_.state_dict()["cluster1.0.weight"], sd["net.cluster1.0.weight"])
+
+
 @pytest.mark.parametrize("kind", sorted(PAYLOADS))
 @pytest.mark.parametrize("reader", ["default", "allow_list"])
 @pytest.mark.parametrize("unpickler", MODES)

@@ -141,6 +141,18 @@ DATA_GLOBALS = {
     "_codecs.encode": codecs.encode,  # bytes in protocol-2 pickles
 }
 
+#: numpy names a pickled array or scalar needs (e.g. a metric logged as ``np.float64`` in a
+#: callback state); data only: the ``subtype`` / ``dtype`` they are given must pass the list too.
+NUMPY_GLOBALS = (
+    "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray._reconstruct",
+    "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar",
+    "numpy.ndarray",
+    "numpy.dtype",
+)
+
+
 #: ``torch._utils`` functions that rebuild tensors and parameters from their storage.
 TORCH_REBUILD_FUNCTIONS = (
     "_rebuild_tensor",
@@ -162,6 +174,7 @@ ALLOWED_GLOBALS = {
     "omegaconf": OMEGACONF_GLOBALS,
     "lightning": LIGHTNING_GLOBALS,
     "data": tuple(DATA_GLOBALS),
+    "numpy": NUMPY_GLOBALS,
     "torch": (
         "torch.Tensor",
         "torch.nn.parameter.Parameter",
@@ -248,10 +261,23 @@ def _torch_globals() -> dict:
     return out
 
 
+def _numpy_globals() -> dict:
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    real = {
+        "_reconstruct": core.multiarray._reconstruct,
+        "scalar": core.multiarray.scalar,
+        "ndarray": np.ndarray,
+        "dtype": np.dtype,
+    }
+    return {full: real[full.rsplit(".", 1)[1]] for full in NUMPY_GLOBALS}
+
+
 def _allowed_globals(real_omegaconf: bool) -> dict:
     """Full name -> object admitted by the allow-list: the OmegaConf classes (real ones when
     ``real_omegaconf``, else stand-ins), Lightning stand-ins, plain data types and torch's."""
-    allowed = {**DATA_GLOBALS, **_torch_globals()}
+    allowed = {**DATA_GLOBALS, **_numpy_globals(), **_torch_globals()}
     for full in OMEGACONF_GLOBALS + LIGHTNING_GLOBALS:
         module, name = full.rsplit(".", 1)
         obj = None
