@@ -110,7 +110,7 @@ def main() -> None:
         store = FeatureStore.open(store.path)
         knn = compute_knns(store, 8)
         cfg = {
-            **get_preset("potsdam3"),
+            **get_preset("potsdam3").to_dict(),
             "dim": dim,
             "batch_size": batch,
             "knn_k": 8,

@@ -4,7 +4,9 @@ sweep configs and shared feature stores.
 Like facebookresearch/dino's scripts, every experiment prints the git SHA of the checkout and its
 sorted arguments before it starts, so a log says exactly what produced it. Nothing here analyses
 data: each helper turns command-line arguments into library calls (:mod:`stego_probe.sweep`,
-:mod:`stego_probe.extract`, :mod:`stego_probe.published`).
+:mod:`stego_probe.extract`); the analyses the scripts print live in the library
+(:mod:`stego_probe.published`, :mod:`stego_probe.released`, :mod:`stego_probe.summaries`,
+:mod:`stego_probe.table_keys`).
 
 Imports of torch / the library happen inside the functions, so ``--help`` is instant.
 """
@@ -18,23 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stego_probe.cli.backbone_options import add_backbone_kwargs_argument
+from stego_probe.published import PAPER_DATASETS
 
 if TYPE_CHECKING:
     import pandas as pd
-
-#: The paper's datasets, in Figure 4's column order.
-PAPER_DATASETS = ("cocostuff27", "cityscapes27", "potsdam3")
-
-#: File names of the released STEGO checkpoints (mhamilton723/STEGO download_models.py).
-RELEASED_CHECKPOINTS = {
-    "cocostuff27": "cocostuff27_vit_base_5.ckpt",
-    "cityscapes27": "cityscapes_vit_base_1.ckpt",
-    "potsdam3": "potsdam_test.ckpt",
-}
-RELEASED_URL = "https://marhamilresearch4.blob.core.windows.net/stego-public/saved_models/"
-
-#: Probes of Table 2, in row order (the reference cluster probe first).
-PROBE_ORDER = ("cluster", "linear", "kmeans")
 
 #: Default folder of the Figure 4 sweeps; the other scripts share its feature stores.
 SWEEP_ROOT = "runs/figure4"
@@ -293,54 +282,6 @@ def read_tables(paths) -> pd.DataFrame:
 
     frames = [read_results(p) for p in paths]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def compare_with_published(df: pd.DataFrame) -> pd.DataFrame:
-    """Table 2 layout: our accuracy / mIoU next to the published numbers.
-
-    Args:
-        df: results rows (``accuracy`` / ``miou`` of the ``cluster``, ``linear``, ``kmeans``
-            probes are used; repeated runs of one seed count once, the last wins).
-
-    Returns:
-        one row per (dataset, method, dim, probe, crf, mode) with ``acc`` and ``miou`` (mean
-        over seeds), ``seeds`` (how many), ``target_acc`` / ``target_miou`` (the released
-        checkpoints' evaluation logs, :func:`stego_probe.published.regression_targets`) and
-        ``fig4_miou`` (the paper's Figure 4, digitised; DINO and the released STEGO); NaN where
-        there is no published number.
-    """
-    import pandas as pd
-
-    from stego_probe.published import DIGITISED_SOURCE, load_published, regression_targets
-
-    keys = ["dataset", "method", "dim", "probe", "crf", "mode"]
-    sel = df[df["metric"].isin(["accuracy", "miou"]) & df["probe"].isin(PROBE_ORDER)].copy()
-    sel["crf"] = sel["crf"].map(lambda v: str(v).strip().lower() in ("true", "1"))
-    sel = sel.drop_duplicates(keys + ["metric", "seed"], keep="last")
-    ours = sel.pivot_table(index=keys, columns="metric", values="value", aggfunc="mean")
-    ours = ours.rename(columns={"accuracy": "acc"}).reindex(columns=["acc", "miou"])
-    ours["seeds"] = sel.groupby(keys)["seed"].nunique()
-    ours = ours.reset_index()
-    on = ["dataset", "method", "probe", "crf"]
-    target = regression_targets().pivot_table(index=on, columns="metric", values="value")
-    target = target.rename(columns={"accuracy": "target_acc", "miou": "target_miou"})
-    fig4 = load_published(source=DIGITISED_SOURCE)
-    fig4 = fig4[fig4["metric"] == "miou"].groupby(on)["value"].mean().rename("fig4_miou")
-    table = ours.merge(target.reset_index(), on=on, how="left")
-    table = table.merge(fig4.reset_index(), on=on, how="left")
-    for col in ("target_acc", "target_miou", "fig4_miou"):
-        if col not in table.columns:
-            table[col] = float("nan")
-    order = {
-        "dataset": {d: i for i, d in enumerate(PAPER_DATASETS)},
-        "method": {"stego_released": 0, "dino": 1},
-        "probe": {p: i for i, p in enumerate(PROBE_ORDER)},
-    }
-    table = table.sort_values(
-        keys, key=lambda c: c.map(order[c.name]).fillna(99) if c.name in order else c
-    )
-    cols = keys + ["acc", "miou", "seeds", "target_acc", "target_miou", "fig4_miou"]
-    return pd.DataFrame(table[cols]).reset_index(drop=True)
 
 
 def run_sweeps(args: argparse.Namespace, root: str | Path) -> pd.DataFrame:

@@ -55,10 +55,12 @@ def main(argv=None) -> int:
     from stego_probe.plots import (
         CONVERGENCE_METRICS,
         DISTINCTNESS_METRICS,
+        FIGURE_FILES,
         plot_distinctness_over_dims,
         plot_kmeans_convergence,
         save_figure,
     )
+    from stego_probe.summaries import distinctness_summary
 
     start = time.perf_counter()
     if args.results:
@@ -79,19 +81,18 @@ def main(argv=None) -> int:
         )
     fig_dir = Path(args.figures)
     paths = [
-        save_figure(
-            plot_distinctness_over_dims(df), fig_dir / f"distinctness_over_dims.{args.fmt}"
-        ),
-        save_figure(plot_kmeans_convergence(df), fig_dir / f"kmeans_convergence.{args.fmt}"),
+        save_figure(draw(df), fig_dir / f"{FIGURE_FILES[key]}.{args.fmt}")
+        for key, draw in (
+            ("distinctness", plot_distinctness_over_dims),
+            ("convergence", plot_kmeans_convergence),
+        )
     ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "distinctness.csv", index=False)
-    summary = df[df["metric"].isin(SUMMARY)].pivot_table(
-        index=["dataset", "method", "dim"], columns="metric", values="value", aggfunc="mean"
-    )
+    summary = distinctness_summary(df, metrics=SUMMARY, index=("dataset", "method", "dim"))
     with pd.option_context("display.width", 120):
-        print("mean over seeds:\n" + summary.round(3).to_string())
+        print(f"{summary.attrs.get('note', 'mean over seeds')}:\n" + summary.to_string())
     print(f"rows: {out / 'distinctness.csv'}")
     print("figures: " + ", ".join(map(str, paths)))
     print(f"done in {time.perf_counter() - start:.0f} s")

@@ -7,8 +7,9 @@ written as tidy rows (``metric == "explained_variance_ratio"``, ``dim`` = compon
 The figure draws the cumulative sums on a common normalised axis (§7.4): ``pca_cum_variance``.
 
 The training stores are shared with the Figure 4 sweep (``--stores``, default runs/figure4):
-whichever script runs first extracts them. Re-running skips datasets already in the results;
-``--results CSV`` only redraws.
+whichever script runs first extracts them. Re-running skips datasets already in the results
+(:func:`stego_probe.table_keys.done_keys`); ``--results CSV`` only redraws. The printed numbers
+are :func:`stego_probe.summaries.cumulative_variance`.
 
 Example:
     python experiments/figure3.py --data-root /data
@@ -52,9 +53,11 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     begin(args, "Figure 3: PCA cumulative explained variance")
-    from stego_probe.plots import plot_pca_spectrum, save_figure
+    from stego_probe.plots import FIGURE_FILES, plot_pca_spectrum, save_figure
     from stego_probe.results import append_csv, read_results
+    from stego_probe.summaries import cumulative_variance
     from stego_probe.sweep import pca_spectrum_rows
+    from stego_probe.table_keys import done_keys
 
     start = time.perf_counter()
     if args.results:
@@ -62,9 +65,9 @@ def main(argv=None) -> int:
     else:
         out = Path(args.out)
         results = out / "results.csv"
+        done = done_keys(results, ["dataset"])
         for dataset in args.datasets:
-            have = read_results(results) if results.exists() else None
-            if have is not None and (have["dataset"] == dataset).any():
+            if (dataset,) in done:
                 print(f"== {dataset}: already in {results}, skipped")
                 continue
             config = dataset_config(args, dataset)
@@ -76,12 +79,11 @@ def main(argv=None) -> int:
     df = df[df["dataset"].isin(args.datasets) & (df["metric"] == "explained_variance_ratio")]
     if df.empty:
         raise ValueError(f"no explained_variance_ratio rows for datasets {args.datasets}")
-    path = save_figure(plot_pca_spectrum(df), Path(args.figures) / f"pca_cum_variance.{args.fmt}")
-    for dataset, g in df.groupby("dataset", sort=False):
-        cum = g.sort_values("dim")["value"].cumsum().to_numpy()
-        n = len(cum)
-        marks = ", ".join(f"D={max(1, n * k // 16)}: {cum[max(1, n * k // 16) - 1]:.3f}"
-                          for k in (1, 4, 8, 12))  # fmt: skip
+    stem = FIGURE_FILES["pca_spectrum"]
+    path = save_figure(plot_pca_spectrum(df), Path(args.figures) / f"{stem}.{args.fmt}")
+    for dataset, g in cumulative_variance(df).groupby("dataset", sort=False):
+        marks = ", ".join(f"D={d}: {c:.3f}" for d, c in zip(g["dim"], g["cumulative"]))
+        n = g["n_components"].iloc[0]
         print(f"{dataset}: {n} components; cumulative explained variance {marks}")
     print(f"figure: {path}\ndone in {time.perf_counter() - start:.0f} s")
     return 0

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from _common import begin, make_parser, read_tables, run, run_sweeps
 
-FIGURES = {"miou": "all_datasets_miou", "accuracy": "all_datasets_acc"}
-PROBE_ROWS = ("linear", "cluster", "kmeans")
+#: The two figures: metric -> key of :data:`stego_probe.plots.FIGURE_FILES` (the file stem).
+FIGURES = ("miou", "accuracy")
 
 
 def parse_args(argv=None):
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     begin(args, "Figure 4 / Appendix Figure 1: metric versus embedding dimension")
     import pandas as pd
 
-    from stego_probe.plots import plot_metric_over_dims, save_figure
+    from stego_probe.plots import FIGURE4_PROBES, FIGURE_FILES, plot_metric_over_dims, save_figure
 
     start = time.perf_counter()
     df = read_tables(args.results) if args.results else run_sweeps(args, args.out)
@@ -75,18 +75,19 @@ def main(argv=None) -> int:
         df = pd.concat([df, read_tables([table2])], ignore_index=True)
     df = df[df["dataset"].isin(args.datasets)]
     paths = []
-    for metric, stem in FIGURES.items():
-        rows = df[(df["metric"] == metric) & df["probe"].isin(PROBE_ROWS)]
+    for metric in FIGURES:
+        rows = df[(df["metric"] == metric) & df["probe"].isin(FIGURE4_PROBES)]
         if rows.empty:
-            raise ValueError(f"no {metric} rows of the {list(PROBE_ROWS)} probes to draw")
+            raise ValueError(f"no {metric} rows of the {list(FIGURE4_PROBES)} probes to draw")
         fig = plot_metric_over_dims(
             df,
             metric=metric,
-            probe_rows=[p for p in PROBE_ROWS if (rows["probe"] == p).any()],
+            probe_rows=[p for p in FIGURE4_PROBES if (rows["probe"] == p).any()],
             published=not args.no_published,
             figure_provenance=args.figure_provenance,
             datasets=args.datasets,
         )
+        stem = FIGURE_FILES[metric]
         paths.append(save_figure(fig, Path(args.figures) / f"{stem}.{args.fmt}"))
     if not args.results:
         drawn = Path(args.out) / "figure4.csv"

@@ -5,9 +5,9 @@ this evaluates, in the reference's final "eval" mode (320-px centre crops, flip-
 PROTOCOL §4.4), with and without the dense CRF (§5):
 
 * ``stego_released``: the released checkpoint (cocostuff27_vit_base_5.ckpt,
-  cityscapes_vit_base_1.ckpt, potsdam_test.ckpt) applied to the stored DINO tokens, scored with
-  the checkpoint's own cluster and linear probes, and with stego_probe's k-means probe fitted on
-  the head's codes of the training store;
+  cityscapes_vit_base_1.ckpt, potsdam_test.ckpt: ``stego_probe.released.released_checkpoints()``)
+  applied to the stored DINO tokens, scored with the checkpoint's own cluster and linear probes,
+  and with stego_probe's k-means probe fitted on the head's codes of the training store;
 * ``dino``: the DINO-only baseline (§6.1): cluster, linear and k-means probes fitted on the raw
   backbone features of the training store.
 
@@ -15,6 +15,9 @@ Writes ``<out>/results.csv`` (tidy rows) and ``<out>/table2.csv`` (accuracy / mI
 dataset, method, probe and CRF, next to the published regression targets: the released
 checkpoints' evaluation logs from STEGO issues #3 / #39, and the paper's Figure 4 values), and
 prints the table. Re-running resumes: finished (dataset, method, seed) evaluations are skipped.
+The evaluation is :func:`stego_probe.released.evaluate_released`, the comparison
+:func:`stego_probe.published.compare_with_published`; this script only parses arguments, opens
+the shared stores and writes the tables.
 
 Example:
     python experiments/table2.py --data-root /data --checkpoints saved_models
@@ -27,11 +30,8 @@ import time
 from pathlib import Path
 
 from _common import (
-    RELEASED_CHECKPOINTS,
-    RELEASED_URL,
     SWEEP_ROOT,
     begin,
-    compare_with_published,
     csv_list,
     dataset_config,
     make_parser,
@@ -39,7 +39,8 @@ from _common import (
     shared_store,
 )
 
-METHODS = ("stego_released", "dino")
+from stego_probe.published import TABLE2_METHODS as METHODS
+from stego_probe.released import RELEASED_URL
 
 
 def parse_args(argv=None):
@@ -83,41 +84,28 @@ def parse_args(argv=None):
 
 def checkpoint_path(args, dataset: str) -> Path:
     """The released checkpoint of ``dataset`` (``--checkpoint`` beats ``--checkpoints``)."""
+    from stego_probe.released import released_checkpoint
+
+    explicit = None
     for entry in args.checkpoint:
         key, _, path = entry.partition("=")
         if key == dataset:
-            return Path(path)
-    if dataset not in RELEASED_CHECKPOINTS:
-        raise KeyError(f"no released STEGO checkpoint for {dataset!r}; pass --checkpoint")
-    path = Path(args.checkpoints) / RELEASED_CHECKPOINTS[dataset]
-    if not path.exists():
+            explicit = path
+    try:
+        return released_checkpoint(dataset, args.checkpoints, explicit)
+    except FileNotFoundError as e:
         raise FileNotFoundError(
-            f"released checkpoint {path} not found: download {RELEASED_URL}"
-            f"{RELEASED_CHECKPOINTS[dataset]} into {args.checkpoints}/ (or pass --checkpoint "
-            f"{dataset}=PATH, or --methods dino)"
-        )
-    return path
-
-
-def done(results: Path, dataset: str, method: str, seed: int, crf: bool) -> bool:
-    """Whether ``results`` already holds this evaluation (with CRF rows if ``crf``)."""
-    from stego_probe.results import read_results
-
-    if not results.exists():
-        return False
-    df = read_results(results)
-    sel = df[(df["dataset"] == dataset) & (df["method"] == method) & (df["seed"] == seed)]
-    crf_col = sel["crf"].astype(str).str.lower() == "true"
-    return len(sel) > 0 and (crf_col.any() or not crf)
+            f"{e} (or pass --checkpoint {dataset}=PATH, or --methods dino)"
+        ) from None
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     begin(args, "Table 2: released STEGO checkpoints and DINO, eval mode, ± CRF")
-    from stego_probe.data import get_dataset
-    from stego_probe.evaluate import evaluate_stores, store_images
-    from stego_probe.projections.stego.checkpoint import import_checkpoint
+    from stego_probe.published import compare_with_published
+    from stego_probe.released import evaluate_released, load_released
     from stego_probe.results import append_csv, read_results
+    from stego_probe.table_keys import done_keys
 
     start = time.perf_counter()
     out = Path(args.out)
@@ -125,70 +113,35 @@ def main(argv=None) -> int:
     results = out / "results.csv"
     crf = not args.no_crf
     progress = not args.no_progress
+    key = ["dataset", "method", "seed"]
+    # an evaluation is done when its rows are there (and its CRF rows, when CRF is asked for)
+    done = done_keys(results, key, where={"crf": True} if crf else None)
     for dataset in args.datasets:
         config = dataset_config(args, dataset)
         print(f"== {dataset}: backbone {config.backbone}, seeds {config.seeds}, crf {crf}")
         todo = [
-            (m, s)
-            for m in args.table_methods
-            for s in config.seeds
-            if not done(results, dataset, m, s, crf)
+            (m, s) for m in args.table_methods for s in config.seeds if (dataset, m, s) not in done
         ]
         if not todo:
             print("   already in results, skipped")
             continue
         head = None
         if any(m == "stego_released" for m, _ in todo):
-            head, hparams = import_checkpoint(checkpoint_path(args, dataset), verbose=True)
-            if hparams.get("backbone") not in (None, config.backbone):
-                raise ValueError(
-                    f"{dataset}: the checkpoint was trained on {hparams['backbone']} features but "
-                    f"the stores use {config.backbone}; pass --backbone {hparams['backbone']}"
-                )
+            path = checkpoint_path(args, dataset)
+            head = load_released(path, backbone=config.backbone, verbose=True)
         cache: dict = {}
         train = shared_store(config, args.stores, "train", cache=cache, progress=progress)
         val = shared_store(config, args.stores, "val", flipped=True, cache=cache, progress=progress)
-        images = None
-        if crf:
-            split = get_dataset(
-                config.dataset,
-                root=config.data_root,
-                split=config.val.split,
-                **config.dataset_kwargs,
-            )
-            images = store_images(val, split)
-        common = dict(
-            mode="pixel",
-            flip=True,
-            crf=crf,
-            probe_kwargs=config.probe_kwargs,
-            images=images,
-            crf_workers=args.crf_workers,
+        evaluations = evaluate_released(
+            config, train, val, todo, head=head, crf=crf, crf_workers=args.crf_workers,
             progress=progress,
-        )
-        for method, seed in todo:
+        )  # fmt: skip
+        for method, seed, frame in evaluations:
             print(f"   {method}, seed {seed}")
-            if method == "dino":
-                frame = evaluate_stores(
-                    train, val, probes=["cluster", "linear", "kmeans"], method="dino", seed=seed,
-                    **common,
-                )  # fmt: skip
-            else:
-                # The checkpoint's own probes are deterministic: scored once, with the first
-                # seed; the k-means probe is fitted on the head's train codes for every seed.
-                probes = ["kmeans"]
-                if seed == config.seeds[0]:
-                    cluster, linear = head.probes(device=config.device)
-                    probes = {"cluster": cluster, "linear": linear, "kmeans": None}
-                frame = evaluate_stores(
-                    train, val, probes=probes, projection=head, method="stego_released",
-                    seed=seed, **common,
-                )  # fmt: skip
             append_csv(frame.to_dict("records"), results)
 
     df = read_results(results)
-    df = df[df["dataset"].isin(args.datasets)]
-    table = compare_with_published(df)
+    table = compare_with_published(df[df["dataset"].isin(args.datasets)])
     table.to_csv(out / "table2.csv", index=False)
     print("\nTable 2 (eval mode; % ; mean over seeds; target = released-checkpoint logs from")
     print("STEGO issues #3 / #39, fig4 = the paper's Figure 4, digitised):")

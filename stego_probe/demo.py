@@ -6,7 +6,9 @@ k-means and linear probes, distinctness -> ``<out>/results.csv`` -> every figure
 supports, plus a qualitative grid and a 2-D feature map, in ``<figures>/`` -> a printed summary.
 
 Everything here is composition of library calls (:mod:`stego_probe.sweep`,
-:mod:`stego_probe.plots`, :mod:`stego_probe.evaluate`); the demo adds no analysis of its own.
+:mod:`stego_probe.plots`, :mod:`stego_probe.evaluate`, :mod:`stego_probe.summaries` for the
+printed tables and the D to draw, :func:`stego_probe.export.class_aligned_predictions` for the
+qualitative grid); the demo adds no analysis of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stego_probe.export import class_aligned_predictions
+from stego_probe.summaries import best_dim, distinctness_summary
 from stego_probe.sweep import (
     Point,
     SweepConfig,
@@ -65,82 +69,6 @@ def demo_config(
     return load_config("synthetic", overrides)
 
 
-def best_dim(df: pd.DataFrame, method: str, probe: str = "kmeans") -> int | None:
-    """The D with the highest mean mIoU of ``method`` under ``probe`` (None if absent)."""
-    sel = df[(df["method"] == method) & (df["probe"] == probe) & (df["metric"] == "miou")]
-    if sel.empty:
-        return None
-    return int(sel.groupby("dim")["value"].mean().idxmax())
-
-
-def distinctness_summary(
-    df: pd.DataFrame, metrics: tuple[str, ...] = ("silhouette", "kmeans_ari")
-) -> pd.DataFrame:
-    """Distinctness rows (``probe == "none"``) as a (method label, dim) x metric table.
-
-    Methods are named by :func:`stego_probe.plots.method_label`; values are means over seeds,
-    rounded to 3 decimals; ``attrs["note"]`` says over how many seeds (``"1 seed (n=1)"`` or
-    ``"mean over 3 seeds"``). Empty if there are no such rows.
-    """
-    from stego_probe.plots import method_label
-
-    dist = df[(df["probe"] == "none") & df["metric"].isin(list(metrics))]
-    if dist.empty:
-        return pd.DataFrame()
-    dist = dist.drop_duplicates(["method", "dim", "metric", "seed"], keep="last").copy()
-    dist["method"] = [method_label(m, dist) for m in dist["method"]]
-    wide = dist.pivot_table(index=["method", "dim"], columns="metric", values="value").round(3)
-    counts = sorted(set(dist.groupby(["method", "dim", "metric"])["seed"].nunique()))
-    if counts == [1]:
-        wide.attrs["note"] = "1 seed (n=1)"
-    else:
-        k = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
-        wide.attrs["note"] = f"mean over {k} seeds"
-    return wide
-
-
-def class_aligned_predictions(
-    train_store, val_store, projection, indices, seed: int = 0, kmeans_kwargs: dict | None = None
-) -> np.ndarray:
-    """k-means predictions on some val images, relabelled to classes by Hungarian matching.
-
-    The matching is the one the metrics use (global, over the whole val split), so the colours
-    of a qualitative figure mean the same as the numbers.
-
-    Args:
-        train_store, val_store: feature stores.
-        projection: a fitted projection (``Identity`` for the raw features).
-        indices: val image indices to predict.
-        seed: k-means seed.
-        kmeans_kwargs: :class:`~stego_probe.probes.kmeans.KMeansProbe` arguments (``n_train``,
-            ``niter``, ``nredo`` ...), as the sweep's ``probe_kwargs["kmeans"]``.
-
-    Returns:
-        int64 (len(indices), H, W) class ids (-1 where a cluster matched no class).
-    """
-    from stego_probe.evaluate import make_probe, predict_batch
-    from stego_probe.metrics import ConfusionAccumulator, hungarian_mapping
-
-    def codes(tokens):
-        return np.asarray(projection.transform_tokens(tokens), dtype=np.float32)
-
-    k = int(val_store.n_classes)
-    kw = {"n_train": 50_000, **(kmeans_kwargs or {})}
-    sample = train_store.sample_tokens(int(kw["n_train"]), seed=seed)
-    sample = np.asarray(projection.transform(sample))
-    probe = make_probe("kmeans", k, seed, **kw).fit(np.ascontiguousarray(sample, dtype=np.float32))
-    size = tuple(val_store.label_shape)
-    acc = ConfusionAccumulator(k, k)
-    for tokens, labels, _ in val_store.iter_batches(16):
-        acc.update(predict_batch("kmeans", probe, codes(tokens), size), labels)
-    class_of_cluster = np.full(k, -1, dtype=np.int64)
-    for cls, cluster in enumerate(hungarian_mapping(acc.matrix)):
-        if cluster >= 0:
-            class_of_cluster[cluster] = cls
-    pred = predict_batch("kmeans", probe, codes(val_store.tokens(np.asarray(indices))), size)
-    return class_of_cluster[pred]
-
-
 def extra_figures(
     config: SweepConfig, df: pd.DataFrame, out_dir, fig_dir, n_images: int = 4, fmt: str = "png"
 ) -> list[Path]:
@@ -150,14 +78,9 @@ def extra_figures(
     the raw features after the backbone (``"descriptor (raw)"``; ``"DINO"`` only for a DINO),
     with the width D they were probed at and the probe.
     """
+    from stego_probe.embedding import embedding_2d
     from stego_probe.evaluate import dataset_for_store, store_images
-    from stego_probe.plots import (
-        embedding_2d,
-        method_label,
-        plot_embedding_map,
-        plot_qualitative,
-        save_figure,
-    )
+    from stego_probe.plots import method_label, plot_embedding_map, plot_qualitative, save_figure
     from stego_probe.sweep import fit_projection, val_code_sample
 
     train_store, val_store = ensure_stores(config, out_dir, progress=False)

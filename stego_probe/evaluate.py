@@ -37,7 +37,6 @@ prediction is kept in memory (quirk Q30); cluster probes are matched to classes 
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
 
@@ -56,6 +55,7 @@ from stego_probe.probes.cluster_lookup import (
     minibatch_stream,
 )
 from stego_probe.probes.linear import IGNORE_VALUES, LinearProbe
+from stego_probe.projections.base import check_store_sample, check_store_tokens
 from stego_probe.provenance import check_compatible
 from stego_probe.results import RESULT_COLUMNS, kmeans_context, make_rows, to_frame
 from stego_probe.threads import uses_threads
@@ -543,34 +543,26 @@ def _projector(projection) -> Callable[[np.ndarray], np.ndarray]:
 def dataset_for_store(store, root: str | os.PathLike | None = None, **kwargs):
     """Rebuild the dataset split a store was extracted from, from the store's provenance.
 
-    The registry name and split come from the provenance; ``root`` defaults to the recorded
-    root; the factory's other keyword arguments are filled from the recorded dataset info
-    (e.g. ``n_images`` / ``size`` / ``seed`` of ``synthetic``) and then from ``kwargs``.
+    :func:`stego_probe.data.dataset_from_provenance` on ``store.provenance``: the registry
+    name, split and every recorded constructor option (e.g. ``n_images`` / ``size`` / ``seed``
+    of ``synthetic``, ``ignore_value`` / ``class_names`` of ``folder``), then ``kwargs``;
+    ``root`` defaults to the recorded root.
 
     Returns:
         a :class:`~stego_probe.data.base.SegDataset`.
+
+    Raises:
+        ValueError: the provenance records no dataset / split (named with the store).
     """
-    from stego_probe.data import _REGISTRY, get_dataset
+    from stego_probe.data import dataset_from_provenance
 
     prov = dict(store.provenance)
-    name, split = prov.get("dataset"), prov.get("split")
-    if name is None or split is None:
+    if prov.get("dataset") is None or prov.get("split") is None:
         raise ValueError(
             f"{store.path}: provenance records no dataset / split to rebuild (needed for the "
             "CRF images, `--crf`)"
         )
-    info = dict(prov.get("dataset_info") or {})
-    if root is None:
-        root = info.get("root")
-    factory = _REGISTRY[name][0] if name in _REGISTRY else None
-    extra = {}
-    if factory is not None:
-        params = inspect.signature(factory).parameters
-        extra = {k: v for k, v in info.items() if k in params and k not in ("root", "split")}
-    extra.update(kwargs)
-    if "size" in extra and isinstance(extra["size"], list):
-        extra["size"] = tuple(extra["size"])
-    return get_dataset(name, root=root, split=split, **extra)
+    return dataset_from_provenance(prov, root, **kwargs)
 
 
 def store_images(store, dataset) -> Callable[[np.ndarray, list[str]], np.ndarray]:
@@ -621,15 +613,25 @@ IN_MEMORY_BYTES = 256 * 2**20
 
 
 def _batch_readers(store, token_mode: bool):
-    """``(tokens_of(idx), labels_of(idx))`` for mini-batches of ``store``, cached if small."""
+    """``(tokens_of(idx), labels_of(idx))`` for mini-batches of ``store``, cached if small.
+
+    The tokens are checked finite (:func:`~stego_probe.projections.base.check_store_tokens`,
+    naming the store and the image): once when cached, batch by batch when streamed."""
     labels_fn = store.token_labels if token_mode else store.labels
     h, w = store.grid
     H, W = (h, w) if token_mode else tuple(store.label_shape)
     size = store.n_images * (h * w * store.dim * 4 + H * W * 8)
     if size > IN_MEMORY_BYTES:
-        return store.tokens, labels_fn
+
+        def tokens_of(idx) -> np.ndarray:
+            tokens = store.tokens(idx)
+            check_store_tokens(store, idx, tokens)
+            return tokens
+
+        return tokens_of, labels_fn
     everything = np.arange(store.n_images)
     tokens, labels = store.tokens(everything), labels_fn(everything)
+    check_store_tokens(store, everything, tokens)
     return (lambda idx: tokens[np.asarray(idx)]), (lambda idx: labels[np.asarray(idx)])
 
 
@@ -752,7 +754,8 @@ def evaluate_stores(
         every probe (and CRF setting); with ``return_probes`` a ``(frame, probes)`` tuple.
 
     Raises:
-        ValueError: incompatible stores, NaN codes, a missing ``tokens_flipped`` with
+        ValueError: incompatible stores, NaN or infinite tokens in either store (the message
+            names the store, the image index and its id), NaN codes, a missing ``tokens_flipped`` with
             ``flip=True``, a val store without one labelled pixel, a linear probe to train on a
             train store without one (both checked before any training), bad arguments.
     """
@@ -813,6 +816,7 @@ def evaluate_stores(
         else:
             n_sample = min(int(n_train), STATS_TOKENS)
         tokens = train_store.sample_tokens(int(n_sample), seed=seed)
+        check_store_sample(train_store, tokens)  # names the image of a NaN token
         sample = check_finite(project(tokens), f"train store {train_store.path} codes")
     if fit_kmeans:
         kw = {"n_train": int(n_train), **kwargs["kmeans"]}
@@ -850,9 +854,11 @@ def evaluate_stores(
         for tokens, labels, ids in batches:
             idx = np.arange(pos, pos + len(tokens))
             pos += len(tokens)
+            check_store_tokens(val_store, idx, tokens)
             codes = project(tokens)
             if flipped is not None:
                 tokens_f, _, _ = next(flipped)
+                check_store_tokens(val_store, idx, tokens_f, array="tokens_flipped")
                 codes = 0.5 * (codes + project(tokens_f))
             check_finite(codes, f"val store {val_store.path} codes (images {idx[0]}..{idx[-1]})")
             if token_mode:

@@ -9,6 +9,8 @@
   ``mapping.json``. Nothing of the size of the split is held in memory.
 * :func:`iter_predictions` / :func:`score_predictions`: read the PNGs back and rescore them
   against a store's labels (this reproduces the reported accuracy and mIoU).
+* :func:`class_aligned_predictions`: k-means predictions of a few validation images in class
+  ids, with the split-wide matching the scores use (the qualitative figures' colours).
 
 Layout of a predictions folder::
 
@@ -417,9 +419,65 @@ def score_predictions(folder: str | os.PathLike, store) -> dict:
     }
 
 
+def class_aligned_predictions(
+    train_store,
+    val_store,
+    projection,
+    indices,
+    seed: int = 0,
+    kmeans_kwargs: Mapping | None = None,
+    batch_size: int = 16,
+) -> np.ndarray:
+    """k-means predictions on some val images, relabelled to classes by Hungarian matching.
+
+    A :class:`~stego_probe.probes.KMeansProbe` with ``K`` clusters is fitted on a seeded sample
+    of the projected training tokens, every validation image is predicted at label resolution
+    (code first, then assignment) to fill the confusion matrix, and the clusters are matched to
+    classes over the whole split (:func:`stego_probe.metrics.scores`, ``"hungarian"``): the
+    colours of a qualitative figure mean the same as the reported numbers.
+
+    Args:
+        train_store, val_store: feature stores (``sample_tokens``; ``iter_batches``,
+            ``tokens``, ``n_classes``, ``label_shape``).
+        projection: a fitted projection (``Identity`` for the raw features): ``transform``
+            ``(M, C) -> (M, D)`` and ``transform_tokens`` ``(B, h, w, C) -> (B, D, h, w)``.
+        indices: val image indices to return, any order (repeats allowed).
+        seed: k-means seed (of the training sample and of the clustering).
+        kmeans_kwargs: :class:`~stego_probe.probes.KMeansProbe` arguments (``n_train``,
+            ``niter``, ``nredo`` ...), as the sweep's ``probe_kwargs["kmeans"]``; ``n_train``
+            defaults to 50,000 tokens.
+        batch_size: val images per prediction batch.
+
+    Returns:
+        int64 ``(len(indices), H, W)`` class ids, ``(H, W) = val_store.label_shape``; -1 where
+        the pixel's cluster matched no class.
+    """
+    from stego_probe.metrics import ConfusionAccumulator, map_predictions
+    from stego_probe.probes.kmeans import KMeansProbe
+
+    def codes(tokens):
+        return np.asarray(projection.transform_tokens(tokens), dtype=np.float32)
+
+    k = int(val_store.n_classes)
+    kw = {"n_train": 50_000, **dict(kmeans_kwargs or {})}
+    kw.setdefault("n_clusters", k)
+    kw.setdefault("random_state", seed)
+    sample = train_store.sample_tokens(int(kw["n_train"]), seed=seed)
+    sample = np.ascontiguousarray(projection.transform(sample), dtype=np.float32)
+    probe = KMeansProbe(**kw).fit(sample)
+    size = tuple(val_store.label_shape)
+    acc = ConfusionAccumulator(int(probe.n_clusters), k)
+    for tokens, labels, _ in val_store.iter_batches(batch_size):
+        acc.update(probe.predict(codes(tokens), size=size), labels)
+    cluster_to_class = acc.scores("hungarian")["cluster_to_class"]
+    pred = probe.predict(codes(val_store.tokens(np.asarray(indices))), size=size)
+    return map_predictions(pred, cluster_to_class)
+
+
 __all__ = [
     "PredictionWriter",
     "check_output_dir",
+    "class_aligned_predictions",
     "check_writable",
     "folder_name",
     "iter_predictions",

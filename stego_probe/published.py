@@ -19,6 +19,15 @@ from importlib import resources
 
 import pandas as pd
 
+#: The paper's datasets, in the column order of its Figure 4 and the row order of Table 2.
+PAPER_DATASETS = ("cocostuff27", "cityscapes27", "potsdam3")
+
+#: Probes of Table 2, in row order (the reference cluster probe first).
+TABLE2_PROBES = ("cluster", "linear", "kmeans")
+
+#: Methods of Table 2, in row order: the released checkpoints, then the DINO-only baseline.
+TABLE2_METHODS = ("stego_released", "dino")
+
 #: Columns of the published table, in order.
 PUBLISHED_COLUMNS = [
     "dataset",
@@ -140,3 +149,84 @@ def overlay_points(
     df["series_method"] = df["method"].map(lambda m: METHOD_ALIASES.get(m, m))
     df["digitised"] = df["source"] == DIGITISED_SOURCE
     return df.reset_index(drop=True)
+
+
+#: Key columns of :func:`compare_with_published` (one output row per distinct key).
+COMPARISON_KEYS = ["dataset", "method", "dim", "probe", "crf", "mode"]
+
+#: Columns of :func:`compare_with_published`, in order.
+COMPARISON_COLUMNS = COMPARISON_KEYS + [
+    "acc",
+    "miou",
+    "seeds",
+    "target_acc",
+    "target_miou",
+    "fig4_miou",
+]
+
+
+def _as_bool(value) -> bool:
+    """A results-table ``crf`` cell (bool, or its CSV text ``True`` / ``true`` / ``1``) as bool."""
+    return str(value).strip().lower() in ("true", "1", "yes")
+
+
+def compare_with_published(df: pd.DataFrame) -> pd.DataFrame:
+    """Table 2 layout: our accuracy / mIoU next to the published numbers.
+
+    Args:
+        df: results rows (the columns of :data:`stego_probe.results.RESULT_COLUMNS`); the
+            ``accuracy`` / ``miou`` rows of the :data:`TABLE2_PROBES` are used, everything else
+            is ignored. Repeated runs of one seed count once (the last row wins).
+
+    Returns:
+        one row per distinct (dataset, method, dim, probe, crf, mode) with the
+        :data:`COMPARISON_COLUMNS`: ``acc`` and ``miou`` (float, mean over seeds; NaN when that
+        metric is missing), ``seeds`` (int, how many seeds), ``target_acc`` / ``target_miou``
+        (the released checkpoints' evaluation logs, :func:`regression_targets`) and
+        ``fig4_miou`` (the paper's Figure 4, digitised, :data:`DIGITISED_SOURCE`; mean over
+        its points of that key). Published numbers are matched on (dataset, method, probe,
+        crf); NaN where there is none. ``crf`` is bool. Rows are sorted by
+        :data:`PAPER_DATASETS`, then ``stego_released`` before ``dino``, then
+        :data:`TABLE2_PROBES` (other values after them), then the other keys. Empty input
+        gives an empty frame with these columns.
+
+    Examples:
+        >>> rows = pd.DataFrame({"dataset": "potsdam3", "method": "stego_released", "dim": 70,
+        ...     "seed": 0, "probe": "cluster", "crf": True, "mode": "eval",
+        ...     "metric": ["accuracy", "miou"], "value": [77.0, 62.0]})
+        >>> t = compare_with_published(rows)
+        >>> round(float(t["miou"].iloc[0] - t["target_miou"].iloc[0]), 2)  # 62.57: issue #39
+        -0.57
+    """
+    keys = COMPARISON_KEYS
+    missing = [c for c in keys + ["seed", "metric", "value"] if c not in df.columns]
+    if missing:
+        raise ValueError(f"compare_with_published: df lacks the results columns {missing}")
+    sel = df[df["metric"].isin(["accuracy", "miou"]) & df["probe"].isin(TABLE2_PROBES)].copy()
+    if sel.empty:
+        return pd.DataFrame(columns=COMPARISON_COLUMNS)
+    sel["crf"] = sel["crf"].map(_as_bool)
+    sel = sel.drop_duplicates(keys + ["metric", "seed"], keep="last")
+    ours = sel.pivot_table(index=keys, columns="metric", values="value", aggfunc="mean")
+    ours = ours.rename(columns={"accuracy": "acc"}).reindex(columns=["acc", "miou"])
+    ours["seeds"] = sel.groupby(keys)["seed"].nunique()
+    ours = ours.reset_index()
+    on = ["dataset", "method", "probe", "crf"]
+    target = regression_targets().pivot_table(index=on, columns="metric", values="value")
+    target = target.rename(columns={"accuracy": "target_acc", "miou": "target_miou"})
+    fig4 = load_published(source=DIGITISED_SOURCE)
+    fig4 = fig4[fig4["metric"] == "miou"].groupby(on)["value"].mean().rename("fig4_miou")
+    table = ours.merge(target.reset_index(), on=on, how="left")
+    table = table.merge(fig4.reset_index(), on=on, how="left")
+    for col in ("target_acc", "target_miou", "fig4_miou"):
+        if col not in table.columns:
+            table[col] = float("nan")
+    order = {
+        "dataset": {d: i for i, d in enumerate(PAPER_DATASETS)},
+        "method": {m: i for i, m in enumerate(TABLE2_METHODS)},
+        "probe": {p: i for i, p in enumerate(TABLE2_PROBES)},
+    }
+    table = table.sort_values(
+        keys, key=lambda c: c.map(order[c.name]).fillna(99) if c.name in order else c
+    )
+    return pd.DataFrame(table[COMPARISON_COLUMNS]).reset_index(drop=True)

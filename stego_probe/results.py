@@ -55,6 +55,9 @@ IDENTITY_COLUMNS = [
 #: added after the first release: :func:`read_results` fills them with NaN in older tables.
 KMEANS_COLUMNS = ["kmeans_niter", "kmeans_tol", "kmeans_nredo", "kmeans_n_iter"]
 
+#: Columns holding numbers: in row keys (:func:`row_key`) ``3``, ``3.0`` and ``"3"`` agree.
+NUMERIC_COLUMNS = ("dim", "seed", "value", *KMEANS_COLUMNS)
+
 
 def kmeans_context(probe) -> dict:
     """The :data:`KMEANS_COLUMNS` values of a fitted :class:`~stego_probe.probes.KMeansProbe`.
@@ -104,23 +107,57 @@ def to_frame(rows: Iterable[Mapping]) -> pd.DataFrame:
     return df
 
 
-def _key_strings(df: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
-    """One string per row joining ``columns``, normalised so that a value compares equal
-    before and after a CSV round trip (empty / NaN -> "", 3.0 -> "3", booleans as text)."""
+def key_value(column: str, value) -> str:
+    """The text form of one value in a row key, equal before and after a CSV round trip.
 
-    def norm(v) -> str:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
+    Empty (None, NaN, ``""``, ``"nan"``) -> ``""``; in :data:`NUMERIC_COLUMNS` a number
+    (``3``, ``3.0``, ``"3"`` -> ``"3"``; ``1e-4`` -> ``"0.0001"``); booleans and the ``crf``
+    column as ``"true"`` / ``"false"``; anything else as its stripped text.
+
+    Examples:
+        >>> key_value("dim", 3.0), key_value("dim", "3"), key_value("crf", "True")
+        ('3', '3', 'true')
+        >>> key_value("kmeans_tol", float("nan")), key_value("method", " pca ")
+        ('', 'pca')
+    """
+    if value is None:
+        return ""
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    if isinstance(value, float | np.floating) and math.isnan(float(value)):
+        return ""
+    text = str(value).strip()
+    if text.lower() in ("", "nan"):
+        return ""
+    if column in NUMERIC_COLUMNS or isinstance(value, int | float | np.integer | np.floating):
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            return text
+        if math.isnan(f):
             return ""
-        if isinstance(v, bool | np.bool_):
-            return str(bool(v))
-        if isinstance(v, float | np.floating) and float(v).is_integer():
-            return str(int(v))
-        if isinstance(v, np.integer):
-            return str(int(v))
-        text = str(v)
-        return "" if text.lower() == "nan" else text
+        return str(int(f)) if f.is_integer() else repr(f)
+    if column == "crf":
+        return text.lower()
+    return text
 
-    parts = [df[c].map(norm) if c in df.columns else pd.Series("", index=df.index) for c in columns]
+
+def row_key(row: Mapping, columns: Sequence[str]) -> tuple[str, ...]:
+    """The key of one result row (a mapping) over ``columns``: :func:`key_value` of each
+    (missing columns count as empty). Two rows with equal keys measure the same thing when
+    ``columns`` identify a measurement (:data:`IDENTITY_COLUMNS`, or the evaluate CLI's own
+    point columns and ``metric``); :func:`append_csv` ``unique=`` compares these keys."""
+    return tuple(key_value(c, row.get(c)) for c in columns)
+
+
+def _key_strings(df: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
+    """:func:`row_key` of every row of ``df``, joined into one string per row."""
+    parts = [
+        df[c].map(lambda v, c=c: key_value(c, v))
+        if c in df.columns
+        else pd.Series("", index=df.index)
+        for c in columns
+    ]
     out = parts[0]
     for p in parts[1:]:
         out = out + "\x1f" + p
@@ -138,9 +175,12 @@ def append_csv(
     Args:
         rows: the new rows (dicts with :data:`RESULT_COLUMNS` keys).
         path: the CSV file (created with its parents if missing).
-        unique: columns identifying a row (e.g. :data:`IDENTITY_COLUMNS`): a new row whose
-            values in them equal an existing row's is dropped, so appending the same rows twice
-            leaves one copy (the first one written is kept). None appends every row.
+        unique: columns identifying a row: a new row whose key over them (:func:`row_key`,
+            which normalises what a CSV round trip changes: ``3`` / ``3.0``, ``True`` /
+            ``"True"``, NaN / empty) equals an existing row's is dropped, so appending the same
+            rows twice leaves one copy (the first one written is kept). Sweeps pass
+            :data:`IDENTITY_COLUMNS`; ``stego-probe evaluate`` its point columns and
+            ``metric`` (they include the k-means protocol). None appends every row.
 
     Returns:
         the whole table after the append.

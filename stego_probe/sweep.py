@@ -441,6 +441,26 @@ def _same(a, b) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
+def _same_option(a, b) -> bool:
+    """:func:`_same`, where a scalar equals the one-element list of it (a dataset records
+    ``ignore_value=255`` as ``[255]``)."""
+
+    def as_list(x):
+        return list(x) if isinstance(x, list | tuple) else [x]
+
+    return _same(a, b) or _same(as_list(a), as_list(b))
+
+
+def _recorded_dataset_args(prov: dict) -> dict | None:
+    """The dataset constructor options a store records (every option, defaults filled):
+    ``provenance["dataset_args"]``, else (older stores) the options inside ``dataset_info``;
+    None when neither is recorded."""
+    if isinstance(prov.get("dataset_args"), dict) and prov["dataset_args"]:
+        return dict(prov["dataset_args"])
+    info = prov.get("dataset_info") if isinstance(prov.get("dataset_info"), dict) else {}
+    return next((dict(info[k]) for k in _ARGS_KEYS if isinstance(info.get(k), dict)), None)
+
+
 def _expected_dataset_info(config: SweepConfig, split: str) -> dict | None:
     """The ``dataset_info`` a store extracted for ``config`` would record (the dataset's own
     provenance), or None when the dataset cannot be built here (e.g. its files are absent)."""
@@ -482,9 +502,11 @@ def check_store_matches(
     """Check that ``store`` holds the ``which`` (``"train"`` / ``"val"``) split of ``config``.
 
     Compared with the store's provenance: ``dataset``, ``backbone``, ``split``, ``n_classes``,
-    the dataset options (the config's ``dataset_kwargs`` against the ``dataset_info`` the store
-    records, and, when the dataset can be built here, everything else that ``dataset_info``
-    records apart from where the data lives), the weights (``weights_sha256`` against the
+    the dataset options (the config's ``dataset_kwargs`` against the constructor options the
+    store records, ``dataset_args``, e.g. a folder dataset's ``ignore_value`` and
+    ``class_names``; for older stores without them against ``dataset_info``; the recorded
+    options the config leaves unset against their defaults; and, when the dataset can be built
+    here, everything else that ``dataset_info`` records apart from where the data lives), the weights (``weights_sha256`` against the
     sha256 of ``config.weights``; ``backbone_kwargs`` such as ``pretrained`` / ``seed`` against
     ``backbone_info``), ``tokens_flipped`` for the val store of a ``flip`` sweep, and the
     store spec (``res``, ``crop``, ``limit``). Keys a store does not record are not compared.
@@ -516,27 +538,32 @@ def check_store_matches(
     if n_classes is not None and store.n_classes != int(n_classes):
         diffs.append(f"n_classes: store {store.n_classes!r}, config {int(n_classes)!r}")
     compared = {"dataset", "split", "n_classes", *_LOCATION_KEYS, *_ARGS_KEYS}
-    # the options the config sets, against what the store recorded
-    for k, v in sorted(config.dataset_kwargs.items()):
-        got = info.get(k, prov.get(k))
-        compared.add(k)
-        if k == "n_classes" or got is None:
-            continue
-        if not _same(got, v):
-            diffs.append(f"dataset_kwargs.{k}: store {got!r}, config {v!r}")
-    # options the store records explicitly (resolved, defaults filled in) that the config
-    # leaves unset: against the dataset built from the config, else the factory's defaults
     expected = _expected_dataset_info(config, spec.split)
-    recorded = next((info[k] for k in _ARGS_KEYS if isinstance(info.get(k), dict)), {})
+    recorded = _recorded_dataset_args(prov)
+    # the options as the dataset built from the config resolves them (255 -> [255]), if built
     built = next(
         (expected[k] for k in _ARGS_KEYS if expected and isinstance(expected.get(k), dict)), None
     )
+    # the options the config sets, against what the store recorded
+    for k, v in sorted(config.dataset_kwargs.items()):
+        if recorded is not None and k in recorded:
+            got = recorded[k]
+        else:  # an older store: the option, if at all, in the dataset's own provenance
+            got = info.get(k, prov.get(k))
+        compared.add(k)
+        if k == "n_classes" or got is None:
+            continue
+        want = built[k] if built is not None and k in built else v
+        if not (_same_option(got, want) or _same_option(got, v)):
+            diffs.append(f"dataset_kwargs.{k}: store {got!r}, config {v!r}")
+    # options the store records explicitly (resolved, defaults filled in) that the config
+    # leaves unset: against the dataset built from the config, else the factory's defaults
     defaults = _dataset_defaults(config.dataset) if built is None else built
-    for k, got in sorted(recorded.items()):
+    for k, got in sorted((recorded or {}).items()):
         if k in config.dataset_kwargs or k in _LOCATION_KEYS or k in ("split",):
             continue
         default = defaults.get(k)
-        if default is not None and not _same(got, default):
+        if default is not None and not _same_option(got, default):
             diffs.append(f"dataset_kwargs.{k}: store {got!r}, config {default!r} (the default)")
     # everything else the dataset records (file-list fingerprint, size, seed ...)
     if expected is not None:
@@ -1024,8 +1051,15 @@ def val_code_sample(val_store, projection, n_tokens: int, seed: int):
 
     Returns:
         codes (n, D) float32 and labels (n,) int64 (-1 = ignore).
+
+    Raises:
+        ValueError: the sample holds NaN or inf tokens (the message names the store, the image
+            index and its id).
     """
+    from stego_probe.projections.base import check_store_sample
+
     tokens, labels = val_store.sample_tokens(n_tokens, seed=seed, with_labels=True)
+    check_store_sample(val_store, tokens)
     codes = projection.transform(np.ascontiguousarray(tokens, dtype=np.float32))
     return np.asarray(codes, dtype=np.float32), np.asarray(labels, dtype=np.int64)
 

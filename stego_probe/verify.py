@@ -204,57 +204,21 @@ _DATASET_META = {"dataset", "split", "n_classes", "n_images", "class_names", "ge
 
 
 def _dataset_kwargs(prov: dict) -> tuple[dict | None, str | None]:
-    """(dataset options, root) recorded in provenance; options None when not recorded."""
+    """(dataset options, root) recorded in provenance; options None when not recorded
+    (:func:`stego_probe.data.dataset_args_from_provenance`)."""
+    from stego_probe.data import dataset_args_from_provenance
+
     info = prov.get("dataset_info") if isinstance(prov.get("dataset_info"), dict) else {}
-    for src in (prov, info):
-        for key in ("dataset_args", "dataset_kwargs"):
-            if isinstance(src.get(key), dict):
-                root = prov.get("data_root", info.get("data_root", info.get("root")))
-                return dict(src[key]), root
-    return None, prov.get("data_root", info.get("data_root", info.get("root")))
+    root = prov.get("data_root", info.get("data_root", info.get("root")))
+    return dataset_args_from_provenance(prov), root
 
 
 def _rebuild_dataset(prov: dict, data_root: str | None):
     """The dataset the store was extracted from, rebuilt from provenance and checked against
-    the recorded dataset provenance."""
-    from stego_probe.data import _REGISTRY, get_dataset
+    the recorded dataset provenance (:func:`stego_probe.data.dataset_from_provenance`)."""
+    from stego_probe.data import dataset_from_provenance
 
-    name, split = prov.get("dataset"), prov.get("split")
-    if not name or not split:
-        raise ValueError("the provenance does not record the dataset name and split")
-    info = prov.get("dataset_info") if isinstance(prov.get("dataset_info"), dict) else {}
-    kwargs, root = _dataset_kwargs(prov)
-    if data_root is not None:
-        root = data_root
-    if kwargs is None:
-        # Older provenance: the dataset options are only in the dataset's own provenance;
-        # take those keys the dataset factory accepts (the result is checked below).
-        import inspect
-
-        factory = _REGISTRY.get(name, (None,))[0]
-        if factory is None:
-            raise ValueError(f"dataset {name!r} is not registered")
-        params = inspect.signature(factory).parameters
-        kwargs = {
-            k: v
-            for k, v in info.items()
-            if k in params and k not in ("root", "split") and k not in _DATASET_META - {"n_images"}
-        }
-        if prov.get("limit") is not None:
-            kwargs.pop("n_images", None)  # the limited view records n_images = limit
-    dataset = get_dataset(name, root=root, split=split, **kwargs)
-    got = to_jsonable(dataset.provenance)
-    want = dict(info)
-    if prov.get("limit") is not None:
-        got.pop("n_images", None)
-        want.pop("n_images", None)
-    if got != want:
-        diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
-        raise ValueError(
-            f"the rebuilt dataset differs from the recorded one in {', '.join(diff)}"
-            + ("" if data_root else " (pass --data-root?)")
-        )
-    return dataset, root, kwargs
+    return dataset_from_provenance(prov, data_root, check=True)
 
 
 def _backbone_kwargs(prov: dict) -> dict:
@@ -391,7 +355,7 @@ def repair_store(
         from stego_probe.backbones.registry import resolve_device
 
         dev = resolve_device(device)
-        dataset, _, _ = _rebuild_dataset(prov, None if data_root is None else os.fspath(data_root))
+        dataset = _rebuild_dataset(prov, None if data_root is None else os.fspath(data_root))
         backbone, _ = _rebuild_backbone(prov, dev)
     except Exception as e:  # noqa: BLE001 - reported, with the command to finish by hand
         result.reason = f"{type(e).__name__}: {e}"

@@ -126,6 +126,23 @@ class TinyStore:
         return self._l[idx].copy()
 
 
+#: ``params`` of a StegoHead file as the flat 34-argument constructor wrote it (before
+#: StegoConfig; a head fitted with ``n_components=3, steps=2, batch_size=4, knn_k=3,
+#: num_neighbors=2, n_classes=2, select="last", progress=False``): None entries meant "the
+#: preset's value". Such files must keep loading.
+FLAT_PARAMS_V1 = {
+    "batch_size": 4, "device": "cpu", "drop_last": True, "extra_clusters": None,
+    "feature_samples": None, "head_dropout": 0.1, "knn_dropout": 0.0, "knn_k": 3,
+    "knn_self_rank0": False, "lr": 0.0005, "n_classes": 2, "n_components": 3,
+    "neg_index": "derangement", "neg_inter_shift": None, "neg_inter_weight": None,
+    "neg_samples": 5, "num_neighbors": 2, "pointwise": None, "pos_inter_shift": None,
+    "pos_inter_weight": None, "pos_intra_shift": None, "pos_intra_weight": None, "preset": None,
+    "probe_lr": 0.005, "progress": False, "projection_type": "nonlinear", "random_state": 0,
+    "select": "last", "stabilize": False, "steps": 2, "teacher_dropout": True,
+    "val_batch_size": 8, "val_every": None, "zero_clamp": True,
+}  # fmt: skip
+
+
 # ------------------------------------------------------------------ fake released checkpoint
 def _fake_omegaconf_modules() -> dict[str, types.ModuleType]:
     """Modules ``omegaconf.{dictconfig,listconfig,nodes,base}`` with minimal look-alike classes

@@ -308,3 +308,48 @@ def test_expected_errors_are_one_line_and_debug_shows_the_traceback(monkeypatch,
     raised["error"] = TypeError("a bug")  # not an expected error: keeps its traceback
     with pytest.raises(TypeError):
         main(argv)
+
+
+def test_rerun_dedupe_uses_the_results_row_keys(stores, tmp_path, capsys, monkeypatch):
+    """The CLI's point keys are results.row_key over its own columns: a settings record that
+    spells the same values differently (5.0 for 5, 'false' for False) still matches, and rows
+    that another writer put into --out after the run planned are not appended twice."""
+    import json
+
+    from stego_probe.results import append_csv, row_key
+
+    train, val = stores
+    out = tmp_path / "r.csv"
+    assert main(_argv(train, val, out, "--seeds", "0")) == 0
+    capsys.readouterr()
+    settings = Path(str(out) + cli_evaluate.SETTINGS_SUFFIX)
+    data = json.loads(settings.read_text())
+    numeric = {"dim", "seed", "kmeans_niter", "kmeans_tol", "kmeans_nredo"}
+
+    def respell(key):  # the spelling of an older version: floats and lower-case booleans
+        return [
+            repr(float(v)) if c in numeric and v else v
+            for c, v in zip(cli_evaluate.POINT_COLUMNS, key, strict=True)
+        ]
+
+    data["points"] = {json.dumps(respell(json.loads(k))): v for k, v in data["points"].items()}
+    assert any('"5.0"' in k for k in data["points"])  # niter 5 spelt as 5.0
+    settings.write_text(json.dumps(data))
+    assert main(_argv(train, val, out, "--seeds", "0", "--steps", "13")) == 1
+    assert "--steps 12 there, 13 now" in _one_line_error(capsys)  # the record still matched
+    # another writer appends seed 1's rows while this run computes them: no duplicates
+    other = tmp_path / "other.csv"
+    assert main(_argv(train, val, other, "--seeds", "1")) == 0
+    capsys.readouterr()
+    real = evaluate_mod.evaluate_stores
+
+    def racing(*a, **k):
+        append_csv(read_results(other).to_dict("records"), out)  # past the lock, unchecked
+        return real(*a, **k)
+
+    monkeypatch.setattr(evaluate_mod, "evaluate_stores", racing)
+    assert main(_argv(train, val, out, "--seeds", "0,1")) == 0
+    df = read_results(out)
+    assert (_point_counts(df) == 1).all() and set(df["seed"]) == {0, 1}
+    keys = [row_key(r, cli_evaluate.ROW_COLUMNS) for r in df.to_dict("records")]
+    assert len(keys) == len(set(keys))

@@ -273,6 +273,48 @@ def test_folder_unlabelled_mode_and_custom_ignore(tmp_path):
     assert unl[0].label is None
 
 
+def test_dataset_from_provenance_restores_every_option(tmp_path):
+    """A folder store extracted with ignore_value=9 and class names is rebuilt with them, by
+    the one function that evaluate (CRF images) and verify (repair) use."""
+    from stego_probe.backbones import get_backbone
+    from stego_probe.data import dataset_args_from_provenance, dataset_from_provenance
+    from stego_probe.evaluate import dataset_for_store
+    from stego_probe.extract import extract
+
+    write_folder(tmp_path / "d", n_classes=3, ignore_value=9, size=(16, 16))
+    names = ["sky", "road", "car"]
+    ds = get_dataset("folder", tmp_path / "d", "train", n_classes=3, ignore_value=9,
+                     class_names=names)  # fmt: skip
+    store = extract(ds, get_backbone("descriptor"), tmp_path / "s", res=16, progress=False)
+    prov = dict(store.provenance)
+    for rebuilt in (
+        dataset_from_provenance(prov, check=True),
+        dataset_for_store(store),
+    ):
+        assert rebuilt.ignore_values == (9,) and rebuilt.class_names == names
+        assert rebuilt.ids == ds.ids and rebuilt[0].label[0, 1] == -1  # 9 read as ignore
+    # older provenance: dataset_args absent -> the dataset's own record of its options
+    old = {k: v for k, v in prov.items() if k != "dataset_args"}
+    assert dataset_args_from_provenance(old)["ignore_value"] == [9]
+    assert dataset_from_provenance(old, check=True).ignore_values == (9,)
+    # the oldest: only descriptive dataset_info; the factory's keywords are taken from it
+    oldest = {**old, "dataset_info": {k: v for k, v in prov["dataset_info"].items() if k != "args"}}
+    assert dataset_args_from_provenance(oldest) is None
+    assert dataset_from_provenance(oldest).n_classes == 3
+    # overrides replace options; the data moved: root=; check=True names what differs
+    assert dataset_from_provenance(prov, ignore_value=255).ignore_values == (255,)
+    (tmp_path / "d").rename(tmp_path / "moved")
+    with pytest.raises(FileNotFoundError):
+        dataset_from_provenance(prov)
+    assert dataset_from_provenance(prov, tmp_path / "moved").ids == ds.ids
+    with pytest.raises(ValueError, match="differs from the recorded one in root"):
+        dataset_from_provenance(prov, tmp_path / "moved", check=True)
+    with pytest.raises(ValueError, match="no dataset name and split"):
+        dataset_from_provenance({"split": "train"})
+    with pytest.raises(ValueError, match="'nope', which is not registered"):
+        dataset_from_provenance({"dataset": "nope", "split": "train"})
+
+
 # ----------------------------------------------------------------------------- five-crop
 
 

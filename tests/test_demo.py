@@ -81,25 +81,26 @@ def stores(out: Path):
 
 
 def test_class_aligned_predictions(demo_run):
-    from stego_probe.evaluate import make_probe, predict_batch
+    from stego_probe.export import class_aligned_predictions
+    from stego_probe.probes.kmeans import KMeansProbe
     from stego_probe.projections import get_projection
 
     train, val = stores(demo_run["out"])
     k = int(val.n_classes)
     proj = get_projection("dino", None).fit(train)
     idx = np.arange(val.n_images)
-    pred = demo.class_aligned_predictions(
-        train, val, proj, idx, seed=0, kmeans_kwargs={"n_train": 3000}
-    )
+    pred = class_aligned_predictions(train, val, proj, idx, seed=0, kmeans_kwargs={"n_train": 3000})
     labels = val.labels(idx)
     assert pred.shape == labels.shape and pred.dtype == np.int64
     assert pred.min() >= 0 and pred.max() < k  # K clusters for K classes: all matched
 
     # 1. the predictions are a one-to-one relabelling of the k-means clusters
     sample = train.sample_tokens(3000, seed=0)
-    probe = make_probe("kmeans", k, 0).fit(np.ascontiguousarray(proj.transform(sample)))
+    probe = KMeansProbe(n_clusters=k, random_state=0).fit(
+        np.ascontiguousarray(proj.transform(sample))
+    )
     codes = np.asarray(proj.transform_tokens(val.tokens(idx)), dtype=np.float32)
-    raw = predict_batch("kmeans", probe, codes, tuple(val.label_shape))
+    raw = probe.predict(codes, size=tuple(val.label_shape))
     pairs = set(zip(raw.ravel().tolist(), pred.ravel().tolist()))
     assert len(pairs) == len({c for c, _ in pairs}) == len({p for _, p in pairs})
 
@@ -116,7 +117,7 @@ def test_class_aligned_predictions(demo_run):
     assert np.trace(confusion_matrix(shuffled[pred[ok]], labels[ok], k, k)) <= np.trace(M)
 
     # 3. the matching is global: a subset of images gets the same colours as in the full split
-    sub = demo.class_aligned_predictions(
+    sub = class_aligned_predictions(
         train, val, proj, [3, 0], seed=0, kmeans_kwargs={"n_train": 3000}
     )
     np.testing.assert_array_equal(sub, pred[[3, 0]])
@@ -124,6 +125,8 @@ def test_class_aligned_predictions(demo_run):
 
 def test_best_dim():
     import pandas as pd
+
+    from stego_probe.summaries import best_dim
 
     rows = [
         ("stego", 3, 0, "kmeans", "miou", 10.0),
@@ -134,9 +137,9 @@ def test_best_dim():
         ("pca", 6, 0, "kmeans", "miou", 99.0),
     ]
     df = pd.DataFrame(rows, columns=["method", "dim", "seed", "probe", "metric", "value"])
-    assert demo.best_dim(df, "stego") == 12
-    assert demo.best_dim(df, "stego", "linear") == 3
-    assert demo.best_dim(df, "rp") is None
+    assert best_dim(df, "stego") == 12
+    assert best_dim(df, "stego", "linear") == 3
+    assert best_dim(df, "rp") is None
 
 
 # ------------------------------------------------------------------------------------------

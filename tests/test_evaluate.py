@@ -631,3 +631,39 @@ def test_full_width_pca_and_raw_features_agree_under_the_linear_probe(demo_world
     parity = {"linear": {"batch_size": 8, "standardize": "none"}}
     old = evaluate_stores(train, val, progress=False, **{**kw, "probe_kwargs": parity})
     assert old[old.metric == "miou"]["value"].item() < miou[0] - 10  # the trap is real here
+
+
+def test_nan_tokens_in_either_store_name_the_store_and_the_image(stores, tmp_path, monkeypatch):
+    """One NaN token: every path that reads it (the k-means / statistics sample, the probe
+    training stream, cached or streamed, the validation pass, flipped tokens) refuses with the
+    store, the image index and the image id, never with a row of a projected matrix."""
+    import stego_probe.evaluate as ev
+
+    train, val, (codes, pix, vcodes, vpix, other) = stores
+    bad = codes.copy()
+    bad[5, 1, 2, 3] = np.nan
+    bad_train = make_store(tmp_path / "bad_train", bad, pix)
+    kw = dict(probe_kwargs=FAST, progress=False, batch_size=4)
+    want = rf"'{bad_train.path}' has NaN .*image index 5, id 'im5'"
+    for probes in ("kmeans", "linear", "cluster"):  # sample; sample (statistics); stream
+        with pytest.raises(ValueError, match=want):
+            evaluate_stores(bad_train, val, probes=probes, **kw)
+    monkeypatch.setattr(ev, "IN_MEMORY_BYTES", 0)  # the training stream read batch by batch
+    with pytest.raises(ValueError, match=want):
+        evaluate_stores(bad_train, val, probes="cluster", **kw)
+    monkeypatch.undo()
+    # the validation store: its tokens, and its flipped tokens in eval mode
+    vbad = vcodes.copy()
+    vbad[2, 0, 1, 1] = np.inf
+    bad_val = make_store(tmp_path / "bad_val", vbad, vpix, flipped=other, split="val")
+    with pytest.raises(ValueError, match=rf"'{bad_val.path}' has NaN .*image index 2, id 'im2'"):
+        evaluate_stores(train, bad_val, probes="kmeans", **kw)
+    fbad = other.copy()
+    fbad[4, 2, 0, 0] = np.nan
+    bad_flip = make_store(tmp_path / "bad_flip", vcodes, vpix, flipped=fbad, split="val")
+    with pytest.raises(
+        ValueError, match=r"infinite tokens \(array tokens_flipped\).*image index 4, id 'im4'"
+    ):
+        evaluate_stores(train, bad_flip, probes="kmeans", flip=True, **kw)
+    # the same stores without the bad values evaluate (the checks see only real damage)
+    evaluate_stores(train, val, probes="kmeans", flip=True, **kw)

@@ -29,6 +29,8 @@ from data_fixtures import write_cityscapes, write_cocostuff, write_potsdam  # no
 from reference_vit import random_official_state_dict  # noqa: E402
 from stego_fixtures import write_fake_checkpoint  # noqa: E402
 
+from stego_probe.published import PAPER_DATASETS  # noqa: E402
+from stego_probe.released import released_checkpoints  # noqa: E402
 from stego_probe.results import RESULT_COLUMNS, read_results  # noqa: E402
 
 
@@ -47,13 +49,16 @@ def one_thread():
 
 WIDTH = 48
 TINY_VIT = dict(depth=2, embed_dim=WIDTH, num_heads=3, img_size=64)
-DATASETS = ("cocostuff27", "cityscapes27", "potsdam3")
+DATASETS = PAPER_DATASETS
 N_CLASSES = {"cocostuff27": 27, "cityscapes27": 27, "potsdam3": 3}
-#: (reference cfg, code width D) of the fake released checkpoints.
+#: (file name, reference cfg, code width D) of the fake released checkpoints.
 RELEASED = {
-    "cocostuff27": ("cocostuff27_vit_base_5.ckpt", "vit_base", "cocostuff27", 5),
-    "cityscapes27": ("cityscapes_vit_base_1.ckpt", "vit_base", "cityscapes", 6),
-    "potsdam3": ("potsdam_test.ckpt", "vit_small", "potsdam", 4),
+    ds: (released_checkpoints()[ds], *cfg)
+    for ds, cfg in {
+        "cocostuff27": ("vit_base", "cocostuff27", 5),
+        "cityscapes27": ("vit_base", "cityscapes", 6),
+        "potsdam3": ("vit_small", "potsdam", 4),
+    }.items()
 }
 #: Protocol settings shrunk to seconds (merged into every preset with --overrides).
 FAST = {
@@ -234,7 +239,7 @@ def test_dataset_config_precedence_and_weights():
 
 
 def test_compare_with_published_exact_values():
-    from _common import compare_with_published
+    from stego_probe.published import compare_with_published
 
     base = {c: "" for c in RESULT_COLUMNS}
     rows = []

@@ -750,3 +750,50 @@ def test_errorbar_caption_follows_the_seeds():
     assert "1 seed (n=1): bars ± silhouette_std" in _legend_title(fig)
     assert np.allclose(_errorbar_halfwidths(_container(fig.axes[0], "PCA [token]")), 0.01)
     assert plots.errorbar_note([]) == ["1 seed (n=1): no error bars"]
+
+
+# ------------------------------------------------------------------------------------------
+# the package layout
+# ------------------------------------------------------------------------------------------
+
+#: Every public name of the single-module ``stego_probe/plots.py`` before it became a package.
+FORMER_PUBLIC_NAMES = (
+    "CONVERGENCE_METRICS", "DATASET_TITLES", "DISTINCTNESS_METRICS", "FIGURE4_PROBES",
+    "FIGURE_FILES", "METRIC_LABELS", "PAPER_BACKBONES", "PAPER_DATASETS", "PAPER_DIMS",
+    "PCA_SPECTRUM_ORDER", "RAW_METHODS", "SeriesStyle", "aggregate_seeds", "backbone_label",
+    "dim_ticks", "embedding_2d", "errorbar_note", "is_dino_backbone", "is_vit_backbone",
+    "method_label", "plot_all", "plot_distinctness_over_dims", "plot_embedding_map",
+    "plot_hnne_appendix", "plot_kmeans_convergence", "plot_metric_over_dims",
+    "plot_pca_spectrum", "plot_qualitative", "save_figure", "series_style",
+)  # fmt: skip
+
+
+def test_former_public_names_are_still_importable_from_the_package():
+    import importlib
+
+    from stego_probe.embedding import embedding_2d
+
+    missing = [n for n in FORMER_PUBLIC_NAMES if not hasattr(plots, n)]
+    assert not missing, missing
+    ns: dict = {}
+    exec(f"from stego_probe.plots import {', '.join(FORMER_PUBLIC_NAMES)}", ns)
+    assert plots.embedding_2d is embedding_2d  # re-exported from its home, not a copy
+    # each re-export is the object of the submodule that defines it (one home per name)
+    for name in FORMER_PUBLIC_NAMES:
+        obj = getattr(plots, name)
+        home = getattr(obj, "__module__", None)
+        if callable(obj) and home != "stego_probe.plots":
+            assert getattr(importlib.import_module(home), name) is obj, name
+
+
+def test_plots_modules_import_no_private_names():
+    import ast
+    from pathlib import Path
+
+    root = Path(plots.__file__).parent
+    offenders = []
+    for path in sorted(root.glob("*.py")) + [root.parent / "embedding.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                offenders += [f"{path.name}: {a.name}" for a in node.names if a.name[0] == "_"]
+    assert not offenders, offenders

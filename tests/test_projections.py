@@ -408,7 +408,7 @@ def test_non_finite_fit_data_is_refused(bad):
 
 
 def test_non_finite_store_tokens_name_the_image_and_its_id():
-    from stego_probe.projections.base import _check_store_sample
+    from stego_probe.projections.base import check_store_sample
 
     store = _store(n_images=10)
     store.ids = [f"img{i:03d}" for i in range(10)]
@@ -419,8 +419,8 @@ def test_non_finite_store_tokens_name_the_image_and_its_id():
     sample = store.sample_tokens(10**6, seed=0)
     assert not np.isfinite(sample).all()
     with pytest.raises(ValueError, match=r"'fake://store' has NaN .*image index 7, id 'img007'"):
-        _check_store_sample(store, sample, None)
-    _check_store_sample(store, store.sample_tokens(50, images=np.arange(5)), np.arange(5))
+        check_store_sample(store, sample, None)
+    check_store_sample(store, store.sample_tokens(50, images=np.arange(5)), np.arange(5))
 
 
 def test_non_finite_transform_input_is_refused():

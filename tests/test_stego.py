@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 import warnings
 
 import numpy as np
@@ -20,8 +22,10 @@ from stego_fixtures import (
 
 from stego_probe.projections.stego import (
     PRESETS,
+    RELEASES,
     CorrespondenceLoss,
     SegmentationHead,
+    StegoConfig,
     StegoHead,
     compute_knns,
     derangement,
@@ -322,9 +326,10 @@ def _fit(train, val, steps, **kw):
         random_state=0,
     )
     params.update(kw)
+    cache = params.pop("knn_cache_dir", None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return StegoHead(**params).fit(train, val_store=val)
+        return StegoHead(**params).fit(train, val_store=val, knn_cache_dir=cache)
 
 
 def _kmeans_miou(codes, labels):
@@ -343,7 +348,9 @@ def trained(toy):
 
 def test_training_lowers_loss_and_improves_miou(toy, trained):
     _, val, vt, vl = toy
-    init = _fit(toy[0], val, 0, select="last")
+    with torch.random.fork_rng():  # the initial head of a fit with random_state=0
+        torch.manual_seed(0)
+        init = SegmentationHead(vt.shape[-1], 8).eval()
     hist = trained.history_frame()
     assert hist["step"].tolist() == list(range(61))
     corr = hist.loc[hist.step > 0, "loss_corr"].to_numpy()
@@ -355,7 +362,8 @@ def test_training_lowers_loss_and_improves_miou(toy, trained):
         > hist.loc[0, "val_cluster_miou"]
     )
     x = vt.transpose(0, 3, 1, 2)
-    assert _kmeans_miou(trained.transform(x), vl) > _kmeans_miou(init.transform(x), vl) + 5
+    init_codes = init.code(torch.from_numpy(x)).detach().numpy()
+    assert _kmeans_miou(trained.transform(x), vl) > _kmeans_miou(init_codes, vl) + 5
     # the selected (best) step and the last state are both kept
     assert trained.selected_ == "best_val_cluster_miou"
     assert trained.selected_step_ == trained.best_step_
@@ -427,6 +435,32 @@ def test_save_load_roundtrip(tmp_path, trained):
     np.testing.assert_array_equal(cp.cluster_centers_, trained.cluster_probe_["clusters"].numpy())
 
 
+def test_nan_tokens_name_the_store_and_the_image(toy):
+    """One NaN token in the training store: the KNN descriptors, a preloaded store, a
+    streamed store with a given KNN table (no descriptor pass) and the validation store each
+    refuse naming the store, the image index and the image id (not a FAISS error or a NaN loss).
+    """
+    from stego_probe.projections.stego.train import train_stego
+
+    train, val, _, _ = toy
+    bad = TinyStore(train._t.copy(), train._l, 3)
+    bad.path = "/data/stores/train_bad"
+    bad._t[9, 1, 0, 2] = np.nan
+    want = r"'/data/stores/train_bad' has NaN .*image index 9, id 'img9'"
+    with pytest.raises(ValueError, match=want):
+        pooled_descriptors(bad)
+    with pytest.raises(ValueError, match=want):  # preloaded: checked whole before training
+        _fit(bad, val, 2)
+    cfg = StegoHead(n_components=8, steps=40, batch_size=8, knn_k=8).resolved_params()
+    knn = compute_knns(train, 8)
+    with pytest.raises(ValueError, match=want):  # streamed, table given: the batch read
+        train_stego(bad, cfg, n_classes=3, knn=knn, progress=False, preload_bytes=0)
+    bad_val = TinyStore(val._t.copy(), val._l, 3)
+    bad_val._t[4, 0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match=r"TinyStore has NaN .*image index 4, id 'img4'"):
+        _fit(train, bad_val, 2)
+
+
 def test_fit_input_errors(toy):
     train, _, t, _ = toy
     with pytest.raises(ValueError, match=r"\(N, h, w, C\)"):
@@ -474,7 +508,7 @@ def test_presets_match_protocol_table():
         "n_classes",
     )
     for name, values in table.items():
-        p = get_preset(name)
+        p = {**get_preset(name).to_dict(), **RELEASES[name]}
         assert tuple(p[k] for k in keys) == values, name
         assert (
             p["lr"],
@@ -486,12 +520,166 @@ def test_presets_match_protocol_table():
             p["stabilize"],
             p["val_every"],
         ) == (5e-4, 5e-3, 7, 11, 5, True, False, 100)
-    assert PRESETS["potsdam3"]["backbone"] == "dino_vits8"
+        assert p["preset"] == name and get_preset(name) is PRESETS[name]
+    assert RELEASES["potsdam3"]["backbone"] == "dino_vits8"
+    assert (
+        get_preset(None) == StegoConfig() == dataclasses.replace(PRESETS["potsdam3"], preset=None)
+    )
     assert StegoHead(preset="cityscapes27").resolved_params()["pointwise"] is False
     cfg = StegoHead(preset="cocostuff27", n_components=12, steps=3).resolved_params()
     assert (cfg["dim"], cfg["steps"], cfg["batch_size"]) == (12, 3, 32)
     with pytest.raises(KeyError, match="unknown STEGO preset"):
         get_preset("voc")
+
+
+# ------------------------------------------------------------------ StegoConfig / StegoHead params
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("steps", 0, "an int >= 1"),
+        ("steps", 2.0, "an int >= 1"),
+        ("batch_size", True, "an int >= 1"),
+        ("dim", -3, "an int >= 1"),
+        ("random_state", -1, "an int >= 0"),
+        ("extra_clusters", -1, "an int >= 0"),
+        ("lr", 0.0, "a finite number > 0.0"),
+        ("probe_lr", float("nan"), "a finite number > 0.0"),
+        ("head_dropout", 1.0, "a finite number >= 0.0 and < 1.0"),
+        ("knn_dropout", -0.1, "a finite number >= 0.0 and < 1.0"),
+        ("neg_inter_shift", "0.5", "a finite number"),
+        ("pointwise", 1, "True or False"),
+        ("projection_type", None, "one of ('nonlinear', 'linear')"),
+        ("neg_index", "perm", "one of ('derangement', 'super_perm')"),
+    ],
+)
+def test_config_checks_name_the_field(field, value, expected):
+    want = f"StegoConfig.{field}: expected {expected}, got"
+    with pytest.raises(ValueError, match=re.escape(want)):
+        StegoConfig(**{field: value})
+    with pytest.raises(ValueError, match=re.escape(want)):  # replace() runs the checks too
+        dataclasses.replace(PRESETS["potsdam3"], **{field: value})
+    if value is not None:  # the estimator builds its config at construction
+        with pytest.raises(ValueError, match=re.escape(want)):
+            StegoHead(preset="synthetic", **{field: value})
+
+
+def test_config_is_frozen_keyword_only_and_presets_are_instances():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        PRESETS["potsdam3"].steps = 1
+    with pytest.raises(TypeError):
+        StegoConfig(70)  # keyword-only
+    cfg = dataclasses.replace(PRESETS["cocostuff27"], steps=3)
+    assert (cfg.steps, cfg.dim, cfg.preset, PRESETS["cocostuff27"].steps) == (
+        3,
+        90,
+        "cocostuff27",
+        7000,
+    )
+    assert (
+        StegoConfig(steps=np.int64(4)).steps == 4
+        and type(StegoConfig(steps=np.int64(4)).steps) is int
+    )
+
+
+def test_stego_head_builds_one_config():
+    head = StegoHead(preset="cocostuff27", n_components=12, steps=3, batch_size=None)
+    assert head.config == dataclasses.replace(PRESETS["cocostuff27"], dim=12, steps=3)
+    assert (head.preset, head.n_components, head.dim, head.random_state) == (
+        "cocostuff27",
+        12,
+        12,
+        0,
+    )
+    cfg = dataclasses.replace(PRESETS["synthetic"], steps=5)
+    assert StegoHead(config=cfg).config is cfg and StegoHead(cfg, preset="synthetic").config is cfg
+    assert StegoHead(cfg, knn_k=4).config == dataclasses.replace(cfg, knn_k=4)
+    with pytest.raises(ValueError, match="disagree"):
+        StegoHead(cfg, preset="potsdam3")
+    with pytest.raises(ValueError, match="contradicts"):
+        StegoHead(n_components=4, dim=5)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'stepz'.*steps"):
+        StegoHead(stepz=3)
+    with pytest.raises(KeyError, match="unknown STEGO preset"):
+        StegoHead(preset="voc")
+    with pytest.raises(ValueError, match="n_classes"):
+        StegoHead(n_classes=0).resolved_params()
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        StegoHead().transform(np.zeros((2, 6), np.float32))
+    with pytest.raises(NotFittedError):
+        StegoHead().probes()
+
+
+def test_get_set_params_and_clone():
+    from sklearn.base import clone
+
+    head = StegoHead(preset="synthetic", steps=7, n_classes=3, progress=False)
+    params = head.get_params()
+    assert set(params) == {"config", "preset", "n_classes", "select", "device", "progress"}
+    copy = clone(head)
+    assert copy.config == head.config and copy.n_classes == 3 and copy.progress is False
+    copy.set_params(steps=9, n_components=5, device="cpu", select="last")
+    assert (copy.config.steps, copy.config.dim, copy.select, copy.config.preset) == (
+        9,
+        5,
+        "last",
+        "synthetic",
+    )
+    assert head.config.steps == 7  # the original is unchanged
+    copy.set_params(preset="potsdam3", batch_size=4)
+    assert copy.config == dataclasses.replace(PRESETS["potsdam3"], batch_size=4)
+    assert "steps=7" in repr(head) and "preset='synthetic'" in repr(head)
+
+
+def test_flat_v1_file_still_loads(tmp_path):
+    """A head file whose params were written by the flat 34-argument constructor (None: the
+    preset's value) loads with the same configuration and the same codes."""
+    from stego_fixtures import FLAT_PARAMS_V1
+
+    tokens = np.random.default_rng(0).normal(size=(8, 4, 4, 6)).astype(np.float32)
+    kw = dict(n_components=3, steps=2, batch_size=4, knn_k=3, num_neighbors=2)
+    head = StegoHead(**kw, n_classes=2, select="last", progress=False).fit(tokens)
+    path = head.save(tmp_path / "new.pt")
+    payload = torch.load(path, weights_only=True)
+    saved = json.loads(payload["params"])
+    assert (
+        saved["dim"] == 3
+        and saved["feature_samples"] == 11
+        and None not in (saved["pointwise"], saved["neg_inter_shift"])
+    )  # every field written out, not "take the preset's"
+    payload["params"] = json.dumps(FLAT_PARAMS_V1)
+    torch.save(payload, tmp_path / "v1.pt")
+    old = StegoHead.load(tmp_path / "v1.pt")
+    assert old.config == head.config == dataclasses.replace(StegoConfig(), **{
+        "dim": 3, "steps": 2, "batch_size": 4, "knn_k": 3, "num_neighbors": 2
+    })  # fmt: skip
+    assert (old.n_classes, old.select, old.progress) == (2, "last", False)
+    x = tokens[0].reshape(-1, 6)
+    np.testing.assert_array_equal(old.transform(x), head.transform(x))
+    assert StegoHead.load(path).config == head.config
+
+
+def test_fit_knn_cache_dir(tmp_path, toy, monkeypatch):
+    """fit(knn_cache_dir=) computes the table (sized by knn_table_size) once, caches it, reuses
+    it, and trains exactly as with the table computed inside the loop."""
+    from stego_probe.projections.stego import head as head_mod
+
+    train, val, _, _ = toy
+    calls = []
+    real = head_mod.compute_knns
+    monkeypatch.setattr(
+        head_mod, "compute_knns", lambda *a, **kw: calls.append((a[1], kw)) or real(*a, **kw)
+    )
+    plain = _fit(train, None, 2, select="last", knn_dropout=0.1)
+    cached = _fit(train, None, 2, select="last", knn_dropout=0.1, knn_cache_dir=tmp_path)
+    assert len(calls) == 1 and calls[0][0] == 8 and calls[0][1]["dropout"] == 0.1
+    assert calls[0][1]["cache_dir"] == tmp_path and len(list(tmp_path.glob("knn_*.npz"))) == 1
+    assert plain.history_ == cached.history_ and cached._fit_info["knn"] == "cache"
+    reads = train.reads
+    again = _fit(train, None, 2, select="last", knn_dropout=0.1, knn_cache_dir=tmp_path)
+    assert again.history_ == plain.history_
+    assert train.reads - reads == 1  # the preload only: the table came from the cache
 
 
 # ------------------------------------------------------------------ checkpoint import

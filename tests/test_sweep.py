@@ -960,6 +960,48 @@ def test_reused_store_must_match_the_config(tiny_run, tmp_path):
         run_sweep(tiny_config(), out2, progress=False)
 
 
+def test_check_store_matches_compares_every_recorded_dataset_option(tmp_path):
+    """A folder dataset's ignore_value / class_names are constructor options that its
+    dataset_info does not repeat under their own names: they are compared through the
+    store's dataset_args, with the data present (the dataset is built) and without it."""
+    from data_fixtures import write_folder
+
+    from stego_probe.backbones import get_backbone
+    from stego_probe.data import get_dataset
+    from stego_probe.extract import extract
+
+    root = tmp_path / "data"
+    write_folder(root, stems=tuple(f"im{i}" for i in range(4)), size=(32, 32), n_classes=3)
+    ds = get_dataset("folder", root, "train", n_classes=3)
+    store = extract(ds, get_backbone("descriptor"), tmp_path / "s", res=32, progress=False)
+    assert store.provenance["dataset_args"]["ignore_value"] == [255]
+
+    def config(data_root, **kw):
+        return tiny_config(
+            dataset="folder", data_root=str(data_root), train={"res": 32},
+            dataset_kwargs={"n_classes": 3, **kw},
+        )  # fmt: skip
+
+    def check(cfg):
+        return sweep.check_store_matches(cfg, "train", store, what="s", strict=False)
+
+    moved = tmp_path / "gone"  # the data is not there: only the recorded options compare
+    for data_root in (root, moved):
+        assert check(config(data_root)) == []
+        assert check(config(data_root, ignore_value=255)) == []  # 255 is recorded as [255]
+        with pytest.raises(ValueError, match=r"dataset_kwargs.ignore_value: store \[255\], conf"):
+            check(config(data_root, ignore_value=11))
+        names = ["sky", "road", "car"]
+        with pytest.raises(ValueError, match=r"dataset_kwargs.class_names: store \['class0'"):
+            check(config(data_root, class_names=names))
+    # an older store without dataset_args: the options inside dataset_info are used
+    old = FakeStore({k: v for k, v in store.provenance.items() if k != "dataset_args"}, 3)
+    with pytest.raises(ValueError, match=r"ignore_value: store \[255\], config 11"):
+        sweep.check_store_matches(
+            config(moved, ignore_value=11), "train", old, what="s", strict=False
+        )
+
+
 class FakeStore:
     def __init__(self, provenance, n_classes=6, has_flipped=False):
         self.provenance, self.n_classes, self.has_flipped = provenance, n_classes, has_flipped
@@ -1133,6 +1175,40 @@ def test_nan_token_in_train_store_is_refused_and_nothing_cached(tiny_run, tmp_pa
     assert done_points(out / "results.csv") == set(sweep_points(config, C))
     spectrum = df[df["metric"] == "explained_variance_ratio"]["value"]
     assert len(spectrum) == C and np.isfinite(spectrum).all()
+
+
+def test_nan_token_fails_every_method_naming_the_image(tiny_run, tmp_path):
+    """One NaN token, methods whose fit does not stream the store (RP without
+    standardisation, the raw DINO codes) and STEGO (KNN descriptors, training): each point
+    fails naming the store, the image index and its id; nothing non-finite is cached or
+    appended; the val store's distinctness sample is traced back to its image too."""
+    train, val = tiny_stores(tiny_run)
+    out = tmp_path / "run"
+    bad_path = tmp_path / "train_bad"
+    rebuild_store(train, bad_path, tokens=nan_at_image(5))
+    methods = ["dino", "rp", "stego"]
+    kwargs = {**TINY["method_kwargs"], "rp": {"standardize": None}}
+    config = tiny_config(methods=methods, dims=[3], method_kwargs=kwargs)
+    with pytest.raises(SweepError) as info:
+        run_sweep(config, out, progress=False, train_store=bad_path, val_store=val.path)
+    failures = {p.method: str(e) for p, e in info.value.failures}
+    assert sorted(failures) == methods
+    for method, msg in failures.items():
+        assert f"feature store {str(bad_path)!r}" in msg, (method, msg)
+        assert f"image index 5, id {train.ids[5]!r}" in msg, (method, msg)
+    assert not (out / "results.csv").exists() or not sweep.has_results(out / "results.csv")
+    from stego_probe.projections.base import Projection
+
+    cached = sorted(p.name for p in (out / "projections").glob("*.pt"))
+    assert "stego_d3_seed0.pt" not in cached
+    for name in cached:  # RP without standardisation and the identity fit read no tokens
+        sweep.check_projection_finite(Projection.load(out / "projections" / name), name)
+    assert not list(out.rglob("knn_*.npz"))
+    # distinctness samples the val store: a NaN there names the val image
+    bad_val = rebuild_store(val, tmp_path / "val_bad", tokens=nan_at_image(3))
+    proj = sweep.fit_projection(config, Point("rp", 3, 0), train, tmp_path / "cache")
+    with pytest.raises(ValueError, match=rf"val_bad' has NaN .*index 3, id {val.ids[3]!r}"):
+        sweep.val_code_sample(bad_val, proj, n_tokens=10**6, seed=0)
 
 
 def test_cached_projection_is_refitted_when_its_inputs_change(tiny_run, tmp_path, monkeypatch):

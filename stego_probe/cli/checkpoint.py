@@ -125,8 +125,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from stego_probe.cli.store import cli_device, open_store
     from stego_probe.evaluate import check_stores
-    from stego_probe.projections.stego import StegoHead, compute_knns
-    from stego_probe.projections.stego.train import knn_table_size
+    from stego_probe.projections.stego import StegoHead
+    from stego_probe.threads import limit, store_workload
 
     if Path(args.out).is_dir():
         raise ValueError(f"--out {args.out}: is a directory; expected a head file path (.pt)")
@@ -135,36 +135,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     val = open_store(args.val_store, "--val-store") if args.val_store else None
     if val is not None:
         check_stores(train, val)  # same backbone / weights / dataset / classes
-    head = StegoHead(
-        n_components=args.dim,
+    head = StegoHead(  # flags left out (None) keep the preset's value
         preset=args.preset,
+        dim=args.dim,
         steps=args.steps,
         batch_size=args.batch_size,
         val_every=args.val_every,
-        select=args.select,
         knn_self_rank0=args.knn_self_rank0,
         knn_dropout=args.knn_dropout,
         random_state=args.seed,
+        select=args.select,
         device=args.device,
         progress=not args.no_progress,
     )
-    cfg = head.resolved_params()
-    knn = None
-    if args.knn_cache:
-        k = knn_table_size(cfg, train.n_images)
-        knn = compute_knns(
-            train,
-            k,
-            knn_self_rank0=args.knn_self_rank0,
-            dropout=args.knn_dropout,
-            random_state=args.seed,
-            cache_dir=args.knn_cache,
-            progress=not args.no_progress,
-        )
-    from stego_probe.threads import limit, store_workload
-
     with limit(args.threads, store_workload(train)):  # "auto": by the store's token size
-        head.fit(train, val_store=val, knn=knn)
+        head.fit(train, val_store=val, knn_cache_dir=args.knn_cache)
     path = head.save(args.out)
     row = next((r for r in head.history_ if r["step"] == head.selected_step_), {})
     metrics = {k: round(v, 2) for k, v in row.items() if k.startswith("val_")}

@@ -264,7 +264,9 @@ POINT_COLUMNS = (
     "kmeans_tol",
     "kmeans_nredo",
 )
-_NUMERIC = {"dim", "seed", "kmeans_niter", "kmeans_tol", "kmeans_nredo"}
+#: Columns identifying one row of ``--out``: the point and the ``metric``. Appends drop rows
+#: already there (:func:`stego_probe.results.append_csv` ``unique=ROW_COLUMNS``).
+ROW_COLUMNS = (*POINT_COLUMNS, "metric")
 #: Settings that change a probe's numbers but are no column of the table, recorded per point in
 #: ``<out>.settings.json`` so that a rerun with other values is refused instead of skipped.
 SETTINGS_FLAGS = {
@@ -279,27 +281,19 @@ SETTINGS_FLAGS = {
 SETTINGS_SUFFIX = ".settings.json"
 
 
-def _norm(column: str, value) -> str:
-    """A comparable text form of one key value (CSV round trips turn 5 into 5.0, True into
-    'True', '' into NaN)."""
-    if value is None:
-        return ""
-    if column in _NUMERIC:
-        try:
-            f = float(value)
-        except (TypeError, ValueError):
-            return str(value).strip()
-        return "" if math.isnan(f) else repr(f)
-    if column == "crf":
-        return str(value).strip().lower()
-    if isinstance(value, float) and math.isnan(value):
-        return ""
-    return str(value).strip()
-
-
 def point_key(row) -> tuple[str, ...]:
-    """The :data:`POINT_COLUMNS` values of a result row (a mapping), normalised."""
-    return tuple(_norm(c, row.get(c)) for c in POINT_COLUMNS)
+    """The :data:`POINT_COLUMNS` key of a result row (a mapping), normalised as every result
+    key is (:func:`stego_probe.results.row_key`: 5 and 5.0, True and 'True' agree)."""
+    from stego_probe.results import row_key
+
+    return row_key(row, POINT_COLUMNS)
+
+
+def _row_key(row) -> tuple[str, ...]:
+    """The :data:`ROW_COLUMNS` key of a result row (its point and metric)."""
+    from stego_probe.results import row_key
+
+    return row_key(row, ROW_COLUMNS)
 
 
 def _settings_path(out) -> str:
@@ -315,7 +309,12 @@ def _read_settings(out) -> dict:
     try:
         with open(path) as f:
             data = json.load(f)
-        return {tuple(json.loads(k)): v for k, v in data["points"].items()}
+        # keys normalised again: a record written with another spelling of the same values
+        # (5.0 for 5) still matches
+        return {
+            point_key(dict(zip(POINT_COLUMNS, json.loads(k), strict=True))): v
+            for k, v in data["points"].items()
+        }
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(
             f"{path}: not a readable settings record of {out} ({e}); delete it to treat the "
@@ -438,11 +437,10 @@ def _evaluate_locked(args: argparse.Namespace) -> int:
 
     # -- what --out holds already (idempotent reruns) -----------------------------------------
     table = read_results(out) if os.path.exists(out) else None
-    have_rows = set()  # (point key, metric) of every row in --out
+    have_rows = set()  # the ROW_COLUMNS key of every row in --out
     if table is not None:
-        for row in table.to_dict("records"):
-            have_rows.add((point_key(row), str(row["metric"])))
-    have = {k for k, _ in have_rows}
+        have_rows = {_row_key(row) for row in table.to_dict("records")}
+    have = {k[:-1] for k in have_rows}  # the points
     recorded = _read_settings(out)
     settings = _probe_settings(args, probes, train, val)
     plan, conflicts = {}, []
@@ -484,16 +482,16 @@ def _evaluate_locked(args: argparse.Namespace) -> int:
 
     def on_rows(probe: str, frame) -> None:
         nonlocal written
-        rows = [
-            r for r in frame.to_dict("records") if (point_key(r), str(r["metric"])) not in have_rows
-        ]
+        rows = [r for r in frame.to_dict("records") if _row_key(r) not in have_rows]
         if not rows:
             return
         for k in {point_key(r) for r in rows}:
             recorded[k] = {"settings": settings[probe]}
         _write_settings(out, recorded)  # first: a crash before the append only recomputes
-        append_csv(rows, out)  # each probe as soon as it is scored: finished probes are kept
-        have_rows.update((point_key(r), str(r["metric"])) for r in rows)
+        # each probe as soon as it is scored (finished probes are kept); rows already in --out
+        # (a run that slipped past the lock) are dropped by the same key
+        append_csv(rows, out, unique=ROW_COLUMNS)
+        have_rows.update(_row_key(r) for r in rows)
         written += len(rows)
 
     for seed in args.seeds:

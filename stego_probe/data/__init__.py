@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from stego_probe.data.base import Sample, SegDataset
+from stego_probe.fileio import to_jsonable
+from stego_probe.registry import Registry
 
 __all__ = [
     "Sample",
@@ -25,10 +27,15 @@ __all__ = [
     "get_dataset",
     "list_datasets",
     "register_dataset",
+    "dataset_defaults",
+    "dataset_factory",
     "dataset_description",
+    "dataset_args_from_provenance",
+    "dataset_from_provenance",
 ]
 
-_REGISTRY: dict[str, tuple[Callable[..., SegDataset], str]] = {}
+#: The dataset registry: name -> ``factory(root=, split=, **options)``, meta ``description``.
+DATASETS = Registry("dataset", overwrite=True)
 
 
 def register_dataset(name: str, factory: Callable[..., SegDataset], description: str = "") -> None:
@@ -36,27 +43,38 @@ def register_dataset(name: str, factory: Callable[..., SegDataset], description:
 
     Re-registering a name replaces the previous factory (useful in notebooks).
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"name: expected a non-empty string, got {name!r}")
     if not callable(factory):
         raise ValueError(f"factory for {name!r}: expected a callable, got {type(factory)}")
-    _REGISTRY[name] = (factory, description)
+    DATASETS.register(name, factory, description=description)
 
 
-def list_datasets() -> list[str]:
-    """Registered dataset names, sorted."""
-    return sorted(_REGISTRY)
+def list_datasets(filter: str | None = None) -> list[str]:
+    """Registered dataset names, sorted; ``filter``: an ``fnmatch`` pattern (``"coco*"``)."""
+    return DATASETS.names(filter)
 
 
 def dataset_description(name: str) -> str:
     """One-line description of a registered dataset (KeyError for an unknown name)."""
-    _check_name(name)
-    return _REGISTRY[name][1]
+    return DATASETS.meta(name)["description"]
 
 
-def _check_name(name: str) -> None:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}")
+def dataset_factory(name: str) -> Callable[..., SegDataset]:
+    """The factory registered under ``name`` (KeyError for an unknown name)."""
+    return DATASETS.get(name)
+
+
+def dataset_defaults(name: str) -> dict:
+    """The keyword defaults of a registered dataset's factory (``{}`` when not inspectable).
+
+    Examples:
+        >>> dataset_defaults("synthetic")["n_images"] > 0
+        True
+    """
+    try:
+        params = inspect.signature(dataset_factory(name)).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins / C callables
+        return {}
+    return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
 
 
 def get_dataset(
@@ -89,8 +107,7 @@ def get_dataset(
         >>> len(ds), ds.n_classes, ds[0].label.dtype
         (3, 6, dtype('int64'))
     """
-    _check_name(name)
-    factory = _REGISTRY[name][0]
+    factory = dataset_factory(name)
     _check_options(name, factory, kw)
     return factory(root=root, split=split, **kw)
 
@@ -114,6 +131,128 @@ def _check_options(name: str, factory: Callable[..., SegDataset], kw: dict) -> N
             f"dataset {name!r}: unknown option(s) {', '.join(unknown)}; "
             f"its options are: {', '.join(accepted) or 'none'}"
         )
+
+
+#: Keys of an (older) store's ``dataset_info`` that are never dataset options.
+_INFO_NOT_OPTIONS = ("root", "data_root", "split", "dataset", "generator", "files_sha256", "args")
+
+
+def dataset_args_from_provenance(prov: Mapping) -> dict | None:
+    """The dataset constructor options a store's provenance records, or None.
+
+    ``prov["dataset_args"]`` (every option of the constructor, defaults filled; stores written
+    since it exists), else the options inside ``prov["dataset_info"]`` (``args``, the dataset's
+    own record of them). None for older stores that record neither (only the dataset's
+    descriptive ``dataset_info``).
+
+    Examples:
+        >>> dataset_args_from_provenance({"dataset_args": {"ignore_value": [11]}})
+        {'ignore_value': [11]}
+        >>> dataset_args_from_provenance({"dataset_info": {"args": {"seed": 2}}})
+        {'seed': 2}
+        >>> dataset_args_from_provenance({"dataset_info": {"seed": 2}}) is None
+        True
+    """
+    if isinstance(prov.get("dataset_args"), Mapping):
+        return dict(prov["dataset_args"])
+    info = prov.get("dataset_info") if isinstance(prov.get("dataset_info"), Mapping) else {}
+    for src, key in ((prov, "dataset_kwargs"), (info, "args"), (info, "dataset_args"),
+                     (info, "dataset_kwargs")):  # fmt: skip
+        if isinstance(src.get(key), Mapping):
+            return dict(src[key])
+    return None
+
+
+def dataset_from_provenance(
+    prov: Mapping,
+    root: str | os.PathLike | None = None,
+    *,
+    check: bool = False,
+    **overrides,
+) -> SegDataset:
+    """Rebuild the dataset split a feature store was extracted from, from its provenance.
+
+    The registry name and split are ``prov["dataset"]`` / ``prov["split"]``; the constructor
+    options are :func:`dataset_args_from_provenance` (so a folder dataset gets back its
+    ``ignore_value`` and ``class_names``, a synthetic one its ``n_images`` / ``size`` /
+    ``seed``); for older stores without them, the entries of ``prov["dataset_info"]`` that the
+    factory accepts as keywords (without ``n_images`` for a store made with a ``limit``, whose
+    ``dataset_info`` counts only the images used). ``overrides`` replace options.
+
+    Args:
+        prov: a store's provenance (``FeatureStore.provenance``).
+        root: the data root; default: the recorded one (``data_root``, else
+            ``dataset_info["root"]``). Pass it when the data moved.
+        check: also require that the rebuilt dataset's provenance equals the recorded
+            ``dataset_info`` (apart from ``n_images`` for a store made with a ``limit``), e.g.
+            before re-extracting blocks of the store.
+        **overrides: dataset options that replace the recorded ones.
+
+    Returns:
+        a :class:`SegDataset`.
+
+    Raises:
+        ValueError: the provenance records no dataset / split, the dataset is not registered,
+            or (``check``) the rebuilt dataset differs (the differing keys are named).
+        FileNotFoundError: the data is not at the root.
+
+    Examples:
+        >>> ds = get_dataset("synthetic", split="val", n_images=3, seed=2)
+        >>> prov = {"dataset": "synthetic", "split": "val", "dataset_info": ds.provenance,
+        ...         "dataset_args": ds.provenance["args"]}
+        >>> again = dataset_from_provenance(prov, check=True)
+        >>> again.ids == ds.ids, again.info["seed"]
+        (True, 2)
+    """
+    prov = dict(prov)
+    name, split = prov.get("dataset"), prov.get("split")
+    if not name or not split:
+        raise ValueError(
+            "store provenance records no dataset name and split (keys 'dataset', 'split'); "
+            "cannot rebuild the dataset it was extracted from"
+        )
+    if name not in DATASETS:
+        raise ValueError(
+            f"store provenance names dataset {name!r}, which is not registered (known: "
+            f"{', '.join(list_datasets())}); register it with register_dataset first"
+        )
+    info = dict(prov["dataset_info"]) if isinstance(prov.get("dataset_info"), Mapping) else {}
+    given_root = root
+    if root is None:
+        root = prov.get("data_root", info.get("data_root", info.get("root")))
+    kwargs = dataset_args_from_provenance(prov)
+    if kwargs is None:
+        # An older store: the options only in the dataset's own provenance; take the entries
+        # the factory accepts (the limited view of a --limit store counts only its images).
+        try:
+            params = inspect.signature(dataset_factory(name)).parameters
+        except (TypeError, ValueError):  # pragma: no cover - builtins / C callables
+            params = {}
+        kwargs = {k: v for k, v in info.items() if k in params and k not in _INFO_NOT_OPTIONS}
+        if prov.get("limit") is not None:
+            kwargs.pop("n_images", None)
+    kwargs.update(overrides)
+    if isinstance(kwargs.get("size"), list):
+        kwargs["size"] = tuple(kwargs["size"])
+    dataset = get_dataset(name, root=root, split=split, **kwargs)
+    if check:
+        got, want = to_jsonable(dataset.provenance), to_jsonable(info)
+        if prov.get("limit") is not None:
+            got.pop("n_images", None)
+            want.pop("n_images", None)
+        if got != want:
+            diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+            raise ValueError(
+                f"the {name}/{split} dataset rebuilt from the store provenance differs from the "
+                f"recorded one in {', '.join(diff)}"
+                + (
+                    ""
+                    if given_root is not None
+                    else "; if the data moved, pass its new root (`--data-root` on the command "
+                    "line)"
+                )
+            )
+    return dataset
 
 
 def _register_builtins() -> None:

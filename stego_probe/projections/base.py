@@ -284,17 +284,54 @@ def _as_tensor(x: Any, name: str) -> tuple[torch.Tensor, bool]:
     return torch.from_numpy(np.ascontiguousarray(arr)), False
 
 
-def _check_store_tokens(store: Any, images: np.ndarray, tokens: np.ndarray) -> None:
-    """``ValueError`` naming the store and the first image if ``tokens`` (n, h, w, C) of
-    ``images`` hold NaN or inf."""
+def store_label(store: Any) -> str:
+    """How messages name a store: ``"feature store '<path>'"``, or ``"in-memory <Class>"`` for
+    a store object without a path (e.g. :class:`~stego_probe.projections.stego.ArrayStore`)."""
+    path = getattr(store, "path", None)
+    if path is None:
+        return f"in-memory {type(store).__name__}"
+    return f"feature store {str(path)!r}"
+
+
+def check_store_tokens(
+    store: Any, images: Any, tokens: np.ndarray | torch.Tensor, array: str = "tokens"
+) -> None:
+    """``ValueError`` naming the store, the array and the first image (index and id) if the
+    ``tokens`` (n, h, w, C) read from ``store`` for ``images`` hold NaN or inf.
+
+    Args:
+        store: the store the tokens were read from (its ``path`` and ``ids`` name the image).
+        images: the store indices of the ``n`` images read: an int array / list, or a slice
+            with explicit start and stop.
+        tokens: (n, ...) the tokens read, numpy or torch.
+        array: the store array they come from (``"tokens"`` or ``"tokens_flipped"``).
+
+    Examples:
+        >>> t = np.zeros((2, 1, 1, 3), dtype=np.float32)
+        >>> check_store_tokens(None, [4, 5], t)  # finite: nothing happens
+        >>> t[1, 0, 0, 2] = np.nan
+        >>> check_store_tokens(None, [4, 5], t)
+        Traceback (most recent call last):
+        ...
+        ValueError: in-memory NoneType has NaN or infinite tokens in 1 of the images read (first: image index 5); expected finite backbone features: re-extract the store
+    """
+    if isinstance(tokens, torch.Tensor):
+        tokens = tokens.detach().cpu().numpy()
+    tokens = np.asarray(tokens)
+    if not np.issubdtype(tokens.dtype, np.floating) or tokens.shape[0] == 0:
+        return
     if np.isfinite(tokens).all():
         return
+    if isinstance(images, slice):
+        images = np.arange(images.start or 0, images.stop)
+    images = np.atleast_1d(np.asarray(images))
     bad = ~np.isfinite(tokens.reshape(tokens.shape[0], -1)).all(axis=1)
-    first = int(np.asarray(images)[np.argmax(bad)])
+    first = int(images[np.argmax(bad)])
+    what = "tokens" if array == "tokens" else f"tokens (array {array})"
     raise ValueError(
-        f"feature store {getattr(store, 'path', store)!r} has NaN or infinite tokens in "
-        f"{int(bad.sum())} of the images read (first: image index {first}"
-        f"{_image_id(store, first)}); expected finite backbone features: re-extract the store"
+        f"{store_label(store)} has NaN or infinite {what} in {int(bad.sum())} of the images "
+        f"read (first: image index {first}{_image_id(store, first)}); "
+        "expected finite backbone features: re-extract the store"
     )
 
 
@@ -306,20 +343,27 @@ def _image_id(store: Any, i: int) -> str:
         return ""
 
 
-def _check_store_sample(store: Any, sample: np.ndarray, images: np.ndarray | None) -> None:
-    """``ValueError`` naming the store and the first image with NaN / inf tokens if the token
-    ``sample`` (n, C) drawn from ``images`` (None: all) is not finite. Only on failure are the
-    images scanned, a chunk at a time, to find the image the bad tokens come from."""
-    if np.isfinite(sample).all():
+def check_store_sample(store: Any, sample: np.ndarray, images: Any = None) -> None:
+    """``ValueError`` naming the store and the first image with NaN / inf tokens (index and id,
+    :func:`check_store_tokens`) if the token ``sample`` (n, C) drawn from ``images`` (None: all
+    images; as from ``store.sample_tokens``) is not finite.
+
+    The sample does not say which image a row came from, so only on failure are the images
+    scanned, a chunk at a time, to find the first bad one.
+    """
+    if isinstance(sample, torch.Tensor):
+        sample = sample.detach().cpu().numpy()
+    sample = np.asarray(sample)
+    if not np.issubdtype(sample.dtype, np.floating) or np.isfinite(sample).all():
         return
     idx = np.arange(int(store.n_images)) if images is None else np.asarray(images)
     step = max(1, int(getattr(store, "chunk_images", 32) or 32))
     for start in range(0, idx.size, step):
         sel = idx[start : start + step]
-        _check_store_tokens(store, sel, np.asarray(store.tokens(sel), dtype=np.float32))
+        check_store_tokens(store, sel, np.asarray(store.tokens(sel), dtype=np.float32))
     check_finite(  # the tokens read back finite: a store that changes under us
         sample,
-        f"the token sample of feature store {getattr(store, 'path', store)!r}",
+        f"the token sample of {store_label(store)}",
         " (backbone features); re-extract the store",
     )
 
@@ -500,14 +544,14 @@ class Projection(TransformerMixin, BaseEstimator):
         per_image = first.shape[1] * first.shape[2]
         step = max(1, chunk // per_image)
         n_tokens = 0
-        _check_store_tokens(source, idx[:1], first)
+        check_store_tokens(source, idx[:1], first)
         yield first.reshape(-1, first.shape[-1])
         n_tokens += per_image
         rest = idx[1:]
         for start in range(0, rest.size, step):
             sel = rest[start : start + step]
             t = np.asarray(source.tokens(sel), dtype=np.float32)
-            _check_store_tokens(source, sel, t)
+            check_store_tokens(source, sel, t)
             n_tokens += t.shape[0] * per_image
             yield t.reshape(-1, t.shape[-1])
         self._fit_info["n_tokens"] = n_tokens
@@ -537,7 +581,7 @@ class Projection(TransformerMixin, BaseEstimator):
                 raise ValueError(
                     f"sample_tokens(n, seed) must return (n, C) tokens, got shape {out.shape}"
                 )
-            _check_store_sample(source, out, kw.get("images"))
+            check_store_sample(source, out, kw.get("images"))
         elif n >= source.shape[0]:
             out = source
         else:

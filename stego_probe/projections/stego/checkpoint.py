@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 from stego_probe.projections.base import _json_safe
-from stego_probe.projections.stego.model import StegoHead
+from stego_probe.projections.stego.head import StegoHead, make_config
 from stego_probe.provenance import sha256_file
 
 IGNORED_PREFIXES = ("net.model.", "train_cluster_probe.", "decoder.")
@@ -59,9 +59,9 @@ NONLINEAR_KEYS = ("cluster2.0.weight", "cluster2.0.bias", "cluster2.2.weight", "
 #: Values of ``unpickler`` (``--unpickler``); all of them are safe (allow-list).
 UNPICKLERS = ("auto", "omegaconf", "stub")
 
-#: Reference ``cfg`` keys -> StegoHead parameters.
-CFG_TO_PARAMS = {
-    "dim": "n_components",
+#: Reference ``cfg`` keys -> :class:`~stego_probe.projections.stego.StegoConfig` fields.
+CFG_TO_CONFIG = {
+    "dim": "dim",
     "pointwise": "pointwise",
     "pos_intra_weight": "pos_intra_weight",
     "pos_inter_weight": "pos_inter_weight",
@@ -556,11 +556,15 @@ def import_checkpoint(
     if lin_w.ndim == 2:  # some exports store the 1x1 conv weight flattened
         probe_sd["linear_probe"]["weight"] = lin_w.reshape(n_classes, dim, 1, 1)
 
-    params = {p: cfg[k] for k, p in CFG_TO_PARAMS.items() if cfg.get(k) is not None}
-    params["n_components"] = dim
-    params["projection_type"] = "nonlinear" if nonlinear else "linear"
-    params["extra_clusters"] = int(clusters.shape[0]) - n_classes
-    head = StegoHead(**params, n_classes=n_classes, select="last", progress=False)
+    fields = {f: cfg[k] for k, f in CFG_TO_CONFIG.items() if cfg.get(k) is not None}
+    fields["dim"] = dim
+    fields["projection_type"] = "nonlinear" if nonlinear else "linear"
+    fields["extra_clusters"] = int(clusters.shape[0]) - n_classes
+    try:
+        config = make_config(**fields)
+    except ValueError as e:
+        raise ValueError(f"{path}: 'hyper_parameters' cfg: {e}") from e
+    head = StegoHead(config, n_classes=n_classes, select="last", progress=False)
     cfg_full = head.resolved_params()
     head_module_sd = {k: v.detach().float().clone() for k, v in head_sd.items()}
     state = {

@@ -45,11 +45,18 @@ def pooled_descriptors(
             dropout commutes with average pooling, so it is applied to the pooled vector.
         random_state: seed of the dropout masks.
         progress: show a tqdm bar.
+
+    Raises:
+        ValueError: NaN or inf tokens (the message names the store, the image index and its
+            id; :func:`~stego_probe.projections.base.check_store_tokens`).
     """
+    from stego_probe.projections.base import check_store_tokens
+
     n = int(store.n_images)
     out = None
     for a in tqdm(range(0, n, batch_size), desc="knn descriptors", disable=not progress):
         t = np.asarray(store.tokens(slice(a, min(a + batch_size, n))), dtype=np.float32)
+        check_store_tokens(store, np.arange(a, a + len(t)), t)
         g = t.mean(axis=(1, 2), dtype=np.float64).astype(np.float32)
         if out is None:
             out = np.empty((n, g.shape[1]), dtype=np.float32)

@@ -10,10 +10,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from stego_probe.projections.stego.presets import PRESETS, SHARED_DEFAULTS
+from stego_probe.projections.stego.presets import NEG_INDEX, StegoConfig
 
-_P, _D = PRESETS["potsdam3"], SHARED_DEFAULTS
-NEG_INDEX = ("derangement", "super_perm")
+_P = StegoConfig()  # the defaults: shared settings with Potsdam's loss settings
 
 
 def sample(t: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
@@ -98,19 +97,19 @@ class CorrespondenceLoss:
     ``neg_index``: ``"derangement"`` (default) or ``"super_perm"`` (reference parity, Q9).
     """
 
-    pos_intra_weight: float = _P["pos_intra_weight"]
-    pos_inter_weight: float = _P["pos_inter_weight"]
-    neg_inter_weight: float = _P["neg_inter_weight"]
-    pos_intra_shift: float = _P["pos_intra_shift"]
-    pos_inter_shift: float = _P["pos_inter_shift"]
-    neg_inter_shift: float = _P["neg_inter_shift"]
-    pointwise: bool = _P["pointwise"]
-    zero_clamp: bool = _D["zero_clamp"]
-    stabilize: bool = _D["stabilize"]
-    feature_samples: int = _D["feature_samples"]
-    neg_samples: int = _D["neg_samples"]
-    neg_index: str = "derangement"
-    correspondence_weight: float = _D["correspondence_weight"]
+    pos_intra_weight: float = _P.pos_intra_weight
+    pos_inter_weight: float = _P.pos_inter_weight
+    neg_inter_weight: float = _P.neg_inter_weight
+    pos_intra_shift: float = _P.pos_intra_shift
+    pos_inter_shift: float = _P.pos_inter_shift
+    neg_inter_shift: float = _P.neg_inter_shift
+    pointwise: bool = _P.pointwise
+    zero_clamp: bool = _P.zero_clamp
+    stabilize: bool = _P.stabilize
+    feature_samples: int = _P.feature_samples
+    neg_samples: int = _P.neg_samples
+    neg_index: str = _P.neg_index
+    correspondence_weight: float = _P.correspondence_weight
 
     def __post_init__(self) -> None:
         if self.neg_index not in NEG_INDEX:

@@ -30,9 +30,10 @@ from stego_probe.labels import canonicalize
 from stego_probe.metrics import ConfusionAccumulator
 from stego_probe.probes.cluster_lookup import ClusterLookupProbe, cluster_lookup_loss
 from stego_probe.probes.linear import LinearProbe, linear_probe_loss
-from stego_probe.projections.stego.head import SegmentationHead
+from stego_probe.projections.base import check_store_tokens
 from stego_probe.projections.stego.knn import compute_knns
 from stego_probe.projections.stego.loss import CorrespondenceLoss
+from stego_probe.projections.stego.net import SegmentationHead
 
 #: Keys of the resolved training configuration consumed by :func:`train_stego`.
 LOSS_KEYS = (
@@ -57,10 +58,11 @@ class ArrayStore:
 
     Gives a plain array the read interface of :class:`stego_probe.store.FeatureStore` that the
     trainer uses (``n_images, grid, dim, ids, provenance, n_classes, tokens(idx), labels(idx)``).
-    Without labels every pixel is ignored (the linear probe is then not trained).
+    Without labels every pixel is ignored (the linear probe is then not trained). ``path``
+    (optional) names the store the arrays were read from in messages.
     """
 
-    def __init__(self, tokens, labels=None, n_classes=None, ids=None, provenance=None):
+    def __init__(self, tokens, labels=None, n_classes=None, ids=None, provenance=None, path=None):
         t = np.asarray(tokens)
         if t.ndim != 4:
             raise ValueError(f"tokens: expected (N, h, w, C), got shape {t.shape}")
@@ -73,6 +75,7 @@ class ArrayStore:
         self.ids = list(ids) if ids is not None else [str(i) for i in range(len(t))]
         self.provenance = dict(provenance or {"n_classes": n_classes})
         self.label_shape = self.grid if self._labels is None else tuple(self._labels.shape[1:])
+        self.path = path
 
     def tokens(self, idx) -> np.ndarray:
         """(n, h, w, C) float32 tokens of images ``idx`` (int, slice or int array)."""
@@ -91,6 +94,8 @@ def _preloaded(store, limit_bytes: float):
     """``store`` itself, or an in-memory :class:`ArrayStore` copy if its tokens are small.
 
     Tokens are kept as float16 when that is lossless (a ``FeatureStore`` stores float16).
+    Preloaded tokens are checked finite here, once (:func:`_checked_tokens` then checks
+    nothing); a streamed store's batches are checked as they are read.
     """
     if isinstance(store, ArrayStore):
         return store
@@ -98,6 +103,7 @@ def _preloaded(store, limit_bytes: float):
     if store.n_images * h * w * store.dim * 4 > limit_bytes:
         return store
     tokens = store.tokens(slice(0, store.n_images))
+    check_store_tokens(store, np.arange(store.n_images), tokens)
     half = tokens.astype(np.float16)
     if np.array_equal(half.astype(np.float32), tokens):
         tokens = half
@@ -107,7 +113,16 @@ def _preloaded(store, limit_bytes: float):
         n_classes=store.n_classes,
         ids=store.ids,
         provenance=store.provenance,
+        path=getattr(store, "path", None),
     )
+
+
+def _checked_tokens(store, idx, checked: bool) -> np.ndarray:
+    """``store.tokens(idx)``, checked finite unless ``checked`` (the store was checked whole)."""
+    tokens = store.tokens(idx)
+    if not checked:
+        check_store_tokens(store, idx, tokens)
+    return tokens
 
 
 def _to_bchw(tokens: np.ndarray, device) -> torch.Tensor:
@@ -175,7 +190,9 @@ def validate(
     for a in tqdm(range(0, n, batch_size), desc="validate", disable=not progress, leave=False):
         sl = slice(a, min(a + batch_size, n))
         labels = canonicalize(store.labels(sl), n_classes)
-        code = head.code(_to_bchw(store.tokens(sl), device))
+        tokens = store.tokens(sl)
+        check_store_tokens(store, np.arange(sl.start, sl.start + len(tokens)), tokens)
+        code = head.code(_to_bchw(tokens, device))
         acc_c.update(cp.predict(code, size=labels.shape[-2:]), labels)
         acc_l.update(lp.predict(code, size=labels.shape[-2:]), labels)
     head.train(was_training)
@@ -249,6 +266,12 @@ def train_stego(
         ``history`` (list of dicts, one per step: losses, mean code correlations; at validation
         steps the val metrics and the correlation histograms; a step-0 row holds the val metrics
         at initialisation and is never selected), ``n_steps``.
+
+    Raises:
+        ValueError: NaN or inf tokens in the training or the validation store, found when read
+            (a preloaded training store is checked whole before training); the message names
+            the store, the image index and its id.
+        FloatingPointError: a non-finite loss (from finite tokens).
     """
     steps, bsz, seed = int(cfg["steps"]), int(cfg["batch_size"]), int(cfg["random_state"])
     n = int(train_store.n_images)
@@ -258,6 +281,7 @@ def train_stego(
         raise ValueError(f"batch_size={bsz} exceeds the {n} training images (drop_last=True)")
     lo, hi = positive_ranks(cfg["knn_self_rank0"], cfg["num_neighbors"])
     store = _preloaded(train_store, preload_bytes)
+    checked = store is not train_store  # a preloaded copy was checked whole
     if knn is None:
         k = knn_table_size(cfg, n)
         knn = compute_knns(
@@ -311,8 +335,8 @@ def train_stego(
             idx = next(batches)
             pos = knn[idx, rng.integers(lo, hi + 1, size=len(idx))]
             head.train()
-            f_t, s = head(_to_bchw(store.tokens(idx), device))
-            f_tp, s_p = head(_to_bchw(store.tokens(pos), device))
+            f_t, s = head(_to_bchw(_checked_tokens(store, idx, checked), device))
+            f_tp, s_p = head(_to_bchw(_checked_tokens(store, pos, checked), device))
             l_corr, parts = loss_fn(f_t, s, f_tp, s_p, generator=gen)
             # Probes see the detached code: they are evaluation heads and cannot move the head.
             code = s.detach()
