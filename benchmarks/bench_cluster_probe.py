@@ -31,8 +31,8 @@ import time
 import numpy as np
 import torch
 
+from stego_probe.codes import l2_normalize
 from stego_probe.probes import ClusterLookupProbe, KMeansProbe
-from stego_probe.probes._codes import l2_normalize
 
 
 def env_int(name: str, default: int) -> int:

@@ -31,7 +31,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
-from stego_probe.probes._codes import l2_normalize
+from stego_probe.codes import l2_normalize
 from stego_probe.probes.kmeans import KMeansProbe
 
 

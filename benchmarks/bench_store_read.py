@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from stego_probe.store import FeatureStore, _to_float32
+from stego_probe.store import FeatureStore, to_float32
 
 
 def main() -> None:
@@ -66,7 +66,7 @@ def main() -> None:
         def read_memmap_torch() -> float:  # same float16 -> float32 conversion as the store
             t0 = time.perf_counter()
             for s in range(0, n, bs):
-                _to_float32(np.array(mm[s : s + bs]))
+                to_float32(np.array(mm[s : s + bs]))
             return time.perf_counter() - t0
 
         def read_store() -> float:

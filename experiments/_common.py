@@ -6,7 +6,7 @@ sorted arguments before it starts, so a log says exactly what produced it. Nothi
 data: each helper turns command-line arguments into library calls (:mod:`stego_probe.sweep`,
 :mod:`stego_probe.extract`); the analyses the scripts print live in the library
 (:mod:`stego_probe.published`, :mod:`stego_probe.released`, :mod:`stego_probe.summaries`,
-:mod:`stego_probe.table_keys`).
+:func:`stego_probe.results.done_keys`).
 
 Imports of torch / the library happen inside the functions, so ``--help`` is instant.
 """
@@ -204,7 +204,7 @@ def dataset_config(args: argparse.Namespace, dataset: str):
     Returns:
         a validated :class:`stego_probe.sweep.SweepConfig`.
     """
-    from stego_probe.backbones.registry import resolve_device
+    from stego_probe.device import resolve_device
     from stego_probe.sweep import load_config, merge_dicts
 
     base = load_config(dataset)

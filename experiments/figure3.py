@@ -8,7 +8,7 @@ The figure draws the cumulative sums on a common normalised axis (§7.4): ``pca_
 
 The training stores are shared with the Figure 4 sweep (``--stores``, default runs/figure4):
 whichever script runs first extracts them. Re-running skips datasets already in the results
-(:func:`stego_probe.table_keys.done_keys`); ``--results CSV`` only redraws. The printed numbers
+(:func:`stego_probe.results.done_keys`); ``--results CSV`` only redraws. The printed numbers
 are :func:`stego_probe.summaries.cumulative_variance`.
 
 Example:
@@ -54,10 +54,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     begin(args, "Figure 3: PCA cumulative explained variance")
     from stego_probe.plots import FIGURE_FILES, plot_pca_spectrum, save_figure
-    from stego_probe.results import append_csv, read_results
+    from stego_probe.results import append_csv, done_keys, read_results
     from stego_probe.summaries import cumulative_variance
     from stego_probe.sweep import pca_spectrum_rows
-    from stego_probe.table_keys import done_keys
 
     start = time.perf_counter()
     if args.results:

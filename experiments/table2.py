@@ -104,8 +104,7 @@ def main(argv=None) -> int:
     begin(args, "Table 2: released STEGO checkpoints and DINO, eval mode, ± CRF")
     from stego_probe.published import compare_with_published
     from stego_probe.released import evaluate_released, load_released
-    from stego_probe.results import append_csv, read_results
-    from stego_probe.table_keys import done_keys
+    from stego_probe.results import append_csv, done_keys, read_results
 
     start = time.perf_counter()
     out = Path(args.out)

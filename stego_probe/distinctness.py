@@ -19,7 +19,7 @@ methods and ``D`` only under the same normalisation. They also assume roughly co
 
 Codes are ``(M, D)`` or ``(N, D, h, w)`` numpy arrays / torch tensors; per-token ids and labels
 are ``(M,)`` or ``(N, h, w)`` (token order image, row, column, as
-:func:`stego_probe.probes._codes.flatten_codes`).
+:func:`stego_probe.codes.flatten_codes`).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from sklearn.metrics import (
     silhouette_score,
 )
 
+from stego_probe.codes import flatten_codes, l2_normalize, to_numpy
 from stego_probe.labels import valid_mask
-from stego_probe.probes._codes import flatten_codes, l2_normalize, to_numpy
 
 #: Keys of :func:`distinctness_report` (label-based ones only when labels are given).
 REPORT_KEYS = (

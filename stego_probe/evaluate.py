@@ -41,38 +41,29 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from stego_probe.labels import check_labels
-from stego_probe.metrics import ConfusionAccumulator, metrics_to_flat
-from stego_probe.probes import PROBE_NAMES
-from stego_probe.probes._codes import check_finite, to_numpy
+from stego_probe.codes import check_finite, to_numpy
+from stego_probe.labels import IGNORE_VALUES, check_labels
+from stego_probe.metrics import metrics_to_flat
+from stego_probe.probes import PROBE_ALIASES, PROBE_NAMES, canonical_name, get_probe
 from stego_probe.probes.cluster_lookup import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_STEPS,
-    ClusterLookupProbe,
     minibatch_stream,
 )
-from stego_probe.probes.linear import IGNORE_VALUES, LinearProbe
 from stego_probe.projections.base import check_store_sample, check_store_tokens
 from stego_probe.provenance import check_compatible
-from stego_probe.results import RESULT_COLUMNS, kmeans_context, make_rows, to_frame
+from stego_probe.results import RESULT_COLUMNS, kmeans_context, make_rows, mode_column, to_frame
+from stego_probe.scoring import Scorer, score_store
+from stego_probe.store import STORE_PAIR_KEYS, check_store_pair, is_store, preloaded
 from stego_probe.threads import uses_threads
 
-#: Probe names accepted by the pipeline -> canonical name in the results table.
-PROBE_ALIASES = {
-    "kmeans": "kmeans",
-    "kmeans_faiss": "kmeans",
-    "cluster": "cluster",
-    "stego_cluster": "cluster",
-    "cluster_lookup": "cluster",
-    "linear": "linear",
-}
+#: The pipeline's probes (:data:`stego_probe.probes.PROBE_NAMES`; aliases:
+#: :data:`stego_probe.probes.PROBE_ALIASES`, built by :func:`stego_probe.probes.get_probe`).
 PROBES = PROBE_NAMES
 MODES = ("pixel", "token")
 #: Store provenance keys that must agree between the training and the validation store.
-COMPATIBLE_KEYS = ("backbone", "weights_sha256", "dataset", "n_classes", "patch_size", "embed_dim")
+COMPATIBLE_KEYS = STORE_PAIR_KEYS
 #: Tokens sampled for the linear probe's input statistics when no k-means sample is drawn.
 STATS_TOKENS = 100_000
 #: Inverse temperature of the soft cluster assignment fed to the CRF (reference: 2).
@@ -84,19 +75,19 @@ CRF_ALPHA = 2.0
 # ---------------------------------------------------------------------------------------------
 
 
-def _probe_list(probes) -> list[str]:
+def probe_list(probes) -> list[str]:
+    """Canonical probe names from a list or a comma-separated string (aliases resolved, order
+    kept, duplicates dropped); a ``ValueError`` names an unknown probe or an empty list."""
     if isinstance(probes, str):
         probes = [p for p in probes.split(",") if p.strip()]
     out: list[str] = []
     for p in probes:
-        key = str(p).strip().lower()
-        if key not in PROBE_ALIASES:
-            raise ValueError(
-                f"probes: unknown probe {p!r}; expected some of {list(PROBES)} "
-                f"(aliases: {sorted(set(PROBE_ALIASES) - set(PROBES))})"
-            )
-        if PROBE_ALIASES[key] not in out:
-            out.append(PROBE_ALIASES[key])
+        try:
+            name = canonical_name(p)
+        except ValueError as e:
+            raise ValueError(f"probes: {e}") from None
+        if name not in out:
+            out.append(name)
     if not out:
         raise ValueError(f"probes: expected at least one of {list(PROBES)}, got {probes!r}")
     return out
@@ -128,7 +119,7 @@ def _check_mode(mode: str, flip: bool, crf: bool) -> str:
             "mode='token' (`--mode token`) evaluates on the token grid; flip averaging and the "
             "CRF (`--flip`, `--crf`) are defined for mode='pixel' only"
         )
-    return "token" if mode == "token" else ("eval" if flip else "val")
+    return mode_column(mode, flip)
 
 
 def _probe_kwargs(probe_kwargs: Mapping | None, name: str) -> dict:
@@ -144,30 +135,6 @@ def _probe_kwargs(probe_kwargs: Mapping | None, name: str) -> dict:
     return out
 
 
-def make_probe(name: str, n_classes: int, seed: int = 0, **kwargs):
-    """Build an unfitted probe by name.
-
-    Args:
-        name: ``"kmeans"``, ``"cluster"`` or ``"linear"`` (or an alias of :data:`PROBE_ALIASES`).
-        n_classes: ``K``; the default number of clusters (``E = 0``) or of linear outputs.
-        seed: ``random_state`` of the probe.
-        **kwargs: constructor arguments overriding the defaults (e.g. ``n_clusters``, ``steps``).
-
-    Returns:
-        a :class:`~stego_probe.probes.KMeansProbe`, :class:`ClusterLookupProbe` or
-        :class:`LinearProbe`.
-    """
-    name = _probe_list([name])[0]
-    kw = {"random_state": seed, **kwargs}
-    if name == "kmeans":
-        from stego_probe.probes.kmeans import KMeansProbe
-
-        return KMeansProbe(**{"n_clusters": int(n_classes), **kw})
-    if name == "cluster":
-        return ClusterLookupProbe(**{"n_clusters": int(n_classes), **kw})
-    return LinearProbe(**{"n_classes": int(n_classes), **kw})
-
-
 def _n_outputs(probe) -> int:
     return int(getattr(probe, "n_clusters", None) or probe.n_classes)
 
@@ -175,24 +142,6 @@ def _n_outputs(probe) -> int:
 # ---------------------------------------------------------------------------------------------
 # per-batch scoring (shared by both entry points)
 # ---------------------------------------------------------------------------------------------
-
-
-def _affine_kmeans_scores(probe, codes: np.ndarray, size) -> torch.Tensor:
-    """Scores whose argmax is the k-means assignment of the upsampled code, (B, K', H, W).
-
-    cosine: ``<c, mu_k>`` with unit centroids (the code norm does not change the argmax);
-    euclidean: ``2 <c, mu_k> - |mu_k|^2``. Both are affine in ``c`` with weights summing to one
-    under bilinear interpolation, so upsampling the scores equals scoring the upsampled code
-    (PROTOCOL §4.2 "code first, then assignment"), without materialising ``(B, D, H, W)``.
-    """
-    mu = torch.from_numpy(np.ascontiguousarray(probe.cluster_centers_, dtype=np.float32))
-    x = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32))
-    s = torch.einsum("bdhw,kd->bkhw", x, mu)
-    if probe.metric != "cosine":
-        s = 2 * s - mu.square().sum(1)[None, :, None, None]
-    if size is not None and tuple(size) != tuple(s.shape[2:]):
-        s = F.interpolate(s, size=tuple(size), mode="bilinear", align_corners=False)
-    return s
 
 
 def predict_batch(name: str, probe, codes: np.ndarray, size=None) -> np.ndarray:
@@ -207,69 +156,16 @@ def predict_batch(name: str, probe, codes: np.ndarray, size=None) -> np.ndarray:
     Returns:
         int64 ``(B, H, W)`` (or ``(B, h, w)`` / ``(M,)``) cluster / class ids.
     """
-    if name == "kmeans":
-        if codes.ndim == 2:
-            return probe.predict(codes)
-        return _affine_kmeans_scores(probe, codes, size).argmax(1).numpy()
     return probe.predict(codes, size=size)
 
 
 def log_probs_batch(name: str, probe, codes: np.ndarray, size) -> np.ndarray:
     """Log-probabilities ``(B, K', H, W)`` float32 of a fitted probe at label resolution (the
-    CRF input): ``log_softmax(2 cos)`` for ``cluster`` / ``kmeans`` (cosine metric; ``-2 d^2``
-    for euclidean k-means), ``log_softmax(logits)`` for ``linear``."""
-    if name == "cluster":
-        return probe.log_probs(codes, alpha=CRF_ALPHA, size=size)
-    if name == "linear":
-        return probe.log_probs(codes, size=size)
-    from stego_probe.probes._codes import upsample_codes
-
-    return np.concatenate(
-        [
-            probe.log_probs(upsample_codes(codes[i : i + 1], size), alpha=CRF_ALPHA)
-            for i in range(len(codes))
-        ]
-    )
-
-
-class _Scorer:
-    """Confusion accumulators for every (probe, crf) pair, fed batch by batch."""
-
-    def __init__(self, probes: Mapping, n_classes: int, crf: bool, crf_workers: int = 0):
-        self.probes = dict(probes)
-        self.n_classes = int(n_classes)
-        self.crf = bool(crf)
-        self.crf_workers = int(crf_workers)
-        self.acc = {}
-        for name, probe in self.probes.items():
-            for use_crf in (False, True) if crf else (False,):
-                self.acc[name, use_crf] = ConfusionAccumulator(_n_outputs(probe), self.n_classes)
-
-    def update(self, codes: np.ndarray, labels: np.ndarray, size=None, images=None) -> dict:
-        """Score one batch; returns ``{(probe, crf): (B, H, W) predictions}``."""
-        preds = {}
-        for name, probe in self.probes.items():
-            preds[name, False] = predict_batch(name, probe, codes, size)
-            self.acc[name, False].update(preds[name, False], labels)
-            if self.crf:
-                from stego_probe.probes.crf import batch_crf
-
-                lp = log_probs_batch(name, probe, codes, size)
-                preds[name, True] = batch_crf(images, lp, num_workers=self.crf_workers)
-                self.acc[name, True].update(preds[name, True], labels)
-        return preds
-
-    def results(self, match: str) -> dict:
-        out = {}
-        for (name, use_crf), acc in self.acc.items():
-            if acc.n_pixels == 0:
-                raise ValueError(
-                    "validation labels: no valid pixel (every label is outside [0, "
-                    f"{self.n_classes})); nothing to score"
-                )
-            m = "identity" if name == "linear" else match
-            out[name, use_crf] = acc.scores(match=m)
-        return out
+    CRF input), ``probe.log_probs(codes, alpha, size=size)``: ``log_softmax(2 cos)`` for
+    ``cluster`` / ``kmeans`` (:data:`CRF_ALPHA`; ``-2 d^2`` for euclidean k-means),
+    ``log_softmax(logits)`` (``alpha = 1``) for ``linear``."""
+    alpha = 1.0 if name == "linear" else CRF_ALPHA
+    return probe.log_probs(codes, alpha, size=size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,7 +271,7 @@ def evaluate_codes(
         >>> round(res["kmeans"]["accuracy"]), round(res["linear"]["accuracy"])
         (100, 100)
     """
-    names = _probe_list(probes)
+    names = probe_list(probes)
     _check_mode(mode, flip_codes is not None, crf)
     n_classes = int(n_classes)
     if n_classes < 1:
@@ -426,10 +322,12 @@ def evaluate_codes(
 
     fitted = {}
     for name in names:
-        probe = make_probe(name, n_classes, seed, **_probe_kwargs(probe_kwargs, name))
+        probe = get_probe(
+            name, n_classes, **{"random_state": seed, **_probe_kwargs(probe_kwargs, name)}
+        )
         fitted[name] = probe.fit(tr, ty) if name == "linear" else probe.fit(tr)
 
-    scorer = _Scorer(fitted, n_classes, crf, crf_workers)
+    scorer = Scorer(fitted, n_classes, crf, crf_workers, predict_batch, log_probs_batch)
     size = tuple(vy.shape[1:]) if va.ndim == 4 else None
     for start in range(0, len(va), int(batch_size)):
         sl = slice(start, start + int(batch_size))
@@ -452,7 +350,7 @@ def _open_store(store, what: str):
 
     if isinstance(store, str | os.PathLike):
         return FeatureStore.open(store)
-    if not all(hasattr(store, a) for a in ("tokens", "labels", "provenance", "n_images")):
+    if not is_store(store):
         raise ValueError(f"{what}: expected a FeatureStore or a store path, got {type(store)}")
     return store
 
@@ -493,25 +391,12 @@ def require_labelled(store, what: str = "train") -> int:
 def check_stores(train_store, val_store, projection=None) -> None:
     """Raise ``ValueError`` unless the two stores (and the projection) can be evaluated together.
 
-    The stores must come from the same backbone, weights, dataset and class count
-    (:data:`COMPATIBLE_KEYS`, where recorded), have the same token width, and hold images.
+    The stores must pass :func:`stego_probe.store.check_store_pair` (same backbone, weights,
+    dataset, class count, patch size and token width; neither empty; every difference listed).
     A projection fitted on a store must have been fitted on tokens of the same backbone/weights.
     """
-    tp, vp = dict(train_store.provenance), dict(val_store.provenance)
-    keys = [k for k in COMPATIBLE_KEYS if k in tp or k in vp]
-    check_compatible(
-        tp, vp, keys, what=f"train store {train_store.path} and val store {val_store.path}"
-    )
-    for s, what in ((train_store, "train"), (val_store, "val")):
-        if int(s.n_images) < 1:
-            raise ValueError(f"{what} store {s.path}: empty split (no images)")
-        if s.n_classes is None:
-            raise ValueError(f"{what} store {s.path}: provenance has no n_classes")
-    if int(train_store.dim) != int(val_store.dim):
-        raise ValueError(
-            f"val store {val_store.path}: token width C={val_store.dim} differs from the train "
-            f"store's C={train_store.dim}"
-        )
+    check_store_pair(train_store, val_store)
+    vp = dict(val_store.provenance)
     if projection is not None:
         fit = dict(getattr(projection, "provenance", {}) or {}).get("fit_data", {}) or {}
         keys = [k for k in ("backbone", "weights_sha256", "dataset") if fit.get(k) is not None]
@@ -575,7 +460,12 @@ def store_images(store, dataset) -> Callable[[np.ndarray, list[str]], np.ndarray
     Raises:
         ValueError: a five-crop store (pass your own ``images`` function), or ids that differ.
     """
-    from stego_probe.data.transforms import denormalize_to_uint8, stego_transform
+    from stego_probe.data.transforms import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        denormalize_to_uint8,
+        stego_transform,
+    )
 
     prov = dict(store.provenance)
     crop = prov.get("crop", "center")
@@ -586,8 +476,8 @@ def store_images(store, dataset) -> Callable[[np.ndarray, list[str]], np.ndarray
         )
     t = dict(prov.get("transform") or {})
     res = int(t.get("res", prov.get("res", store.label_shape[0])))
-    mean = tuple(t.get("mean", (0.485, 0.456, 0.406)))
-    std = tuple(t.get("std", (0.229, 0.224, 0.225)))
+    mean = tuple(t.get("mean", IMAGENET_MEAN))
+    std = tuple(t.get("std", IMAGENET_STD))
     transform = stego_transform(res, crop=t.get("crop", crop), mean=mean, std=std)
 
     def images(indices, ids) -> np.ndarray:
@@ -613,26 +503,21 @@ IN_MEMORY_BYTES = 256 * 2**20
 
 
 def _batch_readers(store, token_mode: bool):
-    """``(tokens_of(idx), labels_of(idx))`` for mini-batches of ``store``, cached if small.
+    """``(tokens_of(idx), labels_of(idx))`` for mini-batches of ``store``, read into memory
+    once if small (:func:`stego_probe.store.preloaded`).
 
     The tokens are checked finite (:func:`~stego_probe.projections.base.check_store_tokens`,
     naming the store and the image): once when cached, batch by batch when streamed."""
-    labels_fn = store.token_labels if token_mode else store.labels
-    h, w = store.grid
-    H, W = (h, w) if token_mode else tuple(store.label_shape)
-    size = store.n_images * (h * w * store.dim * 4 + H * W * 8)
-    if size > IN_MEMORY_BYTES:
+    copy = preloaded(store, IN_MEMORY_BYTES, token_labels=token_mode)
+    if copy is not store:  # checked whole
+        return copy.tokens, copy.labels
 
-        def tokens_of(idx) -> np.ndarray:
-            tokens = store.tokens(idx)
-            check_store_tokens(store, idx, tokens)
-            return tokens
+    def tokens_of(idx) -> np.ndarray:
+        tokens = store.tokens(idx)
+        check_store_tokens(store, idx, tokens)
+        return tokens
 
-        return tokens_of, labels_fn
-    everything = np.arange(store.n_images)
-    tokens, labels = store.tokens(everything), labels_fn(everything)
-    check_store_tokens(store, everything, tokens)
-    return (lambda idx: tokens[np.asarray(idx)]), (lambda idx: labels[np.asarray(idx)])
+    return tokens_of, (store.token_labels if token_mode else store.labels)
 
 
 def _train_stream_probes(probes: dict, train_store, project, seed, token_mode, progress):
@@ -759,10 +644,10 @@ def evaluate_stores(
             ``flip=True``, a val store without one labelled pixel, a linear probe to train on a
             train store without one (both checked before any training), bad arguments.
     """
-    names = _probe_list(probes)
+    names = probe_list(probes)
     prefitted = _prefitted_probes(probes)
     mode_col = _check_mode(mode, flip, crf)
-    skipped = set(_probe_list(skip)) if skip else set()
+    skipped = set(probe_list(skip)) if skip else set()
     if skipped - set(names):
         raise ValueError(f"skip: {sorted(skipped - set(names))} are not among probes {names}")
     run = [n for n in names if n not in skipped]
@@ -805,7 +690,9 @@ def evaluate_stores(
     # the sample size depends on the probes asked for, not on those skipped: a skipped k-means
     # probe still sets it, so a resumed linear probe gets the statistics of the full run
     kmeans_sample = "kmeans" in names and "kmeans" not in prefitted
-    stream = {n: make_probe(n, n_classes, seed, **kwargs[n]) for n in stream_names}
+    stream = {
+        n: get_probe(n, n_classes, **{"random_state": seed, **kwargs[n]}) for n in stream_names
+    }
     needs_stats = [p for p in stream.values() if getattr(p, "standardize", "none") != "none"]
     sample = None
     if fit_kmeans or needs_stats:
@@ -820,7 +707,8 @@ def evaluate_stores(
         sample = check_finite(project(tokens), f"train store {train_store.path} codes")
     if fit_kmeans:
         kw = {"n_train": int(n_train), **kwargs["kmeans"]}
-        fitted["kmeans"] = make_probe("kmeans", n_classes, seed, **kw).fit(sample)
+        fitted["kmeans"] = get_probe("kmeans", n_classes, **{"random_state": seed, **kw})
+        fitted["kmeans"].fit(sample)
     for probe in needs_stats:
         probe.fit_scaler(sample)
     del sample
@@ -847,28 +735,19 @@ def evaluate_stores(
     size = None if token_mode else tuple(val_store.label_shape)
 
     def validate(subset: dict) -> dict:
-        scorer = _Scorer(subset, n_classes, crf, crf_workers)
-        batches = val_store.iter_batches(int(batch_size), progress=progress)
-        flipped = val_store.iter_batches(int(batch_size), flipped=True) if flip else None
-        pos = 0
-        for tokens, labels, ids in batches:
-            idx = np.arange(pos, pos + len(tokens))
-            pos += len(tokens)
-            check_store_tokens(val_store, idx, tokens)
-            codes = project(tokens)
-            if flipped is not None:
-                tokens_f, _, _ = next(flipped)
-                check_store_tokens(val_store, idx, tokens_f, array="tokens_flipped")
-                codes = 0.5 * (codes + project(tokens_f))
-            check_finite(codes, f"val store {val_store.path} codes (images {idx[0]}..{idx[-1]})")
-            if token_mode:
-                from stego_probe.store import pool_labels
-
-                labels = pool_labels(labels, val_store.grid, n_classes)
-            imgs = images(idx, list(ids)) if crf else None
-            preds = scorer.update(codes, labels, size, imgs)
-            if writer is not None:
-                writer.write(preds, ids)
+        scorer = Scorer(subset, n_classes, crf, crf_workers, predict_batch, log_probs_batch)
+        score_store(
+            val_store,
+            scorer,
+            project,
+            batch_size=int(batch_size),
+            size=size,
+            flip=flip,
+            token_labels=token_mode,
+            images=images if crf else None,
+            on_batch=None if writer is None else writer.write,
+            progress=progress,
+        )
         return scorer.results(match)
 
     def probe_rows(name: str, results: dict) -> list[dict]:
@@ -932,7 +811,6 @@ __all__ = [
     "evaluate_codes",
     "evaluate_stores",
     "log_probs_batch",
-    "make_probe",
     "predict_batch",
     "require_labelled",
     "store_images",

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stego_probe.fileio import atomic_write, to_jsonable
+
 #: Name of the manifest written by :func:`save_probes`.
 PROBES_MANIFEST = "probes.json"
 #: Name of the per-probe mapping / index file written by :class:`PredictionWriter`.
@@ -111,11 +113,9 @@ def check_writable(path: str | os.PathLike, what: str = "output file") -> Path:
 
 
 def _probe_classes() -> dict:
-    from stego_probe.probes.cluster_lookup import ClusterLookupProbe
-    from stego_probe.probes.kmeans import KMeansProbe
-    from stego_probe.probes.linear import LinearProbe
+    from stego_probe.probes import list_probes, probe_class
 
-    return {c.__name__: c for c in (KMeansProbe, ClusterLookupProbe, LinearProbe)}
+    return {probe_class(n).__name__: probe_class(n) for n in list_probes()}
 
 
 def save_probes(
@@ -152,7 +152,7 @@ def save_probes(
         probe.save(path)
         paths[name] = path
         manifest["probes"][name] = {"class": type(probe).__name__, "file": path.name}
-    (out / PROBES_MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    atomic_write(out / PROBES_MANIFEST, json.dumps(to_jsonable(manifest), indent=2))
     return paths
 
 
@@ -344,7 +344,7 @@ class PredictionWriter:
                 "files": {i: f"{rel}.png" for i, rel in files.items()},
             }
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / MAPPING_FILE).write_text(json.dumps(mapping, indent=2, default=str))
+            atomic_write(folder / MAPPING_FILE, json.dumps(to_jsonable(mapping), indent=2))
             self._finalized.add(key)
 
 
@@ -453,7 +453,7 @@ def class_aligned_predictions(
         the pixel's cluster matched no class.
     """
     from stego_probe.metrics import ConfusionAccumulator, map_predictions
-    from stego_probe.probes.kmeans import KMeansProbe
+    from stego_probe.probes import get_probe
 
     def codes(tokens):
         return np.asarray(projection.transform_tokens(tokens), dtype=np.float32)
@@ -464,7 +464,7 @@ def class_aligned_predictions(
     kw.setdefault("random_state", seed)
     sample = train_store.sample_tokens(int(kw["n_train"]), seed=seed)
     sample = np.ascontiguousarray(projection.transform(sample), dtype=np.float32)
-    probe = KMeansProbe(**kw).fit(sample)
+    probe = get_probe("kmeans", **kw).fit(sample)
     size = tuple(val_store.label_shape)
     acc = ConfusionAccumulator(int(probe.n_clusters), k)
     for tokens, labels, _ in val_store.iter_batches(batch_size):

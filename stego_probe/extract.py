@@ -21,7 +21,6 @@ Writing happens in a background thread, overlapping with the next blocks' forwar
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,10 +30,12 @@ import numpy as np
 import torch
 
 from stego_probe.data.base import Sample, SegDataset
+from stego_probe.device import resolve_device
+from stego_probe.fileio import to_jsonable
 from stego_probe.labels import IGNORE, canonicalize
 from stego_probe.lock import FolderLockedError
 from stego_probe.provenance import check_compatible, differing_keys, package_info
-from stego_probe.store import FORMAT_VERSION, FeatureStore, _normalize_path, to_jsonable
+from stego_probe.store import FORMAT_VERSION, FeatureStore, normalize_path
 from stego_probe.threads import uses_threads
 
 CROPS = ("center", "five", "none")
@@ -322,7 +323,7 @@ def store_provenance(
         "label_shape": [int(res), int(res)],
         "package": package_info(),
     }
-    return json.loads(json.dumps(to_jsonable(prov)))
+    return to_jsonable(prov)
 
 
 def compat_view(prov: Mapping) -> dict:
@@ -515,12 +516,8 @@ def extract(
             limit = None
     if len(dataset) == 0:
         raise ValueError(f"dataset {dataset.name}/{dataset.split} has no images")
-    from stego_probe.backbones.registry import resolve_device
-
     dev = resolve_device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device (--device): {device!r} requested but CUDA is not available")
-    path = _normalize_path(store_path)
+    path = normalize_path(store_path)
 
     from stego_probe.data.transforms import stego_transform
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 IGNORE = -1
+#: Raw label values accepted as "ignore" by label checks (``check_labels(..., ignore=)``) besides
+#: the canonical -1: the 255 of many label PNGs.
+IGNORE_VALUES = (IGNORE, 255)
 
 
 def valid_mask(labels: np.ndarray, n_classes: int) -> np.ndarray:

@@ -19,6 +19,8 @@ from importlib import resources
 
 import pandas as pd
 
+from stego_probe.results import as_bool, coerce_types
+
 #: The paper's datasets, in the column order of its Figure 4 and the row order of Table 2.
 PAPER_DATASETS = ("cocostuff27", "cityscapes27", "potsdam3")
 
@@ -62,7 +64,8 @@ def _read_packaged() -> pd.DataFrame:
         raise ValueError(f"packaged {_RESOURCE}: missing columns {missing}")
     df = df[PUBLISHED_COLUMNS].copy()
     df["dim"] = df["dim"].astype("int64")
-    df["crf"] = df["crf"].map(lambda v: str(v).strip().lower() in ("true", "1", "yes"))
+    df["crf"] = [as_bool(v, what=f"packaged {_RESOURCE}: crf") for v in df["crf"]]
+    df["crf"] = df["crf"].astype(bool)
     df["value"] = df["value"].astype("float64")
     df["uncertainty"] = df["uncertainty"].astype("float64")
     return df
@@ -165,11 +168,6 @@ COMPARISON_COLUMNS = COMPARISON_KEYS + [
 ]
 
 
-def _as_bool(value) -> bool:
-    """A results-table ``crf`` cell (bool, or its CSV text ``True`` / ``true`` / ``1``) as bool."""
-    return str(value).strip().lower() in ("true", "1", "yes")
-
-
 def compare_with_published(df: pd.DataFrame) -> pd.DataFrame:
     """Table 2 layout: our accuracy / mIoU next to the published numbers.
 
@@ -205,7 +203,7 @@ def compare_with_published(df: pd.DataFrame) -> pd.DataFrame:
     sel = df[df["metric"].isin(["accuracy", "miou"]) & df["probe"].isin(TABLE2_PROBES)].copy()
     if sel.empty:
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
-    sel["crf"] = sel["crf"].map(_as_bool)
+    sel = coerce_types(sel, name="compare_with_published: df")
     sel = sel.drop_duplicates(keys + ["metric", "seed"], keep="last")
     ours = sel.pivot_table(index=keys, columns="metric", values="value", aggfunc="mean")
     ours = ours.rename(columns={"accuracy": "acc"}).reindex(columns=["acc", "miou"])

@@ -38,9 +38,11 @@ import warnings
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from stego_probe.fileio import to_jsonable as to_jsonable  # re-export: its old home
 from stego_probe.labels import IGNORE
 
 FORMAT = "stego_probe.feature_store"
@@ -126,11 +128,40 @@ def block_checksum(a: np.ndarray) -> int:
 Index = int | slice | Sequence[int] | np.ndarray
 
 
+def _draw_tokens(n, seed, n_images: int, grid, images, resolve) -> tuple[np.ndarray, np.ndarray]:
+    """The tokens ``sample_tokens(n, seed, images=images)`` draws: (image (n,), cell (n,)) int64,
+    ``cell`` a flat index into the ``h * w`` grid. ``resolve(idx) -> int array`` turns an index
+    array into image indices (None when it selects nothing). Shared by every store class so that
+    the same seed draws the same tokens from the same content."""
+    if not isinstance(n, int | np.integer) or n < 0:
+        raise ValueError(f"n: expected a non-negative int, got {n!r}")
+    rng = np.random.default_rng(seed)
+    N = int(n_images)
+    if images is None:
+        img_idx = np.arange(N, dtype=np.int64)
+    elif isinstance(images, int | np.integer):
+        if not 0 < int(images) <= N:
+            raise ValueError(f"images: expected an int in [1, {N}], got {images!r}")
+        img_idx = np.sort(rng.choice(N, size=int(images), replace=False)).astype(np.int64)
+    else:
+        img_idx = resolve(np.asarray(images))
+        if img_idx is None or img_idx.size == 0:
+            raise ValueError("images: expected a non-empty 1-D index array")
+        img_idx = np.unique(img_idx)
+    hw = int(grid[0]) * int(grid[1])
+    total = img_idx.size * hw
+    n = min(int(n), total)
+    flat = rng.choice(total, size=n, replace=False) if n < total else rng.permutation(total)
+    return img_idx[flat // hw], flat % hw
+
+
 def _is_url(path: str) -> bool:
     return "://" in path
 
 
-def _normalize_path(path: str | os.PathLike) -> str:
+def normalize_path(path: str | os.PathLike) -> str:
+    """A store location as text: a local path made absolute (``~`` expanded), a URL without
+    its trailing ``/``; a ``ValueError`` for an empty path."""
     path = os.fspath(path)
     if not isinstance(path, str) or not path:
         raise ValueError(f"store path: expected a non-empty path or URL, got {path!r}")
@@ -144,31 +175,6 @@ def _fs(path: str):
     import fsspec
 
     return fsspec.core.url_to_fs(path)
-
-
-def to_jsonable(obj):
-    """Convert tuples / numpy scalars / arrays / paths to plain JSON types (recursively).
-
-    Provenance is stored as JSON; comparing a fresh provenance dict with a stored one only works
-    after both went through the same conversion (tuples become lists).
-    """
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if obj is None or isinstance(obj, str | int | float | bool):
-        return obj
-    return str(obj)
 
 
 def pool_labels(
@@ -221,7 +227,7 @@ def pool_labels(
     return best.reshape(n, h, w)
 
 
-def _to_float32(a: np.ndarray) -> np.ndarray:
+def to_float32(a: np.ndarray) -> np.ndarray:
     """float16 -> float32 via torch's vectorised (and threaded) conversion, about 2x faster than
     numpy's ``astype`` for large arrays; other dtypes use ``astype``."""
     if a.dtype != np.float16 or a.size < 1 << 16:
@@ -389,7 +395,7 @@ class FeatureStore:
     @staticmethod
     def exists(path: str | os.PathLike) -> bool:
         """True when ``path`` holds a zarr group (a feature store or a half-created one)."""
-        path = _normalize_path(path)
+        path = normalize_path(path)
         fs, root = _fs(path)
         return fs.exists(f"{root}/zarr.json")
 
@@ -440,7 +446,7 @@ class FeatureStore:
         """
         import zarr
 
-        path = _normalize_path(path)
+        path = normalize_path(path)
         for name, v in (("n_images", n_images), ("dim", dim), ("chunk_images", chunk_images)):
             if not isinstance(v, int | np.integer) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
@@ -534,7 +540,7 @@ class FeatureStore:
 
         if mode not in ("r", "r+"):
             raise ValueError(f"mode: expected 'r' or 'r+', got {mode!r}")
-        path = _normalize_path(path)
+        path = normalize_path(path)
         if not cls.exists(path):
             raise FileNotFoundError(f"{path}: no feature store there (no zarr.json)")
         fs, root = _fs(path)
@@ -1153,7 +1159,7 @@ class FeatureStore:
             float32 array (n, h, w, C); an int ``idx`` gives n = 1.
         """
         name = self._flipped_name() if flipped else _TOKENS
-        return _to_float32(self._read(name, idx))
+        return to_float32(self._read(name, idx))
 
     def _flipped_name(self) -> str:
         if not self._has_flipped:
@@ -1186,7 +1192,7 @@ class FeatureStore:
 
         def read(r):
             # converted here, in the prefetch thread, overlapping with the consumer
-            t = _to_float32(self._read_range(names[0], r[0], r[1]))
+            t = to_float32(self._read_range(names[0], r[0], r[1]))
             return [t] + [self._read_range(nm, r[0], r[1]).astype(np.int64) for nm in names[1:]]
 
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -1287,28 +1293,10 @@ class FeatureStore:
         Returns:
             float32 array (n, C) [, int64 array (n,) of token labels, -1 = no valid pixel].
         """
-        if not isinstance(n, int | np.integer) or n < 0:
-            raise ValueError(f"n: expected a non-negative int, got {n!r}")
-        rng = np.random.default_rng(seed)
-        N = self._n_images
-        if images is None:
-            img_idx = np.arange(N, dtype=np.int64)
-        elif isinstance(images, int | np.integer):
-            if not 0 < int(images) <= N:
-                raise ValueError(f"images: expected an int in [1, {N}], got {images!r}")
-            img_idx = np.sort(rng.choice(N, size=int(images), replace=False)).astype(np.int64)
-        else:
-            _, img_idx = self._resolve(np.asarray(images))
-            if img_idx is None or img_idx.size == 0:
-                raise ValueError("images: expected a non-empty 1-D index array")
-            img_idx = np.unique(img_idx)
-        h, w = self._grid
-        hw = h * w
-        total = img_idx.size * hw
-        n = min(int(n), total)
-        flat = rng.choice(total, size=n, replace=False) if n < total else rng.permutation(total)
-        img = img_idx[flat // hw]
-        cell = flat % hw
+        img, cell = _draw_tokens(
+            n, seed, self._n_images, self._grid, images, lambda i: self._resolve(i)[1]
+        )
+        n, hw = img.size, self._grid[0] * self._grid[1]
         out = np.empty((n, self._dim), dtype=np.float32)
         lab_out = np.empty(n, dtype=np.int64) if with_labels else None
         ci = self._chunk_images
@@ -1361,3 +1349,282 @@ class FeatureStore:
             "class_names": self.class_names,
             "size_bytes": self.size_bytes(),
         }
+
+
+# ---------------------------------------------------------------------------------------------
+# the store contract: what every reader of tokens needs
+# ---------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class TokenStore(Protocol):
+    """The read interface every consumer of a store relies on (projections, probes, evaluation,
+    STEGO training, sweeps). :class:`FeatureStore` (on disk) and :class:`ArrayStore` (in memory)
+    implement it; :func:`is_store` is the check used to tell a store from an array.
+
+    Attributes:
+        n_images: ``N``.
+        grid: token grid ``(h, w)``.
+        dim: token width ``C``.
+        label_shape: label resolution ``(H, W)``.
+        n_classes: ``K`` (None when not recorded).
+        ids: the ``N`` sample ids.
+        provenance: JSON-able dict (backbone, weights_sha256, dataset, split, n_classes, ...).
+        path: where the store lives (None for an in-memory store); names it in messages.
+    """
+
+    n_images: int
+    grid: tuple[int, int]
+    dim: int
+    label_shape: tuple[int, int]
+    n_classes: int | None
+    ids: list[str]
+    provenance: dict
+    path: str | None
+
+    def tokens(self, idx: Index) -> np.ndarray:
+        """float32 (n, h, w, C) tokens of images ``idx`` (int, slice or int array)."""
+        ...
+
+    def labels(self, idx: Index) -> np.ndarray:
+        """int64 (n, H, W) labels, -1 = ignore."""
+        ...
+
+    def token_labels(self, idx: Index) -> np.ndarray:
+        """int64 (n, h, w) labels pooled to the token grid (:func:`pool_labels`)."""
+        ...
+
+    def iter_batches(
+        self, batch_size: int, progress: bool = False, flipped: bool = False
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+        """``(tokens (b, h, w, C), labels (b, H, W), ids)`` in order."""
+        ...
+
+    def sample_tokens(
+        self, n: int, seed: int = 0, with_labels: bool = False, images=None
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """A seeded uniform sample of tokens, float32 (n, C) [, int64 token labels (n,)]."""
+        ...
+
+
+def is_store(obj) -> bool:
+    """True if ``obj`` is a store (:class:`TokenStore`) rather than an array: it has
+    ``n_images`` and a callable ``tokens(idx) -> (n, h, w, C)``, the least every store reader
+    uses. Arrays, tensors and None are not stores.
+
+    Examples:
+        >>> is_store(ArrayStore(np.zeros((2, 1, 1, 3)))), is_store(np.zeros((2, 3)))
+        (True, False)
+    """
+    return hasattr(obj, "n_images") and callable(getattr(obj, "tokens", None))
+
+
+class ArrayStore:
+    """An in-memory store: the :class:`TokenStore` interface over arrays.
+
+    Args:
+        tokens: (N, h, w, C) tokens (kept as given, read back as float32; float16 halves the
+            memory).
+        labels: optional (N, H, W) int labels, -1 = ignore; without labels every pixel is
+            ignored (label shape = token grid).
+        n_classes: ``K`` (also recorded in the default provenance).
+        ids: N sample ids (default ``"0" .. "N-1"``).
+        provenance: provenance dict (default ``{"n_classes": n_classes}``).
+        path: names the store the arrays were read from in messages (None: "in-memory").
+
+    Examples:
+        >>> s = ArrayStore(np.ones((4, 2, 2, 3)), np.zeros((4, 4, 4), int), n_classes=2)
+        >>> s.tokens([0, 1]).shape, s.token_labels(0).shape, s.sample_tokens(5).shape
+        ((2, 2, 2, 3), (1, 2, 2), (5, 3))
+    """
+
+    has_flipped = False
+
+    def __init__(self, tokens, labels=None, n_classes=None, ids=None, provenance=None, path=None):
+        t = np.asarray(tokens)
+        if t.ndim != 4:
+            raise ValueError(f"tokens: expected (N, h, w, C), got shape {t.shape}")
+        self._tokens = t
+        self._labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        if self._labels is not None and (self._labels.ndim != 3 or len(self._labels) != len(t)):
+            raise ValueError(f"labels: expected ({len(t)}, H, W), got shape {self._labels.shape}")
+        self.n_images, self.grid, self.dim = len(t), tuple(t.shape[1:3]), int(t.shape[3])
+        self.n_classes = n_classes
+        self.ids = list(ids) if ids is not None else [str(i) for i in range(len(t))]
+        self.provenance = dict(provenance or {"n_classes": n_classes})
+        self.class_names = self.provenance.get("class_names")
+        self.label_shape = self.grid if self._labels is None else tuple(self._labels.shape[1:])
+        self.path = path
+
+    def __len__(self) -> int:
+        return self.n_images
+
+    def __repr__(self) -> str:
+        return (
+            f"ArrayStore(n_images={self.n_images}, grid={self.grid}, dim={self.dim}, "
+            f"label_shape={self.label_shape})"
+        )
+
+    @staticmethod
+    def _index(idx):
+        return [idx] if isinstance(idx, int | np.integer) else idx
+
+    def tokens(self, idx: Index, flipped: bool = False) -> np.ndarray:
+        """(n, h, w, C) float32 tokens of images ``idx`` (int, slice or int array)."""
+        if flipped:
+            raise ValueError(f"{self!r}: an ArrayStore has no tokens_flipped")
+        return np.array(self._tokens[self._index(idx)], dtype=np.float32)  # a copy
+
+    def labels(self, idx: Index) -> np.ndarray:
+        """(n, H, W) int64 labels of images ``idx`` (all -1 without labels)."""
+        idx = self._index(idx)
+        if self._labels is None:
+            return np.full((len(self._tokens[idx]), *self.label_shape), -1, dtype=np.int64)
+        return np.array(self._labels[idx])  # a copy
+
+    def token_labels(self, idx: Index) -> np.ndarray:
+        """(n, h, w) int64 labels pooled to the token grid (the labels as they are when they
+        are at token resolution already)."""
+        lab = self.labels(idx)
+        if tuple(lab.shape[1:]) == tuple(self.grid):
+            return lab
+        return pool_labels(lab, self.grid, self.n_classes)
+
+    def iter_batches(
+        self,
+        batch_size: int,
+        progress: bool = False,
+        flipped: bool = False,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+        """``(tokens float32 (b, h, w, C), labels int64 (b, H, W), ids)`` in order, as
+        :meth:`FeatureStore.iter_batches`."""
+        from tqdm.auto import tqdm
+
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        stop = self.n_images if stop is None else min(int(stop), self.n_images)
+        starts = range(int(start), stop, int(batch_size))
+        for a in tqdm(starts, desc="read", disable=not progress, leave=False):
+            sl = slice(a, min(a + int(batch_size), stop))
+            tokens = self.tokens(sl, flipped=True) if flipped else self.tokens(sl)
+            yield tokens, self.labels(sl), self.ids[sl]
+
+    def sample_tokens(
+        self, n: int, seed: int = 0, with_labels: bool = False, images=None
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """A seeded uniform sample of tokens: the draw of :meth:`FeatureStore.sample_tokens`
+        (same seed and content, same tokens). Returns float32 (n, C) [, int64 (n,)]."""
+        img, cell = _draw_tokens(
+            n, seed, self.n_images, self.grid, images, lambda i: np.arange(self.n_images)[i]
+        )
+        hw = self.grid[0] * self.grid[1]
+        flat = self._tokens.reshape(self.n_images, hw, self.dim)
+        out = np.asarray(flat[img, cell], dtype=np.float32)
+        if not with_labels:
+            return out
+        return out, self.token_labels(slice(None)).reshape(self.n_images, hw)[img, cell]
+
+
+def preloaded(store, limit_bytes: float, token_labels: bool = False):
+    """``store`` itself, or an in-memory :class:`ArrayStore` copy when it is small.
+
+    A store whose tokens (as float32) and labels (int64, pixel or token grid) fit in
+    ``limit_bytes`` is read once; its tokens are kept as float16 when that is lossless (a
+    :class:`FeatureStore` stores float16) and checked finite here, once
+    (:func:`~stego_probe.projections.base.check_store_tokens`, naming the store and the image).
+    A store returned as is (too large, or an :class:`ArrayStore` already) is *not* checked: the
+    caller checks its batches as they are read (``copy is not store`` tells which).
+
+    Args:
+        store: a :class:`TokenStore`.
+        limit_bytes: the size limit.
+        token_labels: keep the labels pooled to the token grid (``labels(idx)`` of the copy is
+            then ``store.token_labels(idx)``).
+
+    Returns:
+        the store or an :class:`ArrayStore` with its ids, provenance and path.
+    """
+    if isinstance(store, ArrayStore):
+        return store
+    from stego_probe.projections.base import check_store_tokens
+
+    h, w = store.grid
+    H, W = (h, w) if token_labels else tuple(store.label_shape)
+    if store.n_images * (h * w * store.dim * 4 + H * W * 8) > limit_bytes:
+        return store
+    everything = slice(0, store.n_images)
+    tokens = store.tokens(everything)
+    check_store_tokens(store, np.arange(store.n_images), tokens)
+    half = tokens.astype(np.float16)
+    if np.array_equal(half.astype(np.float32), tokens):
+        tokens = half
+    labels = store.token_labels(everything) if token_labels else store.labels(everything)
+    return ArrayStore(
+        tokens,
+        labels,
+        n_classes=store.n_classes,
+        ids=store.ids,
+        provenance=store.provenance,
+        path=getattr(store, "path", None),
+    )
+
+
+#: Provenance keys that must agree between a training and a validation store (where recorded).
+STORE_PAIR_KEYS = (
+    "backbone",
+    "weights_sha256",
+    "dataset",
+    "n_classes",
+    "patch_size",
+    "embed_dim",
+)
+
+
+def store_pair_differences(train_store, val_store, keys: Sequence[str] = STORE_PAIR_KEYS) -> list:
+    """Every reason the two stores cannot be used as the training and the validation split of
+    one evaluation: differing provenance ``keys`` (those recorded in either), an empty store, a
+    store without ``n_classes``, different token widths. An empty list when they fit."""
+    from stego_probe.provenance import differing_keys
+
+    tp, vp = dict(train_store.provenance), dict(val_store.provenance)
+    out = [
+        f"{k}: {tp.get(k)!r} != {vp.get(k)!r}"
+        for k in differing_keys(tp, vp, [k for k in keys if k in tp or k in vp])
+    ]
+    for s, what in ((train_store, "train"), (val_store, "val")):
+        if int(s.n_images) < 1:
+            out.append(f"{what} store is empty (no images)")
+        if s.n_classes is None:
+            out.append(f"{what} store's provenance has no n_classes")
+    if int(train_store.dim) != int(val_store.dim):
+        out.append(f"token width C: {train_store.dim} != {val_store.dim}")
+    return out
+
+
+def check_store_pair(train_store, val_store, keys: Sequence[str] = STORE_PAIR_KEYS) -> None:
+    """Raise ``ValueError`` listing every difference (:func:`store_pair_differences`) that keeps
+    ``train_store`` and ``val_store`` from being evaluated together (same backbone, weights,
+    dataset, classes, patch size, width; neither empty).
+
+    Examples:
+        >>> a = ArrayStore(np.zeros((2, 1, 1, 3)), n_classes=2)
+        >>> check_store_pair(a, ArrayStore(np.zeros((2, 1, 1, 4)), n_classes=3))
+        Traceback (most recent call last):
+        ...
+        ValueError: refusing to mix incompatible train store in-memory ArrayStore and val store in-memory ArrayStore: n_classes: 2 != 3; token width C: 3 != 4
+    """
+    diffs = store_pair_differences(train_store, val_store, keys)
+    if diffs:
+        from stego_probe.projections.base import store_label
+
+        raise ValueError(
+            f"refusing to mix incompatible train store {_where(train_store, store_label)} and "
+            f"val store {_where(val_store, store_label)}: " + "; ".join(diffs)
+        )
+
+
+def _where(store, store_label) -> str:
+    path = getattr(store, "path", None)
+    return str(path) if path is not None else store_label(store)

@@ -37,13 +37,17 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from stego_probe.fileio import atomic_write, canonical_json, to_jsonable
+from stego_probe.probes import PROBE_NAMES
 from stego_probe.results import (
     IDENTITY_COLUMNS,
     RESULT_COLUMNS,
     append_csv,
     make_rows,
+    mode_column,
     read_results,
 )
+from stego_probe.store import check_store_pair
 from stego_probe.threads import limit, store_workload, uses_threads
 
 #: Methods whose projection has a width parameter (``dino`` is the identity at full width).
@@ -155,7 +159,7 @@ class SweepConfig:
         bad = [m for m in self.methods if m not in known]
         if bad:
             raise ValueError(f"sweep methods {bad} unknown; expected a subset of {sorted(known)}")
-        bad = [p for p in self.probes if p not in ("kmeans", "linear", "cluster")]
+        bad = [p for p in self.probes if p not in PROBE_NAMES]
         if bad:
             raise ValueError(f"sweep probes {bad} unknown; expected kmeans, linear, cluster")
         if self.mode not in ("pixel", "token"):
@@ -179,7 +183,7 @@ class SweepConfig:
             raise ValueError("sweep flip=True (eval mode) needs mode='pixel', got mode='token'")
         for what, keys, allowed in (
             ("method_kwargs", self.method_kwargs, known),
-            ("probe_kwargs", self.probe_kwargs, {"kmeans", "linear", "cluster"}),
+            ("probe_kwargs", self.probe_kwargs, set(PROBE_NAMES)),
             ("distinctness", self.distinctness or {}, {"enabled", "n_tokens", "seeds"}),
         ):
             bad = sorted(set(keys) - set(allowed))
@@ -438,7 +442,7 @@ _ARGS_KEYS = ("args", "kwargs", "dataset_args", "dataset_kwargs", "options")
 
 def _same(a, b) -> bool:
     """Whether two provenance values agree after a JSON round trip (tuples = lists)."""
-    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+    return canonical_json(a) == canonical_json(b)
 
 
 def _same_option(a, b) -> bool:
@@ -470,24 +474,16 @@ def _expected_dataset_info(config: SweepConfig, split: str) -> dict | None:
         ds = get_dataset(
             config.dataset, root=config.data_root, split=split, **config.dataset_kwargs
         )
-        return json.loads(json.dumps(dict(ds.provenance), default=str))
+        return to_jsonable(ds.provenance)
     except Exception:  # the data is not here: compare the recorded options only
         return None
 
 
 def _dataset_defaults(dataset: str) -> dict:
     """Keyword defaults of a registered dataset factory (``{}`` if unknown)."""
-    import inspect
+    from stego_probe.data import DATASETS, dataset_defaults
 
-    from stego_probe.data import _REGISTRY
-
-    if dataset not in _REGISTRY:
-        return {}
-    try:
-        params = inspect.signature(_REGISTRY[dataset][0]).parameters
-    except (TypeError, ValueError):
-        return {}
-    return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    return dataset_defaults(dataset) if dataset in DATASETS else {}
 
 
 def check_store_matches(
@@ -618,16 +614,8 @@ def _weights_mismatches(config: SweepConfig, prov: dict) -> list[str]:
 def _default_n_classes(dataset: str) -> int | None:
     """The class count a dataset factory uses without an ``n_classes`` argument (None when it
     has no such argument, e.g. the paper datasets whose count is part of their name)."""
-    import inspect
-
-    from stego_probe.data import _REGISTRY
-
-    if dataset not in _REGISTRY:
-        return None
-    param = inspect.signature(_REGISTRY[dataset][0]).parameters.get("n_classes")
-    if param is None or not isinstance(param.default, int):
-        return None
-    return int(param.default)
+    default = _dataset_defaults(dataset).get("n_classes")
+    return int(default) if isinstance(default, int) and not isinstance(default, bool) else None
 
 
 #: File in the output folder naming the stores a sweep's rows were computed from.
@@ -694,7 +682,7 @@ def ensure_stores(
         for which in ("train", "val")
     )
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(recorded, indent=2))
+    atomic_write(record, json.dumps(recorded, indent=2))
     return stores
 
 
@@ -730,15 +718,14 @@ def sweep_points(config: SweepConfig, feature_dim: int) -> list[Point]:
 
 
 def done_points(results_path: str | os.PathLike) -> set[Point]:
-    """Points that already have rows in a results CSV (the resume set)."""
-    if not Path(results_path).exists():
-        return set()
-    df = read_results(results_path)
-    df = df[df["metric"] != "explained_variance_ratio"]
-    return {
-        Point(str(m), int(d), int(s))
-        for m, d, s in df[["method", "dim", "seed"]].drop_duplicates().itertuples(index=False)
-    }
+    """Points that already have rows in a results CSV (the resume set; a missing file has none):
+    :func:`stego_probe.results.done_keys` over ``method, dim, seed``, without the PCA spectrum
+    rows (``metric == "explained_variance_ratio"``)."""
+    from stego_probe.results import done_keys
+
+    keys = ["method", "dim", "seed"]
+    exclude = {"metric": "explained_variance_ratio"}
+    return {Point(*k) for k in done_keys(results_path, keys, exclude=exclude)}
 
 
 def store_fingerprint(source) -> dict:
@@ -754,7 +741,7 @@ def store_fingerprint(source) -> dict:
     """
     if source is None:
         return {}
-    from stego_probe.projections.base import is_store
+    from stego_probe.store import is_store
 
     if not is_store(source):
         arr = np.ascontiguousarray(np.asarray(source))
@@ -794,7 +781,7 @@ def _checksums_sha256(path: str) -> str | None:
 
 
 def _sha256_json(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
 
 
 def _store_mtimes(path: str) -> dict:
@@ -834,7 +821,7 @@ def projection_inputs(config: SweepConfig, point: Point, train_store, val_store=
     }
     if point.method == "stego":
         out["val"] = store_fingerprint(val_store)
-    return json.loads(json.dumps(out, sort_keys=True, default=str))
+    return to_jsonable(out)
 
 
 def check_projection_finite(proj, what: str) -> None:
@@ -975,13 +962,13 @@ def _context(config: SweepConfig, store, point: Point) -> dict:
         "dim": point.dim,
         "seed": point.seed,
         "crf": False,
-        "mode": "token" if config.mode == "token" else ("eval" if config.flip else "val"),
+        "mode": mode_column(config.mode, config.flip),
         "split": config.val.split,
     }
 
 
 def _torch_device(config: SweepConfig) -> str:
-    from stego_probe.backbones import resolve_device
+    from stego_probe.device import resolve_device
 
     return str(resolve_device(config.device))
 
@@ -1124,13 +1111,13 @@ def run_sweep(
 def _run_sweep_locked(config, out: Path, executor, progress, train_store, val_store):
     _check_resume(config, out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+    atomic_write(out / "config.json", json.dumps(to_jsonable(config.to_dict()), indent=2))
     results = out / "results.csv"
     cache_dir = out / "projections"
     train_store, val_store = ensure_stores(
         config, out, progress=progress, train_store=train_store, val_store=val_store
     )
-    _check_pair(train_store, val_store)
+    check_store_pair(train_store, val_store)
     if (config.distinctness or {}).get("enabled", True) and val_store.n_classes:
         check_distinctness_tokens(config, int(val_store.n_classes))
 
@@ -1627,7 +1614,7 @@ def _check_resume(config: SweepConfig, out: Path) -> None:
     if not path.exists():
         return
     old = json.loads(path.read_text())
-    new = json.loads(json.dumps(config.to_dict(), default=str))
+    new = to_jsonable(config.to_dict())
     changed = [k for k, v in new.items() if k not in RESUMABLE_FIELDS and old.get(k) != v]
     if not changed:
         return
@@ -1659,17 +1646,6 @@ def _check_resume(config: SweepConfig, out: Path) -> None:
 def _has_spectrum(results: Path) -> bool:
     return (
         results.exists() and (read_results(results)["metric"] == "explained_variance_ratio").any()
-    )
-
-
-def _check_pair(train_store, val_store) -> None:
-    from stego_probe.provenance import check_compatible
-
-    check_compatible(
-        train_store.provenance,
-        val_store.provenance,
-        ("backbone", "weights_sha256", "dataset", "n_classes"),
-        what=f"train store {train_store.path} and val store {val_store.path}",
     )
 
 
@@ -1737,12 +1713,13 @@ def summary_table(df: pd.DataFrame, metric: str = "miou") -> pd.DataFrame:
         there are no such rows.
     """
     from stego_probe.plots import method_label
+    from stego_probe.results import as_bool
 
     sel = df[(df["metric"] == metric) & (df["probe"] != "none")].copy()
     if sel.empty:
         return pd.DataFrame()
     if "crf" in sel.columns:
-        sel["crf"] = sel["crf"].map(lambda v: str(v).strip().lower() in ("true", "1", "yes"))
+        sel["crf"] = sel["crf"].map(as_bool).astype(bool)
     else:
         sel["crf"] = False
     if "mode" not in sel.columns:

@@ -22,7 +22,8 @@ import shlex
 import warnings
 from dataclasses import dataclass, field
 
-from stego_probe.store import FeatureStore, StoreCorruptError, _normalize_path, to_jsonable
+from stego_probe.fileio import to_jsonable
+from stego_probe.store import FeatureStore, StoreCorruptError, normalize_path
 
 
 @dataclass
@@ -141,7 +142,7 @@ def verify_store(path: str | os.PathLike, progress: bool = False) -> VerifyRepor
         FileNotFoundError: no store at ``path``.
         ValueError: not a feature store (wrong ``format``) or an unsupported format version.
     """
-    path = _normalize_path(path)
+    path = normalize_path(path)
     report = VerifyReport(path=path)
     try:
         with warnings.catch_warnings():
@@ -328,7 +329,7 @@ def repair_store(
             format-1 store: neither can be repaired block by block (re-extract with
             ``--overwrite``).
     """
-    path = _normalize_path(path)
+    path = normalize_path(path)
     before = verify_store(path, progress=progress)
     result = RepairResult(before=before)
     if before.problems:
@@ -352,7 +353,7 @@ def repair_store(
         prov, path, None if data_root is None else os.fspath(data_root)
     )
     try:
-        from stego_probe.backbones.registry import resolve_device
+        from stego_probe.device import resolve_device
 
         dev = resolve_device(device)
         dataset = _rebuild_dataset(prov, None if data_root is None else os.fspath(data_root))

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from stego_probe.store import ArrayStore
+
 HAVE_OMEGACONF = importlib.util.find_spec("omegaconf") is not None
 
 #: A reference-style cfg (subset of train_config.yml keys, potsdam-like values).
@@ -90,7 +92,9 @@ def clustered_tokens(
 
 
 class TinyStore:
-    """In-memory object with the read interface of ``FeatureStore`` used by the STEGO code."""
+    """In-memory object with the read interface of ``FeatureStore`` used by the STEGO code
+    (a stand-in that is not an :class:`~stego_probe.store.ArrayStore`, so it is preloaded, and
+    that counts its token ``reads``)."""
 
     def __init__(self, tokens, labels, n_classes, ids=None, provenance=None):
         self._t, self._l = np.asarray(tokens, np.float32), np.asarray(labels, np.int64)
@@ -124,6 +128,8 @@ class TinyStore:
     def labels(self, idx):
         idx = [idx] if isinstance(idx, int | np.integer) else idx
         return self._l[idx].copy()
+
+    iter_batches = ArrayStore.iter_batches  # the in-memory store's, over tokens() / labels()
 
 
 #: ``params`` of a StegoHead file as the flat 34-argument constructor wrote it (before

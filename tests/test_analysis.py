@@ -2,7 +2,7 @@
 
 ``stego_probe.published.compare_with_published`` (Table 2 next to the paper's numbers),
 ``stego_probe.released`` (the released checkpoints and Table 2's evaluation loop),
-``stego_probe.table_keys.done_keys`` (the resume check) and ``stego_probe.summaries``.
+``stego_probe.results.done_keys`` (the resume check) and ``stego_probe.summaries``.
 End-to-end runs of these through the scripts are in test_experiments.py / test_demo.py.
 """
 
@@ -25,13 +25,22 @@ from stego_probe.published import (  # noqa: E402
     TABLE2_PROBES,
     compare_with_published,
 )
-from stego_probe.results import RESULT_COLUMNS, append_csv, make_rows  # noqa: E402
+from stego_probe.results import (  # noqa: E402
+    RESULT_COLUMNS,
+    append_csv,
+    as_bool,
+    coerce_types,
+    done_keys,
+    key_value,
+    make_rows,
+    read_results,
+    to_frame,
+)
 from stego_probe.summaries import (  # noqa: E402
     best_dim,
     cumulative_variance,
     distinctness_summary,
 )
-from stego_probe.table_keys import done_keys  # noqa: E402
 
 
 def result_rows(rows: list[dict]) -> pd.DataFrame:
@@ -161,6 +170,93 @@ def test_done_keys_of_a_frame_and_errors():
         done_keys(df, ["method", "seed"])
     with pytest.raises(ValueError, match="at least one column"):
         done_keys(df, [])
+
+
+# ------------------------------------------------------------------------- typed tables
+
+
+def test_read_results_types_the_columns(tmp_path):
+    path = tmp_path / "results.csv"
+    write_results(path)
+    # a row written by hand: other crf spellings, an all-digit version, an empty dim
+    with open(path, "a") as f:
+        f.write("potsdam3,b,,pca,,0,none,yes,val,,val,silhouette,inf,,,,,10\n")
+        f.write("potsdam3,b,,pca,4,0,none,0,val,,val,silhouette,0.25,,,,,1.10\n")
+    df = read_results(path)
+    assert df["crf"].dtype == bool
+    assert df["crf"].tolist() == [False] * 2 + [True] * 2 + [False] * 3 + [True, False]
+    assert df["seed"].dtype == np.int64 and df["value"].dtype == np.float64
+    assert df["dim"].dtype == np.float64 and np.isnan(df["dim"].iloc[-2])  # an empty cell
+    assert df["value"].iloc[-2] == np.inf
+    assert df["kmeans_niter"].dtype == np.float64  # empty in every row here
+    # text stays text: "10" and "1.10" are versions, not numbers; empty cells are ""
+    assert df["stego_probe_version"].tolist()[-2:] == ["10", "1.10"]
+    assert df["match"].tolist()[-1] == "" and df["weights_sha256"].iloc[0] == ""
+    # a table without empty integer cells: dim is int64
+    clean = tmp_path / "clean.csv"
+    write_results(clean)
+    assert read_results(clean)["dim"].dtype == np.int64
+
+
+def test_to_frame_agrees_with_read_results(tmp_path):
+    ctx = dict(dataset="synthetic", method="pca", dim=3, seed=0, probe="kmeans", crf=True,
+               mode="val", split="val")  # fmt: skip
+    rows = make_rows(ctx, {"miou": 1.0}) + make_rows({**ctx, "crf": ""}, {"miou": 2.0})
+    path = tmp_path / "results.csv"
+    append_csv(rows, path)
+    pd.testing.assert_frame_equal(to_frame(rows), read_results(path))
+    assert to_frame(rows)["crf"].tolist() == [True, False]  # an empty crf cell is False
+
+
+@pytest.mark.parametrize("cell", ["maybe", "t", "2", "1.0"])
+def test_read_results_refuses_a_crf_that_is_not_a_boolean(tmp_path, cell):
+    path = tmp_path / "results.csv"
+    write_results(path)
+    text = path.read_text().splitlines()
+    crf = RESULT_COLUMNS.index("crf")
+    cells = text[1].split(",")
+    cells[crf] = cell
+    path.write_text("\n".join([text[0], ",".join(cells), *text[2:]]) + "\n")
+    with pytest.raises(ValueError, match=rf"{path.name}: column 'crf' has the value '{cell}'"):
+        read_results(path)
+
+
+def test_read_results_refuses_text_in_a_numeric_column(tmp_path):
+    path = tmp_path / "results.csv"
+    write_results(path)
+    text = path.read_text().replace(
+        "potsdam3,dino_vits8,,pca,3,", "potsdam3,dino_vits8,,pca,x3,", 1
+    )
+    path.write_text(text)
+    with pytest.raises(ValueError, match=r"results.csv: column 'dim' has the value 'x3'"):
+        read_results(path)
+
+
+def test_as_bool_and_the_crf_row_key():
+    for v in (True, np.True_, 1, 1.0, "True", " yes ", "1", "TRUE"):
+        assert as_bool(v) is True, v
+    for v in (False, 0, 0.0, "False", "no", "0", "", None, float("nan")):
+        assert as_bool(v) is False, v
+    for v in ("maybe", "t", 2, "1.0"):
+        with pytest.raises(ValueError, match="not a boolean"):
+            as_bool(v)
+    # row keys use the same parser: an empty crf cell and False are one key
+    assert {key_value("crf", v) for v in (True, "True", "yes", 1)} == {"true"}
+    assert {key_value("crf", v) for v in (False, "", None, "0")} == {"false"}
+    with pytest.raises(ValueError, match="not a boolean"):
+        key_value("crf", "maybe")
+
+
+def test_coerce_types_of_an_in_memory_subset():
+    df = pd.DataFrame({"method": ["pca", None], "dim": [3.0, "4"], "crf": ["True", np.nan],
+                       "extra": [object(), 1]})  # fmt: skip
+    t = coerce_types(df)
+    assert t["method"].tolist() == ["pca", ""] and t["crf"].tolist() == [True, False]
+    assert t["dim"].dtype == np.int64 and t["dim"].tolist() == [3, 4]
+    assert t["extra"].tolist() == df["extra"].tolist()  # other columns untouched
+    assert df["crf"].tolist()[0] == "True"  # a copy
+    with pytest.raises(ValueError, match=r"mine: column 'crf' has the value 'x'"):
+        coerce_types(df.assign(crf="x"), name="mine")
 
 
 # ------------------------------------------------------------------------- summaries

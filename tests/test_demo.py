@@ -40,6 +40,7 @@ def demo_run(tmp_path_factory):
     return {"rc": rc, "out": out, "fig": fig, "stdout": buf.getvalue()}
 
 
+@pytest.mark.slow
 def test_demo_cli_writes_results_figures_and_summary(demo_run):
     assert demo_run["rc"] == 0
     out, fig, text = demo_run["out"], demo_run["fig"], demo_run["stdout"]
@@ -164,6 +165,7 @@ def test_demo_summary_names_the_backbone_and_the_seeds(demo_run):
     assert "dino" not in summary.lower().replace("descriptor", "")
 
 
+@pytest.mark.slow
 def test_demo_figures_label_the_descriptor_backbone(demo_run, tmp_path, monkeypatch):
     from stego_probe import plots
 

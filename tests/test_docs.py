@@ -52,6 +52,7 @@ def test_python_blocks_run(page, tmp_path, monkeypatch):
             pytest.fail(f"docs/{page.name} python block {i} failed: {type(e).__name__}: {e}")
 
 
+@pytest.mark.slow
 def test_api_reference_is_up_to_date():
     out = subprocess.run(
         [sys.executable, str(DOCS / "gen_api.py"), "--check"],

@@ -178,7 +178,7 @@ def test_table2_released_checkpoints_and_dino(ws, capsys):
             assert set(sel["probe"]) == {"cluster", "linear", "kmeans"}
             assert set(sel["dim"]) == {dim}
             assert set(sel["mode"]) == {"eval"}
-            assert set(sel["crf"].astype(str).str.lower() == "true") == crfs
+            assert sel["crf"].dtype == bool and set(sel["crf"]) == crfs  # typed by read_results
             assert len(sel) == 3 * len(crfs) * 2
             assert sel["value"].between(0, 100).all()
     # the comparison table: one row per dataset x method x probe x crf, targets attached
@@ -284,6 +284,7 @@ def test_figure3_pca_spectra(ws, capsys):
 # ------------------------------------------------------------------------------ figure 4
 
 
+@pytest.mark.slow
 def test_figure4_sweep_and_figures(ws, tmp_path, capsys):
     from stego_probe.results import append_csv, make_rows
 
@@ -335,6 +336,7 @@ def test_figure4_sweep_and_figures(ws, tmp_path, capsys):
 # ------------------------------------------------------------------------------ distinctness
 
 
+@pytest.mark.slow
 def test_distinctness_runs_missing_sweep_then_draws(ws, tmp_path, capsys):
     script = load_script("distinctness")
     argv = common_args(ws, "potsdam3") + [

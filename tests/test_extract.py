@@ -200,6 +200,7 @@ def slow_extract(path: str) -> None:
     _run(path, ds=ToyDataset(12), bb=ToyBackbone(hang_after=3), chunk_images=2)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill(tmp_path):
     path = tmp_path / "killed"
     code = (

@@ -7,17 +7,18 @@ import math
 import faiss
 import numpy as np
 import pytest
+from probe_helpers import assign_confusion, assign_confusion_stream
 from sklearn.base import clone
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from stego_probe.metrics import ConfusionAccumulator, confusion_matrix
-from stego_probe.probes._codes import (
+from stego_probe.codes import (
     flatten_codes,
     iter_code_chunks,
     l2_normalize,
     upsample_codes,
 )
+from stego_probe.metrics import ConfusionAccumulator, confusion_matrix
 from stego_probe.probes.kmeans import (
     DEFAULT_NITER,
     DEFAULT_TOL,
@@ -180,7 +181,7 @@ def test_assign_confusion_streams_upsampled_predictions():
     codes = rng.normal(size=(4, 5, 3, 3)).astype(np.float32)
     labels = rng.integers(-1, 3, size=(4, 6, 6))
     probe = KMeansProbe(3, niter=10, nredo=1, random_state=0, chunk_size=40).fit(codes)
-    acc = probe.assign_confusion(codes, labels, ConfusionAccumulator(3, 3))
+    acc = assign_confusion(probe, codes, labels, ConfusionAccumulator(3, 3))
     up = upsample_codes(codes, (6, 6))
     assert up.shape == (4, 5, 6, 6)
     expected = confusion_matrix(probe.predict(up), labels, 3, 3)
@@ -191,14 +192,16 @@ def test_assign_confusion_streams_upsampled_predictions():
     # token layout + the batch-stream variant
     flat, _ = flatten_codes(codes)
     tok_labels = rng.integers(0, 3, size=len(flat))
-    acc2 = probe.assign_confusion_stream(
-        [(flat[:10], tok_labels[:10]), (flat[10:], tok_labels[10:])], ConfusionAccumulator(3, 3)
+    acc2 = assign_confusion_stream(
+        probe,
+        [(flat[:10], tok_labels[:10]), (flat[10:], tok_labels[10:])],
+        ConfusionAccumulator(3, 3),
     )
     np.testing.assert_array_equal(
         acc2.matrix, confusion_matrix(probe.predict(flat), tok_labels, 3, 3)
     )
     with pytest.raises(ValueError, match="n_clusters"):
-        probe.assign_confusion(codes, labels, ConfusionAccumulator(4, 3))
+        assign_confusion(probe, codes, labels, ConfusionAccumulator(4, 3))
 
 
 def test_bad_input_errors():

@@ -14,6 +14,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 NOTEBOOK = Path(__file__).resolve().parents[1] / "docs" / "walkthrough.ipynb"
 METHODS = ("dino", "pca", "rp", "stego")
 #: How the tables name them for the descriptor backbone (stego_probe.plots.method_label).
@@ -61,6 +63,7 @@ def _check_text(text: str) -> None:
     assert "walkthrough done in" in text
 
 
+@pytest.mark.slow
 def test_walkthrough_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebook works in a tempfile.mkdtemp()

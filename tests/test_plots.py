@@ -536,6 +536,7 @@ def _full_table():
     return to_frame(rows)
 
 
+@pytest.mark.slow
 def test_plot_all_writes_expected_files_deterministically(tmp_path):
     df = _full_table()
     paths = plots.plot_all(df, tmp_path / "a", published=False, fmt="png", dpi=40)
@@ -658,6 +659,7 @@ def _figures(df, published=None):
     return figs
 
 
+@pytest.mark.slow
 def test_non_dino_backbone_is_never_called_dino_or_vit():
     df = _full_table().assign(backbone="descriptor")
     for fig in _figures(df):
@@ -683,6 +685,7 @@ def test_non_dino_backbone_is_never_called_dino_or_vit():
     assert not any("DINO" in t for t in _legend_texts(pub))
 
 
+@pytest.mark.slow
 def test_dino_backbone_is_called_dino_with_its_width():
     df = _full_table().assign(backbone="dino_vits8")
     fig4, *_ = figs = _figures(df)
@@ -703,6 +706,7 @@ def test_dino_backbone_is_called_dino_with_its_width():
     assert "STEGO}=70" in plots.plot_metric_over_dims(other).axes[0].get_title()  # released rows
 
 
+@pytest.mark.slow
 def test_no_crf_wording_without_crf_rows():
     df = _full_table()
     no_crf = df[~df.crf.astype(bool)]

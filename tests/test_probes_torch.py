@@ -213,10 +213,10 @@ def test_linear_predict_upsamples_code_first():
     up = F.interpolate(torch.from_numpy(codes), size=(6, 7), mode="bilinear", align_corners=False)
     logits = torch.einsum("bdhw,kd->bkhw", up, torch.from_numpy(probe.coef_))
     logits = logits + torch.from_numpy(probe.intercept_)[None, :, None, None]
-    np.testing.assert_allclose(probe.decision_function(codes, (6, 7)), logits, atol=1e-5)
-    np.testing.assert_array_equal(probe.predict(codes, (6, 7)), logits.argmax(1).numpy())
+    np.testing.assert_allclose(probe.decision_function(codes, size=(6, 7)), logits, atol=1e-5)
+    np.testing.assert_array_equal(probe.predict(codes, size=(6, 7)), logits.argmax(1).numpy())
     np.testing.assert_allclose(
-        probe.log_probs(codes, (6, 7)), torch.log_softmax(logits, 1).numpy(), atol=1e-5
+        probe.log_probs(codes, size=(6, 7)), torch.log_softmax(logits, 1).numpy(), atol=1e-5
     )
 
 
@@ -264,7 +264,7 @@ def test_save_load_roundtrip(tmp_path):
     clu = ClusterLookupProbe(4, steps=5, batch_size=2).fit(codes)
     lin2 = LinearProbe.load(lin.save(tmp_path / "lin.npz"))
     clu2 = ClusterLookupProbe.load(clu.save(tmp_path / "clu.npz"))
-    np.testing.assert_array_equal(lin2.predict(codes, (8, 8)), lin.predict(codes, (8, 8)))
+    np.testing.assert_array_equal(lin2.predict(codes, size=(8, 8)), lin.predict(codes, size=(8, 8)))
     np.testing.assert_array_equal(clu2.log_probs(codes), clu.log_probs(codes))
     assert clu2.get_params() == clu.get_params() and clu2.loss_history_ == clu.loss_history_
     with pytest.raises(ValueError, match="expected LinearProbe"):

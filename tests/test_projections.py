@@ -348,6 +348,7 @@ def test_registry_and_bad_input():
 
 
 # ---------------------------------------------------------------------- UMAP / h-NNE
+@pytest.mark.slow
 def test_umap_fit_transform_deterministic_and_saved(tmp_path):
     pytest.importorskip("umap")
     store = _store(n_images=25, h=3, w=4)

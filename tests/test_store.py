@@ -7,7 +7,16 @@ import uuid
 import numpy as np
 import pytest
 
-from stego_probe.store import FeatureStore, pool_labels
+from stego_probe.store import (
+    ArrayStore,
+    FeatureStore,
+    TokenStore,
+    check_store_pair,
+    is_store,
+    pool_labels,
+    preloaded,
+    store_pair_differences,
+)
 
 N, H, W, C, LH, LW, K = 10, 3, 4, 5, 6, 8, 3
 
@@ -292,3 +301,74 @@ def test_create_and_open_errors(tmp_path):
     read_only = FeatureStore.open(path, allow_incomplete=True)
     with pytest.raises(ValueError, match="read-only"):
         read_only.write_block(0, tokens[:4], labels[:4], ids[:4])
+
+
+# ------------------------------------------------------------------ the store contract
+
+
+def test_array_store_reads_as_the_feature_store(tmp_path):
+    """Same content, same answers: tokens, labels, token labels, batches and the seeded token
+    sample (the draw is shared), so an ArrayStore can stand in for a FeatureStore anywhere."""
+    tokens, labels, ids = _data()
+    disk = _write(tmp_path / "s", tokens.astype(np.float16), labels, ids)
+    mem = ArrayStore(tokens.astype(np.float16), labels, n_classes=K, ids=ids)
+    assert isinstance(mem, TokenStore) and isinstance(disk, TokenStore)
+    assert is_store(mem) and is_store(disk) and not is_store(tokens) and not is_store(None)
+    idx = np.array([7, 2, 5])
+    np.testing.assert_array_equal(mem.tokens(idx), disk.tokens(idx))
+    np.testing.assert_array_equal(mem.labels(idx), disk.labels(idx))
+    np.testing.assert_array_equal(mem.token_labels(idx), disk.token_labels(idx))
+    for seed, images in ((0, None), (3, 4), (1, [8, 1, 1])):
+        a = mem.sample_tokens(17, seed=seed, with_labels=True, images=images)
+        b = disk.sample_tokens(17, seed=seed, with_labels=True, images=images)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    for (t1, l1, i1), (t2, l2, i2) in zip(mem.iter_batches(3), disk.iter_batches(3), strict=True):
+        np.testing.assert_array_equal(t1, t2)
+        np.testing.assert_array_equal(l1, l2)
+        assert list(i1) == list(i2)
+    out = mem.tokens(slice(0, 2))
+    out[:] = 0  # reads are copies: the store is unchanged
+    assert np.array_equal(mem.tokens(slice(0, 2)), tokens[:2].astype(np.float16).astype(np.float32))
+
+
+def test_preloaded_copies_small_stores_once_and_checks_them(tmp_path):
+    tokens, labels, ids = _data()
+    disk = _write(tmp_path / "s", tokens.astype(np.float16), labels, ids)
+    big = preloaded(disk, limit_bytes=10)
+    assert big is disk  # too large: streamed, unchecked here
+    mem = preloaded(disk, limit_bytes=2**20)
+    assert isinstance(mem, ArrayStore) and mem._tokens.dtype == np.float16  # lossless half
+    assert mem.ids == disk.ids and mem.path == disk.path
+    np.testing.assert_array_equal(mem.tokens(slice(None)), disk.tokens(slice(None)))
+    pooled = preloaded(disk, limit_bytes=2**20, token_labels=True)
+    np.testing.assert_array_equal(pooled.labels([1, 4]), disk.token_labels([1, 4]))
+    assert preloaded(mem, 0) is mem  # in memory already
+    bad = tokens.copy()
+    bad[6, 0, 1, 2] = np.inf
+    broken = _write(tmp_path / "b", bad, labels, ids)
+    with pytest.raises(ValueError, match=r"infinite tokens .*image index 6, id 'img_006'"):
+        preloaded(broken, limit_bytes=2**20)
+
+
+def test_check_store_pair_lists_every_difference():
+    t = np.zeros((2, 1, 1, 3), np.float32)
+    prov = {"backbone": "vit", "weights_sha256": "a", "dataset": "d", "n_classes": 3}
+    train = ArrayStore(t, n_classes=3, provenance=prov, path="/stores/train")
+    check_store_pair(train, ArrayStore(t, n_classes=3, provenance=prov))  # compatible
+    other = ArrayStore(
+        np.zeros((0, 1, 1, 4), np.float32),
+        n_classes=None,
+        provenance={**prov, "backbone": "rn50", "patch_size": 16},
+        path="/stores/val",
+    )
+    diffs = store_pair_differences(train, other)
+    assert diffs == [
+        "backbone: 'vit' != 'rn50'",
+        "patch_size: None != 16",
+        "val store is empty (no images)",
+        "val store's provenance has no n_classes",
+        "token width C: 3 != 4",
+    ]
+    with pytest.raises(ValueError, match=r"train store /stores/train and val store /stores/val: "):
+        check_store_pair(train, other)

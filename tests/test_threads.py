@@ -214,13 +214,13 @@ def test_evaluate_stores_applies_and_restores(toy_stores, one_thread, no_env, mo
     from stego_probe import evaluate
 
     seen = []
-    real = evaluate.make_probe
+    real = evaluate.get_probe
 
     def spy(*args, **kwargs):
         seen.append(counts())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "make_probe", spy)
+    monkeypatch.setattr(evaluate, "get_probe", spy)
     kw = dict(probes=["kmeans"], probe_kwargs={"kmeans": {"niter": 5, "nredo": 1}}, progress=False)
     frame = evaluate.evaluate_stores(*toy_stores, threads=2, **kw)
     assert not frame.empty
@@ -244,13 +244,13 @@ def test_evaluate_stores_auto_uses_all_cores_on_vit_sized_stores(
     codes, _, pix = onehot_data(n=4, d=LARGE_STORE // 16)  # 4 x 4 tokens of LARGE_STORE / 16
     store = make_store(tmp_path / "big", codes, pix)
     seen = []
-    real = evaluate.make_probe
+    real = evaluate.get_probe
 
     def spy(*args, **kwargs):
         seen.append(counts())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "make_probe", spy)
+    monkeypatch.setattr(evaluate, "get_probe", spy)
     kw = dict(probes=["kmeans"], probe_kwargs={"kmeans": {"niter": 20, "nredo": 1}}, progress=False)
     evaluate.evaluate_stores(store, store, **kw)
     cores = available_cores()

@@ -12,9 +12,9 @@ from stego_probe.backbones.registry import (
     get_backbone,
     list_backbones,
     register_backbone,
-    resolve_device,
     unregister_backbone,
 )
+from stego_probe.device import resolve_device
 
 __all__ = [
     "IMAGENET_MEAN",

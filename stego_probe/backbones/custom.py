@@ -11,8 +11,9 @@ from collections.abc import Callable
 
 import torch
 
-from stego_probe.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from stego_probe.backbones.base import Backbone
 from stego_probe.backbones.registry import register_backbone
+from stego_probe.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 class FunctionBackbone(Backbone):

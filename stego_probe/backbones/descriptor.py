@@ -30,7 +30,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from stego_probe.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from stego_probe.backbones.base import Backbone
+from stego_probe.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 N_BINS = 8
 CONTRAST = 0.01

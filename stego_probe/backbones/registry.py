@@ -9,27 +9,21 @@ and ``descriptor`` (offline, weight-free). Users add entries with :func:`registe
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 import torch
 
 from stego_probe.backbones.base import Backbone
+from stego_probe.device import resolve_device
+from stego_probe.registry import Registry
 
 TIMM_PREFIX = "timm:"
 
 
-@dataclass
-class RegistryEntry:
-    """A registered backbone: ``factory(**options) -> Backbone`` and descriptive ``info``."""
-
-    name: str
-    factory: Callable[..., Backbone]
-    info: dict = field(default_factory=dict)
-
-
-_REGISTRY: dict[str, RegistryEntry] = {}
+#: The backbone registry: name -> ``factory(**options) -> Backbone``; meta: the descriptive info.
+BACKBONES = Registry("backbone", sort=False)
 _INFO_KEYS = ("patch_size", "embed_dim", "timm_name", "weights", "url", "sha256", "pos_interp")
 
 
@@ -56,16 +50,12 @@ def register_backbone(
         raise ValueError(f"register_backbone: invalid name {name!r} (non-empty, not 'timm:...')")
     if not callable(factory):
         raise ValueError(f"register_backbone({name!r}): factory must be callable")
-    if name in _REGISTRY and not overwrite:
-        raise ValueError(f"backbone {name!r} is already registered (pass overwrite=True)")
-    _REGISTRY[name] = RegistryEntry(name, factory, dict(info))
+    BACKBONES.register(name, factory, overwrite=overwrite, **info)
 
 
 def unregister_backbone(name: str) -> None:
     """Remove ``name`` from the registry (``KeyError`` if it is not registered)."""
-    if name not in _REGISTRY:
-        raise KeyError(f"backbone {name!r} is not registered")
-    del _REGISTRY[name]
+    BACKBONES.unregister(name)
 
 
 def _row(name: str, info: Mapping) -> dict:
@@ -75,13 +65,20 @@ def _row(name: str, info: Mapping) -> dict:
     return row
 
 
-def list_backbones() -> list[dict]:
+def list_backbones(filter: str | None = None) -> list[dict]:
     """All registry entries, in registration order, as dicts.
 
-    Keys: ``name, patch_size, embed_dim, timm_name, weights, url, sha256, pos_interp, kind,
-    notes``. The pattern row ``timm:<model>`` stands for every timm model name.
+    Args:
+        filter: keep only the rows whose name matches this ``fnmatch`` pattern (``"dinov2*"``).
+
+    Returns:
+        dicts with keys ``name, patch_size, embed_dim, timm_name, weights, url, sha256,
+        pos_interp, kind, notes``. The pattern row ``timm:<model>`` stands for every timm model
+        name.
     """
-    rows = [_row(e.name, e.info) for e in _REGISTRY.values()]
+    if filter is not None:
+        return [r for r in list_backbones() if fnmatch.fnmatchcase(r["name"], filter)]
+    rows = [_row(e.name, e.meta) for e in BACKBONES.entries()]
     rows.append(
         _row(
             TIMM_PREFIX + "<model>",
@@ -94,16 +91,6 @@ def list_backbones() -> list[dict]:
         )
     )
     return rows
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"`` / None -> cuda if available else cpu; anything else -> ``torch.device``."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device: expected 'cpu', 'cuda[:i]' or 'auto', got {device!r}") from e
 
 
 def get_backbone(
@@ -178,11 +165,9 @@ def get_backbone(
             )
         backbone = build_timm_backbone(timm_name, **options)
     else:
-        entry = _REGISTRY.get(name)
-        if entry is None:
-            names = ", ".join([*_REGISTRY, TIMM_PREFIX + "<timm model name>"])
-            raise KeyError(f"unknown backbone {name!r}; registered backbones: {names}")
-        backbone = entry.factory(**options)
+        if name not in BACKBONES:
+            raise BACKBONES.unknown(name, extra=[TIMM_PREFIX + "<timm model name>"])
+        backbone = BACKBONES.get(name)(**options)
         if not isinstance(backbone, Backbone):
             raise TypeError(
                 f"backbone factory for {name!r} returned {type(backbone).__name__}, "

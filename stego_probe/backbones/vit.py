@@ -20,7 +20,6 @@ different random weights are never mixed.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from stego_probe.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from stego_probe.backbones.base import Backbone
 from stego_probe.backbones.pos_embed import install_reference_pos_embed, supports_reference
 from stego_probe.backbones.weights import (
     WeightsSpec,
@@ -43,6 +42,8 @@ from stego_probe.backbones.weights import (
     state_dict_fingerprint,
     verify_sha256,
 )
+from stego_probe.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from stego_probe.fileio import to_jsonable
 
 POS_INTERP = ("reference", "timm")
 IGNORABLE_UNUSED = ("head.", "mask_token")
@@ -318,11 +319,6 @@ VIT_ENTRIES: dict[str, ViTEntry] = {
 }
 
 
-def _json_safe(obj: Mapping) -> dict:
-    """A JSON round trip (tuples -> lists), so provenance compares equal after storing."""
-    return json.loads(json.dumps(dict(obj), default=str))
-
-
 def _weights_provenance(path: Path, sha: str, url: str | None) -> dict:
     return {"weights": path.name, "weights_sha256": sha, "url": url}
 
@@ -406,7 +402,7 @@ def build_vit_backbone(
         "pretrained": bool(pretrained),
     }
     if model_kwargs:
-        prov["model_kwargs"] = _json_safe(model_kwargs)
+        prov["model_kwargs"] = to_jsonable(dict(model_kwargs))
     if pretrained:
         expected = expected_sha256 or entry.weights.sha256
         sha = verify_sha256(path, expected)
@@ -545,7 +541,7 @@ def build_timm_backbone(
     prov = {"timm_name": timm_name, "weights": None, "weights_sha256": None, "url": None}
     prov["pretrained"] = bool(pretrained)
     if model_kwargs:
-        prov["model_kwargs"] = _json_safe(model_kwargs)
+        prov["model_kwargs"] = to_jsonable(dict(model_kwargs))
     if pretrained:
         if path is None:
             cfg = getattr(model, "pretrained_cfg", None) or {}

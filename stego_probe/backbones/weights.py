@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import os
 import socket
-import tempfile
 import threading
 import urllib.parse
 import urllib.request
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from stego_probe.fileio import atomic_write
 from stego_probe.provenance import sha256_file
 
 OFFLINE_ENV_VARS = ("STEGO_PROBE_OFFLINE", "HF_HUB_OFFLINE")
@@ -208,22 +208,17 @@ def download_weights(
             "(`--weights PATH`)"
         )
     dst = Path(dst) if dst is not None else spec.cache_path()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".partial", dir=dst.parent)
-    os.close(fd)
-    try:
+
+    def download(tmp: Path) -> None:
         try:
-            torch.hub.download_url_to_file(spec.url, tmp, progress=progress)
+            torch.hub.download_url_to_file(spec.url, os.fspath(tmp), progress=progress)
         except Exception as e:  # urllib / http errors of all kinds
             raise FileNotFoundError(
                 _missing_message(spec, "download", f"downloading {spec.url} failed: {e}")
             ) from e
         verify_sha256(tmp, spec.sha256)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return dst
+
+    return atomic_write(dst, download)
 
 
 def resolve_weights(

@@ -105,6 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    from stego_probe.fileio import atomic_write
     from stego_probe.projections.stego.checkpoint import format_hyperparameters, import_checkpoint
 
     out = Path(args.out)
@@ -114,7 +115,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     print(format_hyperparameters(hparams))
     out.mkdir(parents=True, exist_ok=True)
     head.save(out / "stego_head.pt")
-    (out / "hyperparameters.json").write_text(json.dumps(hparams, indent=2, sort_keys=True))
+    atomic_write(out / "hyperparameters.json", json.dumps(hparams, indent=2, sort_keys=True))
     print(
         f"wrote {out / 'stego_head.pt'} (D={head.dim}, C={head.n_features_in_}, "
         f"K={head.n_classes_}) and {out / 'hyperparameters.json'}"

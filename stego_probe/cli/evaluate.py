@@ -325,12 +325,11 @@ def _read_settings(out) -> dict:
 def _write_settings(out, points: dict) -> None:
     import json
 
+    from stego_probe.fileio import atomic_write
+
     path = _settings_path(out)
     data = {"format": 1, "points": {json.dumps(list(k)): v for k, v in points.items()}}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def _probe_settings(args, probes: list[str], train, val) -> dict[str, dict]:
@@ -357,6 +356,8 @@ def _probe_settings(args, probes: list[str], train, val) -> dict[str, dict]:
 
 def _planned_keys(args, probe: str, seed: int, train, val) -> list[tuple[str, ...]]:
     """The point keys the rows of (seed, probe) will have (both CRF settings with --crf)."""
+    from stego_probe.results import mode_column
+
     prov = dict(val.provenance)
     context = {
         "dataset": prov.get("dataset", ""),
@@ -366,7 +367,7 @@ def _planned_keys(args, probe: str, seed: int, train, val) -> list[tuple[str, ..
         "dim": int(train.dim),
         "seed": seed,
         "probe": probe,
-        "mode": "token" if args.mode == "token" else ("eval" if args.flip else "val"),
+        "mode": mode_column(args.mode, args.flip),
         "match": "identity" if probe == "linear" else args.match,
         "split": prov.get("split", ""),
     }
@@ -422,12 +423,12 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 def _evaluate_locked(args: argparse.Namespace) -> int:
     from stego_probe.cli.store import open_store
-    from stego_probe.evaluate import _probe_list, dataset_for_store, evaluate_stores, store_images
+    from stego_probe.evaluate import dataset_for_store, evaluate_stores, probe_list, store_images
     from stego_probe.export import save_probes
     from stego_probe.results import append_csv, read_results, to_frame
 
     out = args.out
-    probes = _probe_list(",".join(args.probe or PROBES))
+    probes = probe_list(",".join(args.probe or PROBES))
     kmeans_kw = kmeans_kwargs(args)
     cluster_kw = {}
     if args.n_clusters is not None:

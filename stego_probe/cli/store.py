@@ -148,16 +148,9 @@ def open_store(path: str, option: str):
 def cli_device(device: str, option: str = "--device"):
     """``--device`` value -> ``torch.device``; a CUDA device on a machine without CUDA is a
     ``ValueError`` naming the option (instead of torch's driver message)."""
-    import torch
+    from stego_probe.device import resolve_device
 
-    from stego_probe.backbones.registry import resolve_device
-
-    dev = resolve_device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"{option} {device}: CUDA is not available on this machine; use {option} cpu or auto"
-        )
-    return dev
+    return resolve_device(device, option=option)
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:

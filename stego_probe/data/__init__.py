@@ -22,6 +22,7 @@ from stego_probe.fileio import to_jsonable
 from stego_probe.registry import Registry
 
 __all__ = [
+    "DATASETS",
     "Sample",
     "SegDataset",
     "get_dataset",

@@ -23,6 +23,7 @@ from PIL import Image
 from stego_probe.data.base import Sample, SegDataset
 from stego_probe.data.io import check_same_size, read_image, read_label_png, require_dir
 from stego_probe.data.transforms import five_crop_sample
+from stego_probe.fileio import atomic_write, is_temp_file, to_jsonable
 from stego_probe.labels import check_labels
 from stego_probe.provenance import check_compatible, package_info
 
@@ -30,7 +31,7 @@ from stego_probe.provenance import check_compatible, package_info
 REFERENCE_DIR_NAMES = {"cocostuff27": "cocostuff27", "cityscapes27": "cityscapes"}
 STORAGES = {"png": ".png", "jpeg75": ".jpg"}
 _INDEX_FILE = re.compile(r"^(\d+)\.(png|jpg)$")
-_TMP_SUFFIX = ".partial"
+_OLD_TMP_SUFFIX = ".partial"  # temporary files of stego_probe <= 0.3 (before fileio)
 #: Source provenance keys added after stego_probe 0.2.0 (absent from older manifests).
 _LATER_SOURCE_KEYS = ("args", "files_sha256")
 
@@ -163,14 +164,8 @@ def _valid_file(path: Path) -> bool:
 
 
 def _atomic_save(im: Image.Image, path: Path, fmt: str) -> None:
-    tmp = path.with_name(f".{path.name}{_TMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as f:
-            im.save(f, fmt)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    # no fsync per crop (thousands of small files): a resumed run re-verifies every file
+    atomic_write(path, lambda tmp: im.save(tmp, fmt), fsync=False)
 
 
 def prepare_crops(
@@ -227,7 +222,7 @@ def prepare_crops(
     other = {e for e in STORAGES.values() if e != ext}
     for d in (img_dir, lab_dir):
         for p in d.iterdir():
-            if p.name.endswith(_TMP_SUFFIX):
+            if is_temp_file(p) or p.name.endswith(_OLD_TMP_SUFFIX):
                 p.unlink()
     clash = [p.name for p in img_dir.iterdir() if p.suffix in other and _INDEX_FILE.match(p.name)]
     if clash:
@@ -237,9 +232,7 @@ def prepare_crops(
         )
     manifest = base / f"manifest_{dataset.split}.json"
     # JSON round trip so that a fresh provenance compares equal to the stored one
-    source = json.loads(
-        json.dumps({k: v for k, v in dataset.provenance.items() if k != "root"}, default=str)
-    )
+    source = to_jsonable({k: v for k, v in dataset.provenance.items() if k != "root"})
     if manifest.is_file():
         old = json.loads(manifest.read_text())
         old_source = old.get("source", {})
@@ -296,6 +289,4 @@ def prepare_crops(
 
 
 def _write_manifest(path: Path, meta: dict) -> None:
-    tmp = path.with_name(f".{path.name}{_TMP_SUFFIX}")
-    tmp.write_text(json.dumps(meta, default=str))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(to_jsonable(meta)))

@@ -12,9 +12,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stego_probe.backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from stego_probe.data.base import Sample
 from stego_probe.labels import IGNORE
+
+#: ImageNet statistics: the normalisation of every built-in backbone (the default ``mean`` /
+#: ``std`` of :class:`~stego_probe.backbones.Backbone`), applied by the transforms here and
+#: undone by the CRF (``stego_probe.probes.crf.image_to_uint8``).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,

@@ -55,6 +55,7 @@ from matplotlib.figure import Figure
 
 # Re-exports (``X as X``): the public API stays importable as ``stego_probe.plots.X``.
 from stego_probe.embedding import embedding_2d as embedding_2d
+from stego_probe.fileio import atomic_write
 from stego_probe.plots.dims import CONVERGENCE_METRICS as CONVERGENCE_METRICS
 from stego_probe.plots.dims import DISTINCTNESS_METRICS as DISTINCTNESS_METRICS
 from stego_probe.plots.dims import FIGURE4_PROBES as FIGURE4_PROBES
@@ -113,10 +114,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 200) -> Path:
         raise ValueError(f"save_figure: {path} must end in one of {['.' + f for f in _FORMATS]}")
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"pdf": {"CreationDate": None}, "svg": {"Date": None}, "png": {}}[fmt]
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata))
 
 
 def plot_all(

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-#: Dataset keys in the paper's column order (Figure 4).
-PAPER_DATASETS = ("cocostuff27", "cityscapes27", "potsdam3")
+from stego_probe.published import PAPER_DATASETS as PAPER_DATASETS  # the one home
+
 #: Display names of the paper's datasets.
 DATASET_TITLES = {"cocostuff27": "Cocostuff", "cityscapes27": "Cityscapes", "potsdam3": "Potsdam"}
 #: (D_STEGO, D_ViT) of the paper's datasets (PROTOCOL §7.1).

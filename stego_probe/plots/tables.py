@@ -1,7 +1,9 @@
 """The results table as the figures read it: column checks, dtypes, filters, seed aggregation.
 
-:func:`prepare_results` is the one place in :mod:`stego_probe.plots` that parses the ``crf``
-column (and the published overlay's, :func:`overlay_table`); every figure starts from it.
+:func:`prepare_results` types a table as :func:`stego_probe.results.read_results` does
+(:func:`stego_probe.results.coerce_types`, whose :func:`~stego_probe.results.as_bool` is the one
+``crf`` parser, also used for the published overlay, :func:`overlay_table`); every figure starts
+from it.
 """
 
 from __future__ import annotations
@@ -11,25 +13,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from stego_probe.results import as_bool, coerce_types
+
 _AMBIGUITY_COLUMNS = ("backbone", "weights_sha256", "match", "split")
 _NEEDED = ("dataset", "method", "dim", "seed", "probe", "crf", "mode", "metric", "value")
-_STRING_COLUMNS = ("dataset", "method", "probe", "mode", "metric") + _AMBIGUITY_COLUMNS
-
-
-def _as_bool(v) -> bool:
-    """A ``crf`` cell as a bool: bools, numbers, ``"True"``/``"false"``/``"1"``; empty = False."""
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if v is None or (not isinstance(v, str) and pd.isna(v)):
-        return False
-    if isinstance(v, (int, np.integer, float, np.floating)):
-        return bool(v)
-    s = str(v).strip().lower()
-    if s in ("true", "1", "yes", "y", "t"):
-        return True
-    if s in ("false", "0", "no", "n", "f", "", "nan", "none"):
-        return False
-    raise ValueError(f"results table: crf value {v!r} is not a boolean")
 
 
 def prepare_results(
@@ -44,25 +31,23 @@ def prepare_results(
         name: what to call ``df`` in error messages.
 
     Returns:
-        a new DataFrame (index 0..n-1): string columns as ``str`` (missing = ``""``), ``crf``
-        bool, ``dim`` and ``value`` float (non-finite values as NaN), filtered by ``where``.
+        a new DataFrame (index 0..n-1) typed by :func:`stego_probe.results.coerce_types`
+        (string columns as ``str``, missing = ``""``; ``crf`` bool; ``seed`` int where
+        integral), except ``dim`` float; ``value`` float with non-finite values as NaN;
+        filtered by ``where``.
 
     Raises:
-        ValueError: not a DataFrame, missing columns, a ``crf`` value that is not a boolean, or
-            an unknown ``where`` column.
+        ValueError: not a DataFrame, missing columns, a ``crf`` value that is not a boolean
+            (:func:`stego_probe.results.as_bool`), a numeric cell that is not a number, or an
+            unknown ``where`` column.
     """
     if not isinstance(df, pd.DataFrame):
         raise ValueError(f"{name}: expected a pandas DataFrame of results rows, got {type(df)}")
     missing = [c for c in _NEEDED if c not in df.columns]
     if missing:
         raise ValueError(f"{name}: results table lacks columns {missing}; expected RESULT_COLUMNS")
-    d = df.copy().reset_index(drop=True)
-    for c in _STRING_COLUMNS:
-        if c in d.columns:
-            d[c] = d[c].astype(object).where(d[c].notna(), "").astype(str)
-    d["crf"] = d["crf"].map(_as_bool).astype(bool)
-    d["dim"] = pd.to_numeric(d["dim"], errors="coerce")
-    d["value"] = pd.to_numeric(d["value"], errors="coerce")
+    d = coerce_types(df.reset_index(drop=True), name=name)
+    d["dim"] = d["dim"].astype("float64")
     d.loc[~np.isfinite(d["value"].to_numpy(float)), "value"] = np.nan  # e.g. scatter_ratio = inf
     for col, want in (where or {}).items():
         if col not in d.columns:
@@ -150,5 +135,5 @@ def overlay_table(published) -> pd.DataFrame | None:
         p["uncertainty"] = 0.0
     if "digitised" not in p.columns:
         p["digitised"] = (p["source"] == DIGITISED_SOURCE) if "source" in p.columns else True
-    p["crf"] = p["crf"].map(_as_bool).astype(bool)
+    p["crf"] = np.array([as_bool(v, what="published: crf") for v in p["crf"]], dtype=bool)
     return p

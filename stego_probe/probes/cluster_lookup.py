@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
-from stego_probe.probes._codes import check_finite, to_numpy
+from stego_probe.codes import as_code_tensor, check_size, upsample
 
 #: ``eps`` of ``torch.nn.functional.normalize`` (the reference uses the default).
 NORMALIZE_EPS = 1e-12
@@ -48,7 +48,13 @@ PREDICT_CHUNK_TOKENS = 1 << 16
 
 
 def minibatch_stream(
-    n_items: int, batch_size: int, steps: int, random_state: int = 0, drop_last: bool = True
+    n_items: int,
+    batch_size: int,
+    steps: int,
+    random_state: int | np.random.Generator = 0,
+    drop_last: bool = True,
+    *,
+    sort: bool = True,
 ) -> Iterator[np.ndarray]:
     """Indices of the mini-batches of a seeded, shuffled, epoch-wise training stream.
 
@@ -62,11 +68,14 @@ def minibatch_stream(
         n_items: number of items (images or tokens) to draw from, >= 1.
         batch_size: items per batch, >= 1.
         steps: number of batches to yield, >= 0.
-        random_state: seed of the permutation stream.
+        random_state: seed of the permutation stream, or a ``np.random.Generator`` to draw
+            the permutations from (shared with other draws, as STEGO's trainer does).
         drop_last: drop the incomplete batch at the end of each epoch.
+        sort: sort each batch's indices (reads from a store in order); ``False`` keeps the
+            permutation order (the STEGO trainer pairs anchors with positives in that order).
 
     Yields:
-        int64 arrays ``(b,)`` of sorted item indices, ``b = min(batch_size, n_items)`` (or less
+        int64 arrays ``(b,)`` of (sorted) item indices, ``b = min(batch_size, n_items)`` (or less
         for the last batch of an epoch when ``drop_last=False``).
 
     Examples:
@@ -87,7 +96,8 @@ def minibatch_stream(
         perm = rng.permutation(n_items)
         stops = range(0, (n_items // bs) * bs if drop_last else n_items, bs)
         for start in stops:
-            yield np.sort(perm[start : start + bs]).astype(np.int64)
+            batch = perm[start : start + bs]
+            yield (np.sort(batch) if sort else batch).astype(np.int64)
             done += 1
             if done == steps:
                 return
@@ -129,66 +139,6 @@ def resolve_seed(random_state, name: str = "random_state") -> int:
         f"{name}: expected None, an int, a np.random.RandomState or a np.random.Generator, got "
         f"{type(random_state).__name__} {random_state!r}"
     )
-
-
-def as_code_tensor(codes, device="cpu", name: str = "codes") -> torch.Tensor:
-    """Check codes and return them as a float32 tensor on ``device``.
-
-    Args:
-        codes: ``(N, D, h, w)`` or ``(M, D)`` numpy array or torch tensor, real-valued.
-        device: torch device.
-        name: argument name for error messages.
-
-    Returns:
-        float32 tensor of the same shape (shares memory with a float32 CPU input).
-
-    Raises:
-        ValueError: wrong number of dimensions, zero width, empty, NaN or inf.
-    """
-    if isinstance(codes, torch.Tensor):
-        t = codes.detach()
-        if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.uint8)):
-            raise ValueError(f"{name}: expected a real-valued tensor, got dtype {t.dtype}")
-        t = t.to(device=device, dtype=torch.float32)
-        if not torch.isfinite(t).all():
-            check_finite(t.cpu().numpy(), name)
-    else:
-        x = to_numpy(codes, name)
-        if x.dtype.kind not in "fiub":
-            raise ValueError(f"{name}: expected a real-valued array, got dtype {x.dtype}")
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        check_finite(x, name)
-        t = torch.from_numpy(x).to(device)
-    if t.ndim not in (2, 4):
-        raise ValueError(
-            f"{name}: expected shape (N, D, h, w) or (M, D), got {tuple(t.shape)} ({t.ndim}-D)"
-        )
-    if t.shape[1] == 0:
-        raise ValueError(f"{name}: code width D must be >= 1, got shape {tuple(t.shape)}")
-    if t.shape[0] == 0:
-        raise ValueError(f"{name}: expected at least one image / token, got shape {tuple(t.shape)}")
-    return t
-
-
-def _check_size(size, codes: torch.Tensor) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    if codes.ndim != 4:
-        raise ValueError(
-            f"size: only image-layout codes (N, D, h, w) can be upsampled, got {tuple(codes.shape)}"
-        )
-    size = (int(size[0]), int(size[1]))
-    if size[0] < 1 or size[1] < 1:
-        raise ValueError(f"size: expected a positive (H, W), got {size}")
-    return None if size == tuple(codes.shape[2:]) else size
-
-
-def upsample(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
-    """Bilinear upsampling ``(N, C, h, w) -> (N, C, H, W)`` with ``align_corners=False``
-    (identity when ``size`` is None)."""
-    if size is None:
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 class MinibatchProbe(BaseEstimator):
@@ -518,7 +468,7 @@ class ClusterLookupProbe(MinibatchProbe):
         self._ensure_init(n_features)
         return self
 
-    def decision_function(self, codes, size=None) -> np.ndarray:
+    def decision_function(self, codes, *, size=None) -> np.ndarray:
         """Cosine similarities of the codes (upsampled to ``size`` first) with the centroids.
 
         The code is bilinearly upsampled (``align_corners=False``) *before* it is normalised,
@@ -539,7 +489,7 @@ class ClusterLookupProbe(MinibatchProbe):
         self._check_fitted()
         x = as_code_tensor(codes, "cpu")
         self._ensure_init(x.shape[1])
-        size = _check_size(size, x)
+        size = check_size(size, x)
         mu = F.normalize(self.params_["clusters"].detach(), dim=1, eps=NORMALIZE_EPS)
         out = []
         with torch.no_grad():
@@ -559,7 +509,7 @@ class ClusterLookupProbe(MinibatchProbe):
                 out.append(inner.cpu())
         return torch.cat(out)
 
-    def predict(self, codes, size=None) -> np.ndarray:
+    def predict(self, codes, *, size=None) -> np.ndarray:
         """Cluster ids: argmax of the cosine similarity (code upsampled to ``size`` first).
 
         Args:
@@ -572,7 +522,7 @@ class ClusterLookupProbe(MinibatchProbe):
         # The code norm is a positive per-position factor, so it does not change the argmax.
         return self._cosine(codes, size, normalise=False).argmax(dim=1).numpy()
 
-    def log_probs(self, codes, alpha: float = 2.0, size=None) -> np.ndarray:
+    def log_probs(self, codes, alpha: float = 2.0, *, size=None) -> np.ndarray:
         """Soft assignment ``log_softmax(alpha * cos)`` over clusters (the CRF input).
 
         Args:

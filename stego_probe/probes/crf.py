@@ -45,10 +45,6 @@ REFERENCE_PARAMS = {
 #: Channel orders :func:`dense_crf` can hand to pydensecrf's bilateral kernel.
 CHANNEL_ORDERS = ("bgr", "rgb")
 
-#: ImageNet statistics used to un-normalise evaluation crops.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def _densecrf():
     try:
@@ -61,25 +57,33 @@ def _densecrf():
     return dcrf
 
 
-def image_to_uint8(image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+def image_to_uint8(image, mean=None, std=None) -> np.ndarray:
     """Un-normalise a normalised image and convert it to uint8 by truncation (quirk Q28).
+
+    The CRF's name for :func:`stego_probe.data.transforms.denormalize_to_uint8` on one image
+    (imported when called: this module imports only numpy, for its spawned workers).
 
     Args:
         image: ``(3, H, W)`` float array / tensor, normalised with ``mean`` / ``std``.
-        mean, std: per-channel statistics used for the normalisation.
+        mean, std: per-channel statistics used for the normalisation (None: the ImageNet ones,
+            ``stego_probe.data.transforms.IMAGENET_MEAN`` / ``IMAGENET_STD``).
 
     Returns:
         ``(H, W, 3)`` uint8 C-contiguous RGB array: ``uint8(trunc(255 * clip(x * std + mean,
         0, 1)))``, as ``torchvision.transforms.functional.to_pil_image`` does.
     """
-    if hasattr(image, "detach"):
-        image = image.detach().cpu().numpy()
-    x = np.asarray(image, dtype=np.float32)
-    if x.ndim != 3 or x.shape[0] != 3:
-        raise ValueError(f"image: expected a normalised (3, H, W) array, got shape {x.shape}")
-    x = x * np.asarray(std, np.float32)[:, None, None] + np.asarray(mean, np.float32)[:, None, None]
-    x = np.clip(x, 0.0, 1.0) * 255.0
-    return np.ascontiguousarray(x.astype(np.uint8).transpose(1, 2, 0))
+    from stego_probe.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize_to_uint8
+
+    if isinstance(image, np.ndarray) and not image.flags.writeable:
+        image = np.array(image)  # torch warns about read-only arrays (e.g. broadcast views)
+    shape = tuple(getattr(image, "shape", np.shape(image)))
+    if len(shape) != 3 or shape[0] != 3:
+        raise ValueError(f"image: expected a normalised (3, H, W) array, got shape {shape}")
+    return np.ascontiguousarray(
+        denormalize_to_uint8(
+            image, IMAGENET_MEAN if mean is None else mean, IMAGENET_STD if std is None else std
+        )
+    )
 
 
 def _check_inputs(image, log_probs) -> tuple[np.ndarray, np.ndarray]:

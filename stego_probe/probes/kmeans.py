@@ -15,7 +15,9 @@ Lloyd iterations with FAISS on a seeded uniform subsample of training tokens:
   first iteration whose relative objective change is ``<= tol``; ``tol=None`` runs exactly
   ``niter`` iterations. The iterations run and whether the fixed point was reached are kept
   (``n_iter_``, ``converged_``);
-* prediction and confusion accumulation stream over chunks, so nothing of size N is kept.
+* prediction streams over chunks; at label resolution (``predict(codes, size=)``) the
+  assignment scores are affine in the code, so they are computed on the token grid and
+  upsampled instead of the ``(N, D, H, W)`` code (the same assignment, PROTOCOL §4.2).
 """
 
 from __future__ import annotations
@@ -25,21 +27,27 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from stego_probe.metrics import ConfusionAccumulator
-from stego_probe.probes._codes import (
+from stego_probe.codes import (
+    as_code_tensor,
+    check_size,
     is_array_like,
     iter_code_chunks,
     l2_normalize,
     lead_shape,
     to_numpy,
+    upsample,
     upsample_codes,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 METRICS = ("cosine", "euclidean")
 INITS = ("k-means++", "random")
@@ -503,20 +511,40 @@ class KMeansProbe(BaseEstimator):
         for start in range(0, x.shape[0], step):
             yield upsample_codes(x[start : start + step], size)
 
-    def _predict_upsampled(self, codes, size, index=None) -> Iterator[np.ndarray]:
-        index = self._index() if index is None else index
-        for block in self._upsampled_blocks(codes, size):
-            flat = np.ascontiguousarray(block.transpose(0, 2, 3, 1).reshape(-1, block.shape[1]))
-            yield self._search(flat, index)[1].reshape(len(block), *block.shape[2:])
+    def _assignment_scores(self, codes) -> torch.Tensor:
+        """Scores whose argmax is the assignment of image-layout codes, ``(N, K', h, w)``.
 
-    def predict(self, codes, size=None) -> np.ndarray:
+        cosine: ``<c, mu_k>`` with unit centroids (the code norm does not change the argmax);
+        euclidean: ``2 <c, mu_k> - |mu_k|^2``. Both are affine in ``c`` with weights that sum
+        to one under bilinear interpolation, so upsampling these scores equals scoring the
+        upsampled code (PROTOCOL §4.2 "code first, then assignment") without materialising
+        ``(N, D, H, W)``.
+        """
+        import torch
+
+        x = as_code_tensor(codes, "cpu")
+        if x.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"codes: expected code width D={self.n_features_in_}, got {x.shape[1]}"
+            )
+        mu = torch.from_numpy(np.ascontiguousarray(self.cluster_centers_, dtype=np.float32))
+        s = torch.einsum("bdhw,kd->bkhw", x, mu)
+        if self.metric != "cosine":
+            s = 2 * s - mu.square().sum(1)[None, :, None, None]
+        return s
+
+    def predict(self, codes, *, size=None) -> np.ndarray:
         """Cluster id of every token (or pixel, with ``size``).
+
+        Image-layout arrays are assigned by the argmax of scores affine in the code
+        (:meth:`_assignment_scores`: inner products with the centroids), computed on the token
+        grid and, with ``size``, upsampled bilinearly (``align_corners=False``) a few images at
+        a time: the assignment of the upsampled code (PROTOCOL §4.2: code first, then
+        assignment). Token-layout arrays and iterables of blocks are searched with FAISS.
 
         Args:
             codes: ``(N, D, h, w)`` or ``(M, D)`` array / tensor, or an iterable of blocks.
-            size: optional ``(H, W)``: upsample image-layout codes bilinearly
-                (``align_corners=False``) to this size first, a few images at a time, and
-                assign every pixel (PROTOCOL §4.2: code first, then assignment).
+            size: optional ``(H, W)`` label resolution (image-layout arrays only).
 
         Returns:
             int64 ``(N, h, w)`` / ``(N, H, W)`` / ``(M,)`` matching the input layout; for an
@@ -524,15 +552,28 @@ class KMeansProbe(BaseEstimator):
             holding it).
         """
         self._check_fitted()
+        if is_array_like(codes) and len(codes.shape) == 4:
+            scores = self._assignment_scores(codes)
+            size = check_size(size, scores)
+            h, w = size if size is not None else tuple(scores.shape[2:])
+            step = max(1, int(self.chunk_size) // max(1, h * w))
+            parts = [
+                upsample(scores[start : start + step], size).argmax(1).numpy()
+                for start in range(0, len(scores), step)
+            ]
+            return np.concatenate(parts).astype(np.int64, copy=False)
         if size is not None:
-            return np.concatenate(list(self._predict_upsampled(codes, size)))
+            raise ValueError(
+                "size: only image-layout codes (N, D, h, w) can be upsampled, got "
+                + (f"shape {tuple(codes.shape)}" if is_array_like(codes) else "an iterable")
+            )
         parts = list(self.predict_stream(codes))
         out = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
         if is_array_like(codes):
             out = out.reshape(lead_shape(codes))
         return out
 
-    def log_probs(self, codes, alpha: float = 2.0, size=None) -> np.ndarray:
+    def log_probs(self, codes, alpha: float = 2.0, *, size=None) -> np.ndarray:
         """Soft assignment ``log_softmax(alpha * s)`` for the CRF (§4.4, §5).
 
         ``s`` is the cosine similarity to the centroids (cosine metric) or minus the squared
@@ -573,64 +614,6 @@ class KMeansProbe(BaseEstimator):
             n, h, w = lead
             return np.ascontiguousarray(out.reshape(n, h, w, -1).transpose(0, 3, 1, 2))
         return out
-
-    # ------------------------------------------------------------------ scoring
-    def assign_confusion(self, codes, labels, accumulator: ConfusionAccumulator):
-        """Predict and add to a confusion matrix without keeping the predictions.
-
-        Image-layout codes whose grid differs from the label resolution are upsampled
-        bilinearly (``align_corners=False``) to the labels' ``(H, W)`` first, a few images at a
-        time (PROTOCOL §4.2 Assignment: code first, then assignment).
-
-        Args:
-            codes: ``(N, D, h, w)`` with labels ``(N, H, W)``, or ``(M, D)`` with labels ``(M,)``.
-            labels: int array; values outside ``[0, K)`` are ignored.
-            accumulator: a :class:`~stego_probe.metrics.ConfusionAccumulator` with
-                ``n_clusters == self.n_clusters``.
-
-        Returns:
-            the accumulator (updated in place).
-        """
-        self._check_fitted()
-        if accumulator.n_clusters != self.n_clusters:
-            raise ValueError(
-                f"accumulator: has n_clusters={accumulator.n_clusters}, the probe {self.n_clusters}"
-            )
-        x = to_numpy(codes, "codes")
-        y = np.asarray(to_numpy(labels, "labels"))
-        if x.ndim == 2:
-            if y.shape != (x.shape[0],):
-                raise ValueError(
-                    f"labels: expected shape ({x.shape[0]},) for codes of shape {x.shape}, "
-                    f"got {y.shape}"
-                )
-            for rows_pred, start in self._row_blocks(x):
-                accumulator.update(rows_pred, y[start : start + len(rows_pred)])
-            return accumulator
-        if x.ndim != 4 or y.ndim != 3 or y.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"codes {x.shape} / labels {y.shape}: expected (N, D, h, w) with (N, H, W)"
-            )
-        start = 0
-        for pred in self._predict_upsampled(x, y.shape[1:]):
-            accumulator.update(pred, y[start : start + len(pred)])
-            start += len(pred)
-        return accumulator
-
-    def _row_blocks(self, x: np.ndarray):
-        index = self._index()
-        start = 0
-        for chunk in iter_code_chunks(x, self.chunk_size, "codes"):
-            yield self._search(chunk, index)[1], start
-            start += len(chunk)
-
-    def assign_confusion_stream(
-        self, batches: Iterable, accumulator: ConfusionAccumulator
-    ) -> ConfusionAccumulator:
-        """:meth:`assign_confusion` over an iterable of ``(codes, labels)`` batches."""
-        for codes, labels in batches:
-            self.assign_confusion(codes, labels, accumulator)
-        return accumulator
 
     # -------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> None:

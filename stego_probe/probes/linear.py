@@ -31,20 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stego_probe.labels import IGNORE, check_labels
-from stego_probe.probes._codes import to_numpy
-from stego_probe.probes.cluster_lookup import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_STEPS,
-    MinibatchProbe,
-    _check_size,
-    as_code_tensor,
-    upsample,
-)
+from stego_probe.codes import as_code_tensor, check_size, to_numpy, upsample
+from stego_probe.labels import IGNORE, IGNORE_VALUES, check_labels
+from stego_probe.probes.cluster_lookup import DEFAULT_BATCH_SIZE, DEFAULT_STEPS, MinibatchProbe
 from stego_probe.projections.base import StreamingMoments, guard_scale
 
-#: Raw label values accepted as "ignore" besides -1 (the 255 of many label PNGs).
-IGNORE_VALUES = (IGNORE, 255)
 #: Input standardisation modes of :class:`LinearProbe`: ``"train"`` (default) z-scores the codes
 #: with training statistics; ``"none"`` is the reference (raw codes).
 STANDARDIZE_MODES = ("train", "none")
@@ -426,7 +417,7 @@ class LinearProbe(MinibatchProbe):
         with torch.no_grad():
             return self._affine(None)[1].detach().cpu().numpy().copy()
 
-    def decision_function(self, codes, size=None) -> np.ndarray:
+    def decision_function(self, codes, *, size=None) -> np.ndarray:
         """Logits ``W c + b`` of the codes upsampled (bilinear) to ``size``.
 
         Args:
@@ -442,22 +433,35 @@ class LinearProbe(MinibatchProbe):
         self._check_fitted()
         x = as_code_tensor(codes, "cpu")
         self._ensure_init(x.shape[1])
-        size = _check_size(size, x)
+        size = check_size(size, x)
         with torch.no_grad():
             return torch.cat([upsample(self._logits(c), size).cpu() for c in self._chunks(x)])
 
-    def predict(self, codes, size=None) -> np.ndarray:
+    def predict(self, codes, *, size=None) -> np.ndarray:
         """Class ids: argmax of the logits (code upsampled to ``size`` first).
+
+        Args:
+            codes: ``(N, D, h, w)`` or ``(M, D)`` codes.
+            size: ``(H, W)`` to upsample image-layout codes to, or None.
 
         Returns:
             int64 ``(N, H, W)`` (or ``(N, h, w)``, ``(M,)``) in ``[0, K)``.
         """
         return self._decision(codes, size).argmax(dim=1).numpy()
 
-    def log_probs(self, codes, size=None) -> np.ndarray:
-        """``log_softmax`` of the logits over classes (the CRF input).
+    def log_probs(self, codes, alpha: float = 1.0, *, size=None) -> np.ndarray:
+        """``log_softmax(alpha * logits)`` over classes (the CRF input; ``alpha = 1``: the
+        probe's own class probabilities).
+
+        Args:
+            codes: ``(N, D, h, w)`` or ``(M, D)`` codes.
+            alpha: inverse temperature (the evaluation uses 1).
+            size: ``(H, W)`` to upsample image-layout codes to, or None.
 
         Returns:
             float32 ``(N, K, H, W)`` (or ``(N, K, h, w)``, ``(M, K)``).
         """
-        return torch.log_softmax(self._decision(codes, size), dim=1).numpy()
+        logits = self._decision(codes, size)
+        if float(alpha) != 1.0:
+            logits = float(alpha) * logits
+        return torch.log_softmax(logits, dim=1).numpy()

@@ -35,11 +35,13 @@ from stego_probe.projections.identity import Identity
 from stego_probe.projections.pca import PCAProjection
 from stego_probe.projections.random import RandomProjection, random_matrix
 from stego_probe.projections.umap import UMAPProjection
+from stego_probe.registry import Registry
 
 __all__ = [
     "HNNEProjection",
     "Identity",
     "PCAProjection",
+    "PROJECTIONS",
     "Projection",
     "RandomProjection",
     "StreamingMoments",
@@ -53,27 +55,38 @@ __all__ = [
     "random_matrix",
 ]
 
-#: method name -> (class, fixed keyword arguments); "stego" is resolved lazily.
-_METHODS: dict[str, tuple[type, dict]] = {
-    "dino": (Identity, {}),
-    "identity": (Identity, {}),
-    "pca": (PCAProjection, {}),
-    "rp": (RandomProjection, {"kind": "gaussian"}),
-    "rp_sparse": (RandomProjection, {"kind": "sparse"}),
-    "umap": (UMAPProjection, {}),
-    "hnne": (HNNEProjection, {}),
-}
+#: The projection registry: method name -> class; meta ``fixed``: keyword arguments the name
+#: fixes. ``stego`` is registered as a lazy loader (``lazy=True``): importing the STEGO class
+#: pulls in the training code.
+PROJECTIONS = Registry("projection method")
+for _name, _klass, _fixed in (
+    ("dino", Identity, {}),
+    ("identity", Identity, {}),
+    ("pca", PCAProjection, {}),
+    ("rp", RandomProjection, {"kind": "gaussian"}),
+    ("rp_sparse", RandomProjection, {"kind": "sparse"}),
+    ("umap", UMAPProjection, {}),
+    ("hnne", HNNEProjection, {}),
+):
+    PROJECTIONS.register(_name, _klass, fixed=_fixed)
 
 
+@PROJECTIONS.register("stego", fixed={}, lazy=True)
 def _stego_class() -> type:
     from stego_probe.projections.stego import StegoHead  # lazy: pulls in the training code
 
     return StegoHead
 
 
-def list_projections() -> list[str]:
-    """Registry names accepted by :func:`get_projection`."""
-    return sorted([*_METHODS, "stego"])
+def _class_of(method: str) -> type:
+    entry = PROJECTIONS.entry(method)
+    return entry.obj() if entry.meta.get("lazy") else entry.obj
+
+
+def list_projections(filter: str | None = None) -> list[str]:
+    """Registry names accepted by :func:`get_projection`, sorted; ``filter``: an ``fnmatch``
+    pattern (``"rp*"``)."""
+    return PROJECTIONS.names(filter)
 
 
 def get_projection(method: str, n_components: int | None = None, **kw: Any) -> Any:
@@ -92,13 +105,8 @@ def get_projection(method: str, n_components: int | None = None, **kw: Any) -> A
         KeyError: unknown ``method``.
         ValueError: ``kw`` contradicts the method (e.g. ``kind`` for ``rp_sparse``).
     """
-    if method == "stego":
-        return _stego_class()(n_components=n_components, **kw)
-    if method not in _METHODS:
-        raise KeyError(
-            f"unknown projection method {method!r}; expected one of {list_projections()}"
-        )
-    klass, fixed = _METHODS[method]
+    klass = _class_of(method)
+    fixed = PROJECTIONS.meta(method)["fixed"]
     for key, value in fixed.items():
         if key in kw and kw[key] != value:
             raise ValueError(f"projection {method!r} has {key}={value!r}, got {key}={kw[key]!r}")
@@ -107,14 +115,16 @@ def get_projection(method: str, n_components: int | None = None, **kw: Any) -> A
 
 def projection_class(name: str) -> type:
     """The class called ``name`` (as written by ``Projection.save``), or a registry name's class."""
-    classes = {k.__name__: k for k, _ in _METHODS.values()}
-    if name in classes:
-        return classes[name]
-    if name in _METHODS:
-        return _METHODS[name][0]
-    if name in ("StegoHead", "stego"):
+    eager = {e.obj.__name__: e.obj for e in PROJECTIONS.find(lambda e: not e.meta.get("lazy"))}
+    if name in eager:
+        return eager[name]
+    if name in PROJECTIONS:
+        return _class_of(name)
+    if name == "StegoHead":
         return _stego_class()
-    raise KeyError(f"unknown projection class {name!r}; expected one of {sorted(classes)}")
+    raise KeyError(
+        f"unknown projection class {name!r}; expected one of {sorted([*eager, 'StegoHead'])}"
+    )
 
 
 def load_projection(path: str | os.PathLike, trust: bool = False) -> Projection:

@@ -49,7 +49,9 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import NotFittedError
 
+from stego_probe.fileio import atomic_write, to_jsonable
 from stego_probe.provenance import package_info
+from stego_probe.store import is_store
 
 #: Valid values of the ``standardize`` parameter.
 STANDARDIZE_MODES = ("train", "batch", None)
@@ -68,14 +70,6 @@ _STORE_KEYS = (
     "patch_size",
     "embed_dim",
 )
-
-
-def is_store(obj: Any) -> bool:
-    """True if ``obj`` looks like a :class:`stego_probe.store.FeatureStore` (duck-typed).
-
-    A store-like object has ``n_images`` and ``tokens(idx) -> (n, h, w, C)``.
-    """
-    return hasattr(obj, "tokens") and hasattr(obj, "n_images") and callable(obj.tokens)
 
 
 def check_standardize(value: Any, name: str = "standardize") -> None:
@@ -134,21 +128,6 @@ def check_finite(x: np.ndarray | torch.Tensor, what: str, hint: str = "") -> Non
         f"{what} contains {count} NaN or infinite value(s) (first in row {row}); expected "
         f"finite values{hint}"
     )
-
-
-def _json_safe(obj: Any) -> Any:
-    """Round-trip ``obj`` through JSON, turning numpy scalars/arrays and paths into primitives."""
-
-    def default(o: Any) -> Any:
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        if isinstance(o, torch.Tensor):
-            return o.tolist()
-        return str(o)
-
-    return json.loads(json.dumps(obj, default=default))
 
 
 def guard_scale(
@@ -599,7 +578,7 @@ class Projection(TransformerMixin, BaseEstimator):
             fit_data["store_provenance"] = prov
         fit_data["seed"] = getattr(self, "random_state", None)
         fit_data.update(self._fit_info)
-        return _json_safe(
+        return to_jsonable(
             {
                 "method": self.method_name,
                 "class": type(self).__name__,
@@ -616,7 +595,7 @@ class Projection(TransformerMixin, BaseEstimator):
         return {
             **self.provenance_,
             "method": self.method_name,
-            "params": _json_safe(self.get_params(deep=False)),
+            "params": to_jsonable(self.get_params(deep=False)),
         }
 
     # ------------------------------------------------------------------ transform
@@ -747,16 +726,12 @@ class Projection(TransformerMixin, BaseEstimator):
             "format": SAVE_FORMAT,
             "class": type(self).__name__,
             "method": self.method_name,
-            "params": json.dumps(_json_safe(self._saved_params())),
-            "meta": json.dumps(_json_safe(meta)),
-            "provenance": json.dumps(_json_safe(self.provenance_)),
+            "params": json.dumps(to_jsonable(self._saved_params())),
+            "meta": json.dumps(to_jsonable(meta)),
+            "provenance": json.dumps(to_jsonable(self.provenance_)),
             "arrays": arrays,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
     def _saved_params(self) -> dict:
         """Parameters as saved: a ``RandomState`` ``random_state`` is saved as None (its state is

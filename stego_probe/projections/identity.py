@@ -6,8 +6,9 @@ from typing import Any
 
 import torch
 
-from stego_probe.projections.base import Projection, is_store
-from stego_probe.projections.random import _store_dim
+from stego_probe.projections.base import Projection
+from stego_probe.projections.random import store_dim
+from stego_probe.store import is_store
 
 
 class Identity(Projection):
@@ -35,7 +36,7 @@ class Identity(Projection):
         self.n_components = n_components
 
     def _fit(self, source: Any) -> None:
-        c = _store_dim(source) if is_store(source) else int(source.shape[1])
+        c = store_dim(source) if is_store(source) else int(source.shape[1])
         if self.n_components is not None and self.n_components != c:
             raise ValueError(
                 f"Identity: n_components={self.n_components} but the features have C={c}; "

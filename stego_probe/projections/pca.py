@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from sklearn.exceptions import NotFittedError
 
-from stego_probe.projections.base import Projection, StreamingMoments, guard_scale, is_store
+from stego_probe.projections.base import Projection, StreamingMoments, guard_scale
+from stego_probe.store import is_store
 
 
 class PCAProjection(Projection):

@@ -14,8 +14,8 @@ from stego_probe.projections.base import (
     StreamingMoments,
     check_random_state_param,
     guard_scale,
-    is_store,
 )
+from stego_probe.store import is_store
 
 RP_KINDS = ("gaussian", "sparse")
 
@@ -147,7 +147,7 @@ class RandomProjection(Projection):
             self.scale_ = guard_scale(np.sqrt(moments.variance()), self.mean_, "RP fit data")
             c = self.mean_.shape[0]
         else:
-            c = _store_dim(source) if is_store(source) else int(source.shape[1])
+            c = store_dim(source) if is_store(source) else int(source.shape[1])
             self._fit_info["n_tokens"] = 0
         self.n_features_in_ = int(c)
         self.components_ = random_matrix(
@@ -173,7 +173,7 @@ class RandomProjection(Projection):
         return z @ r.T
 
 
-def _store_dim(store: Any) -> int:
+def store_dim(store: Any) -> int:
     """Channel width ``C`` of a store: its ``dim`` attribute, else one image's tokens."""
     dim = getattr(store, "dim", None)
     if dim is not None:

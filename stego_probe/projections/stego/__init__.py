@@ -25,7 +25,8 @@ from stego_probe.projections.stego.loss import (
 )
 from stego_probe.projections.stego.net import SegmentationHead
 from stego_probe.projections.stego.presets import PRESETS, RELEASES, StegoConfig, get_preset
-from stego_probe.projections.stego.train import ArrayStore, train_stego, validate
+from stego_probe.projections.stego.train import train_stego, validate
+from stego_probe.store import ArrayStore  # re-export: the in-memory store's old home
 
 __all__ = [
     "PRESETS",

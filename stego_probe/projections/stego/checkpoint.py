@@ -48,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-from stego_probe.projections.base import _json_safe
+from stego_probe.fileio import to_jsonable
 from stego_probe.projections.stego.head import StegoHead, make_config
 from stego_probe.provenance import sha256_file
 
@@ -469,7 +469,7 @@ def _load_safe(path: Path, allowed: dict):
 def checkpoint_hyperparameters(ckpt: dict) -> dict:
     """The stored hyperparameters as plain Python: ``{"n_classes": K, "cfg": {...}, ...}``."""
     hp = ckpt.get("hyper_parameters") or {}
-    return _json_safe(_plain(dict(hp) if isinstance(hp, dict) else hp))
+    return to_jsonable(_plain(dict(hp) if isinstance(hp, dict) else hp))
 
 
 def import_checkpoint(
@@ -579,7 +579,7 @@ def import_checkpoint(
     head.history_ = []
     head.best_step_ = None
     head.n_steps_completed_ = int(ckpt.get("global_step") or 0)
-    head.resolved_params_ = _json_safe(cfg_full)
+    head.resolved_params_ = to_jsonable(cfg_full)
     head.source_ = "checkpoint"
     head.states_ = {"last": state, "best": None}
     head._select("last")  # strict load_state_dict: shapes must match the module
@@ -587,8 +587,8 @@ def import_checkpoint(
     backbone = BACKBONES.get((cfg.get("model_type"), cfg.get("dino_patch_size")))
     sha = sha256_file(path)
     info = {k: ckpt[k] for k in ("global_step", "epoch", "pytorch-lightning_version") if k in ckpt}
-    hparams = {**hparams, "backbone": backbone, "checkpoint_sha256": sha, **_json_safe(info)}
-    head.provenance_ = _json_safe(
+    hparams = {**hparams, "backbone": backbone, "checkpoint_sha256": sha, **to_jsonable(info)}
+    head.provenance_ = to_jsonable(
         {
             "method": head.method,
             "class": type(head).__name__,

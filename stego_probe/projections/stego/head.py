@@ -17,16 +17,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stego_probe.projections.base import Projection, _json_safe, is_store
+from stego_probe.fileio import to_jsonable
+from stego_probe.projections.base import Projection
 from stego_probe.projections.stego.knn import compute_knns
 from stego_probe.projections.stego.net import SegmentationHead
 from stego_probe.projections.stego.presets import CONFIG_FIELDS, StegoConfig, get_preset
-from stego_probe.projections.stego.train import (
-    ArrayStore,
-    knn_table_size,
-    make_probes,
-    train_stego,
-)
+from stego_probe.projections.stego.train import knn_table_size, make_probes, train_stego
+from stego_probe.store import ArrayStore, is_store
 
 SELECT = ("best_val_cluster_miou", "last")
 
@@ -323,10 +320,10 @@ class StegoHead(Projection):
             selected = "last"
         self.n_features_in_ = int(store.dim)
         self.n_classes_ = int(n_classes)
-        self.history_ = _json_safe(out["history"])
+        self.history_ = to_jsonable(out["history"])
         self.best_step_ = out["best_step"]
         self.n_steps_completed_ = int(out["n_steps"])
-        self.resolved_params_ = _json_safe(cfg)
+        self.resolved_params_ = to_jsonable(cfg)
         self.source_ = "trained"
         self.states_ = {"last": out["last"], "best": out["best"]}
         self._select(selected)
@@ -342,7 +339,7 @@ class StegoHead(Projection):
     def provenance(self) -> dict:
         """Provenance dict (see :attr:`Projection.provenance`); ``params`` are the flat keyword
         arguments of :meth:`_saved_params` (every config field), not the config's repr."""
-        return {**super().provenance, "params": _json_safe(self._saved_params())}
+        return {**super().provenance, "params": to_jsonable(self._saved_params())}
 
     # ------------------------------------------------------------------ persistence (params)
     def _saved_params(self) -> dict:

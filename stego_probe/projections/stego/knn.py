@@ -24,6 +24,8 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
+from stego_probe.fileio import atomic_write, canonical_json, to_jsonable
+
 #: Store provenance fields that identify the features the neighbours are computed from.
 KEY_FIELDS = ("backbone", "weights_sha256", "patch_size", "res", "crop", "split", "dataset")
 
@@ -154,16 +156,13 @@ def knn_key(store, **options) -> dict:
     key["n_images"] = int(store.n_images)
     key["ids_sha256"] = hashlib.sha256("\n".join(ids).encode()).hexdigest()
     key.update(options)
-    return json.loads(json.dumps(key, default=str))
+    return to_jsonable(key)
 
 
 def save_knns(path: str | os.PathLike, nns: np.ndarray, key: dict) -> None:
     """Write ``nns`` (N, k) int64 and its ``key`` to an ``.npz`` file (atomic rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, nns=np.asarray(nns, dtype=np.int64), key=json.dumps(key, sort_keys=True))
-    os.replace(tmp, path)
+    nns, key_json = np.asarray(nns, dtype=np.int64), canonical_json(key)
+    atomic_write(path, lambda tmp: np.savez(tmp, nns=nns, key=key_json), suffix=".npz")
 
 
 class KNNCacheError(ValueError):
@@ -222,7 +221,7 @@ def load_knns(path: str | os.PathLike, key: dict | None = None) -> np.ndarray:
             f"{path}: KNN table holds indices outside [0, {n}) (range {int(nns.min())}.."
             f"{int(nns.max())}); expected image indices of the {n} images"
         )
-    if key is not None and stored != json.loads(json.dumps(key, sort_keys=True)):
+    if key is not None and stored != to_jsonable(key):
         diff = sorted(k for k in set(stored) | set(key) if stored.get(k) != key.get(k))
         raise ValueError(f"{path}: KNN table was computed for other inputs (differs in {diff})")
     return nns.astype(np.int64)

@@ -27,13 +27,18 @@ import torch
 from tqdm.auto import tqdm
 
 from stego_probe.labels import canonicalize
-from stego_probe.metrics import ConfusionAccumulator
-from stego_probe.probes.cluster_lookup import ClusterLookupProbe, cluster_lookup_loss
+from stego_probe.probes.cluster_lookup import (
+    ClusterLookupProbe,
+    cluster_lookup_loss,
+    minibatch_stream,
+)
 from stego_probe.probes.linear import LinearProbe, linear_probe_loss
 from stego_probe.projections.base import check_store_tokens
 from stego_probe.projections.stego.knn import compute_knns
 from stego_probe.projections.stego.loss import CorrespondenceLoss
 from stego_probe.projections.stego.net import SegmentationHead
+from stego_probe.scoring import Scorer, score_store
+from stego_probe.store import preloaded
 
 #: Keys of the resolved training configuration consumed by :func:`train_stego`.
 LOSS_KEYS = (
@@ -53,70 +58,6 @@ LOSS_KEYS = (
 )
 
 
-class ArrayStore:
-    """A feature store held in memory: tokens (N, h, w, C) and optional labels (N, H, W).
-
-    Gives a plain array the read interface of :class:`stego_probe.store.FeatureStore` that the
-    trainer uses (``n_images, grid, dim, ids, provenance, n_classes, tokens(idx), labels(idx)``).
-    Without labels every pixel is ignored (the linear probe is then not trained). ``path``
-    (optional) names the store the arrays were read from in messages.
-    """
-
-    def __init__(self, tokens, labels=None, n_classes=None, ids=None, provenance=None, path=None):
-        t = np.asarray(tokens)
-        if t.ndim != 4:
-            raise ValueError(f"tokens: expected (N, h, w, C), got shape {t.shape}")
-        self._tokens = t
-        self._labels = None if labels is None else np.asarray(labels, dtype=np.int64)
-        if self._labels is not None and (self._labels.ndim != 3 or len(self._labels) != len(t)):
-            raise ValueError(f"labels: expected ({len(t)}, H, W), got shape {self._labels.shape}")
-        self.n_images, self.grid, self.dim = len(t), tuple(t.shape[1:3]), int(t.shape[3])
-        self.n_classes = n_classes
-        self.ids = list(ids) if ids is not None else [str(i) for i in range(len(t))]
-        self.provenance = dict(provenance or {"n_classes": n_classes})
-        self.label_shape = self.grid if self._labels is None else tuple(self._labels.shape[1:])
-        self.path = path
-
-    def tokens(self, idx) -> np.ndarray:
-        """(n, h, w, C) float32 tokens of images ``idx`` (int, slice or int array)."""
-        idx = [idx] if isinstance(idx, int | np.integer) else idx
-        return np.asarray(self._tokens[idx], dtype=np.float32)
-
-    def labels(self, idx) -> np.ndarray:
-        """(n, H, W) int64 labels of images ``idx`` (all -1 without labels)."""
-        idx = [idx] if isinstance(idx, int | np.integer) else idx
-        if self._labels is None:
-            return np.full((len(self._tokens[idx]), *self.label_shape), -1, dtype=np.int64)
-        return self._labels[idx]
-
-
-def _preloaded(store, limit_bytes: float):
-    """``store`` itself, or an in-memory :class:`ArrayStore` copy if its tokens are small.
-
-    Tokens are kept as float16 when that is lossless (a ``FeatureStore`` stores float16).
-    Preloaded tokens are checked finite here, once (:func:`_checked_tokens` then checks
-    nothing); a streamed store's batches are checked as they are read.
-    """
-    if isinstance(store, ArrayStore):
-        return store
-    h, w = store.grid
-    if store.n_images * h * w * store.dim * 4 > limit_bytes:
-        return store
-    tokens = store.tokens(slice(0, store.n_images))
-    check_store_tokens(store, np.arange(store.n_images), tokens)
-    half = tokens.astype(np.float16)
-    if np.array_equal(half.astype(np.float32), tokens):
-        tokens = half
-    return ArrayStore(
-        tokens,
-        store.labels(slice(0, store.n_images)),
-        n_classes=store.n_classes,
-        ids=store.ids,
-        provenance=store.provenance,
-        path=getattr(store, "path", None),
-    )
-
-
 def _checked_tokens(store, idx, checked: bool) -> np.ndarray:
     """``store.tokens(idx)``, checked finite unless ``checked`` (the store was checked whole)."""
     tokens = store.tokens(idx)
@@ -132,15 +73,6 @@ def _to_bchw(tokens: np.ndarray, device) -> torch.Tensor:
         .permute(0, 3, 1, 2)
         .to(device)
     )
-
-
-def _batches(n: int, batch_size: int, drop_last: bool, rng: np.random.Generator):
-    """Endless seeded shuffled epochs of image indices, (B,) int64 arrays."""
-    while True:
-        perm = rng.permutation(n)
-        stop = n - n % batch_size if drop_last else n
-        for a in range(0, stop, batch_size):
-            yield perm[a : a + batch_size]
 
 
 def make_probes(state: dict, device="cpu") -> tuple[ClusterLookupProbe, LinearProbe]:
@@ -184,19 +116,18 @@ def validate(
     was_training = head.training
     head.eval()
     cp, lp = make_probes(state, device)
-    acc_c = ConfusionAccumulator(cp.n_clusters, n_classes)
-    acc_l = ConfusionAccumulator(n_classes, n_classes)
-    n = store.n_images
-    for a in tqdm(range(0, n, batch_size), desc="validate", disable=not progress, leave=False):
-        sl = slice(a, min(a + batch_size, n))
-        labels = canonicalize(store.labels(sl), n_classes)
-        tokens = store.tokens(sl)
-        check_store_tokens(store, np.arange(sl.start, sl.start + len(tokens)), tokens)
-        code = head.code(_to_bchw(tokens, device))
-        acc_c.update(cp.predict(code, size=labels.shape[-2:]), labels)
-        acc_l.update(lp.predict(code, size=labels.shape[-2:]), labels)
+    scorer = Scorer({"cluster": cp, "linear": lp}, n_classes)
+    score_store(
+        store,
+        scorer,
+        lambda tokens: head.code(_to_bchw(tokens, device)),
+        batch_size=batch_size,
+        size=tuple(store.label_shape),
+        progress=progress,
+    )
     head.train(was_training)
-    sc, sl_ = acc_c.scores("hungarian"), acc_l.scores("identity")
+    res = scorer.results("hungarian", require_pixels=False)
+    sc, sl_ = res["cluster", False], res["linear", False]
     return {
         "val_cluster_miou": float(sc["miou"]),
         "val_cluster_accuracy": float(sc["accuracy"]),
@@ -246,7 +177,8 @@ def train_stego(
 
     Args:
         train_store: feature store of the training split (``FeatureStore`` or
-            :class:`ArrayStore`): tokens (N, h, w, C), labels (N, H, W) for the linear probe.
+            :class:`~stego_probe.store.ArrayStore`): tokens (N, h, w, C), labels (N, H, W) for
+            the linear probe.
         cfg: resolved hyperparameters (see :meth:`StegoHead.resolved_params`): ``dim``,
             ``projection_type``, ``head_dropout``, ``teacher_dropout``, the loss keys
             :data:`LOSS_KEYS`, ``steps``, ``batch_size``, ``lr``, ``probe_lr``,
@@ -257,8 +189,9 @@ def train_stego(
         knn: (N, k) int64 KNN table of ``train_store``; computed if None.
         device: torch device.
         progress: tqdm bar.
-        preload_bytes: a training store whose tokens (as float32) fit in this many bytes is
-            read into memory once instead of once per step.
+        preload_bytes: a training store whose tokens (as float32) and labels (int64) fit in
+            this many bytes is read into memory once instead of once per step
+            (:func:`stego_probe.store.preloaded`).
 
     Returns:
         dict with ``last`` and ``best`` states (each ``{"head", "cluster_probe",
@@ -280,7 +213,7 @@ def train_stego(
     if cfg["drop_last"] and bsz > n:
         raise ValueError(f"batch_size={bsz} exceeds the {n} training images (drop_last=True)")
     lo, hi = positive_ranks(cfg["knn_self_rank0"], cfg["num_neighbors"])
-    store = _preloaded(train_store, preload_bytes)
+    store = preloaded(train_store, preload_bytes)
     checked = store is not train_store  # a preloaded copy was checked whole
     if knn is None:
         k = knn_table_size(cfg, n)
@@ -321,7 +254,7 @@ def train_stego(
         ]
         gen = torch.Generator().manual_seed(seed)  # sampling grids and negative indices
         rng = np.random.default_rng(seed)  # batch order and positive ranks
-        batches = _batches(n, bsz, cfg["drop_last"], rng)
+        batches = minibatch_stream(n, bsz, steps, rng, cfg["drop_last"], sort=False)
 
         def run_validation(row: dict) -> None:
             state = _state(head, clusters, linear)

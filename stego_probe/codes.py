@@ -1,12 +1,19 @@
-"""Small helpers shared by the probes: code layout, checks, normalisation, chunking.
+"""Codes: their two layouts, checks, flattening, normalisation, chunking and upsampling.
 
-Probes accept *codes* in two layouts:
+A *code* is what a probe reads: the per-token output of a projection (or the raw backbone
+tokens). Probes, the evaluation pipeline and the distinctness measures accept codes in two
+layouts:
 
 * image layout ``(N, D, h, w)`` (torch convention; per-token outputs come back as ``(N, h, w)``),
 * token layout ``(M, D)`` (sklearn / FAISS convention; per-token outputs come back as ``(M,)``).
 
 Both numpy arrays and torch tensors (any device, any float dtype) are accepted. Everything that
 reaches FAISS is float32 and C-contiguous, which is what FAISS requires.
+
+Upsampling to label resolution is bilinear with ``align_corners=False`` (PROTOCOL §4.4: code
+first, then probe): :func:`upsample_codes` on arrays, :func:`upsample` on tensors, with
+:func:`check_size` validating the target size. Importing this module does not import torch
+(the torch helpers import it on first use).
 """
 
 from __future__ import annotations
@@ -237,3 +244,98 @@ def upsample_codes(codes, size: tuple[int, int]):
     with torch.no_grad():
         out = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
     return out.numpy()
+
+
+def as_code_tensor(codes, device="cpu", name: str = "codes"):
+    """Check codes and return them as a float32 torch tensor on ``device``.
+
+    Args:
+        codes: ``(N, D, h, w)`` or ``(M, D)`` numpy array or torch tensor, real-valued.
+        device: torch device.
+        name: argument name for error messages.
+
+    Returns:
+        float32 tensor of the same shape (shares memory with a float32 CPU input).
+
+    Raises:
+        ValueError: wrong number of dimensions, zero width, empty, NaN or inf.
+
+    Examples:
+        >>> tuple(as_code_tensor(np.zeros((2, 3, 4, 4), dtype=np.float16)).shape)
+        (2, 3, 4, 4)
+    """
+    import torch
+
+    if isinstance(codes, torch.Tensor):
+        t = codes.detach()
+        if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.uint8)):
+            raise ValueError(f"{name}: expected a real-valued tensor, got dtype {t.dtype}")
+        t = t.to(device=device, dtype=torch.float32)
+        if not torch.isfinite(t).all():
+            check_finite(t.cpu().numpy(), name)
+    else:
+        x = to_numpy(codes, name)
+        if x.dtype.kind not in "fiub":
+            raise ValueError(f"{name}: expected a real-valued array, got dtype {x.dtype}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        check_finite(x, name)
+        t = torch.from_numpy(x).to(device)
+    if t.ndim not in (2, 4):
+        raise ValueError(
+            f"{name}: expected shape (N, D, h, w) or (M, D), got {tuple(t.shape)} ({t.ndim}-D)"
+        )
+    if t.shape[1] == 0:
+        raise ValueError(f"{name}: code width D must be >= 1, got shape {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise ValueError(f"{name}: expected at least one image / token, got shape {tuple(t.shape)}")
+    return t
+
+
+def check_size(size, codes) -> tuple[int, int] | None:
+    """Validate an upsampling target ``size`` for ``codes``.
+
+    Args:
+        size: ``(H, W)`` (any two integers) or None.
+        codes: the codes to upsample (anything with ``.shape``): ``(N, D, h, w)`` when ``size``
+            is given.
+
+    Returns:
+        ``(H, W)`` as ints, or None when there is nothing to do (``size`` is None or equals the
+        code grid ``(h, w)``).
+
+    Raises:
+        ValueError: ``size`` for token-layout codes, or a non-positive ``H`` / ``W``.
+
+    Examples:
+        >>> check_size((8, 6), np.zeros((1, 3, 4, 4))), check_size((4, 4), np.zeros((1, 3, 4, 4)))
+        ((8, 6), None)
+    """
+    if size is None:
+        return None
+    shape = tuple(int(s) for s in codes.shape)
+    if len(shape) != 4:
+        raise ValueError(
+            f"size: only image-layout codes (N, D, h, w) can be upsampled, got {shape}"
+        )
+    size = (int(size[0]), int(size[1]))
+    if size[0] < 1 or size[1] < 1:
+        raise ValueError(f"size: expected a positive (H, W), got {size}")
+    return None if size == shape[2:] else size
+
+
+def upsample(x, size: tuple[int, int] | None):
+    """Bilinear upsampling of a tensor ``(N, C, h, w) -> (N, C, H, W)``, ``align_corners=False``.
+
+    Args:
+        x: ``(N, C, h, w)`` float torch tensor (codes, logits or scores: bilinear interpolation
+            is linear, so upsampling affine scores equals scoring the upsampled code).
+        size: ``(H, W)``, or None for the identity (see :func:`check_size`).
+
+    Returns:
+        ``(N, C, H, W)`` tensor (``x`` itself when ``size`` is None).
+    """
+    if size is None:
+        return x
+    import torch.nn.functional as F
+
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
