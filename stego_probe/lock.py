@@ -27,6 +27,7 @@ import json
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -111,6 +112,19 @@ def lock_holder(folder: str | os.PathLike) -> dict | None:
     return rec
 
 
+def _flock_briefly_retried(fd: int, tries: int = 5, wait_s: float = 0.05) -> None:
+    """``flock(LOCK_EX | LOCK_NB)``, retried a few times: :func:`lock_holder` takes the lock for
+    an instant to test it, which must not make a run starting at that moment fail."""
+    for i in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError:
+            if i == tries - 1:
+                raise
+            time.sleep(wait_s)
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[dict]:
     """Hold an exclusive lock on ``folder`` (created if missing) for the ``with`` block.
@@ -138,7 +152,7 @@ def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[dict]:
     try:
         if fcntl is not None:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _flock_briefly_retried(fd)
             except OSError:
                 rec = _read_record(path) or {}
                 raise FolderLockedError(
@@ -180,3 +194,25 @@ def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[dict]:
                     fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def table_lock_folder(table: str | os.PathLike) -> Path:
+    """The folder whose lock serialises every writer of the results table ``table``:
+    ``<real folder of table>/.stego_probe.locks/<file name>`` (symlinks resolved, so two paths
+    to one file share one lock)."""
+    real = Path(os.path.realpath(table))
+    return real.parent / ".stego_probe.locks" / real.name
+
+
+@contextlib.contextmanager
+def table_lock(table: str | os.PathLike, what: str = "run") -> Iterator[dict]:
+    """Hold the exclusive lock of the results table ``table`` (a CSV path) for the block.
+
+    Every writer of a results table takes it — ``evaluate --out FILE`` and a sweep for its
+    ``OUT/results.csv`` — so two runs never append to one table at once, whatever else they
+    lock. Two tables in one folder have two locks.
+
+    Yields / Raises: as :func:`folder_lock` (on :func:`table_lock_folder`).
+    """
+    with folder_lock(table_lock_folder(table), what=what) as rec:
+        yield rec

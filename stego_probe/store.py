@@ -1001,6 +1001,8 @@ class FeatureStore:
         """Why block ``b`` of array ``name`` (its decoded content ``data``) is damaged, or
         None when it matches its checksum (or is an unwritten block of an incomplete store,
         which reads as fill values by design)."""
+        if not self._done(strict)[b] and self._done_cache is not None:
+            self._done_cache = None  # another process may have written it since: look again
         if not self._done(strict)[b]:
             if self._attrs.get("complete"):
                 return "the store is marked complete but this block has no written marker"
@@ -1024,6 +1026,8 @@ class FeatureStore:
         reason = self._check_block_data(name, b, data)
         if reason is not None:
             raise self._corrupt(name, b, reason)
+        if not self._done()[b]:
+            return  # unwritten (incomplete store): nothing compared, so not "verified"
         with self._verify_lock:
             self._verified.setdefault(name, set()).add(b)
 

@@ -1101,10 +1101,11 @@ def run_sweep(
     if executor not in ("local", "ray"):
         raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
     check_dependencies(config, executor)
-    from stego_probe.lock import folder_lock
+    from stego_probe.lock import folder_lock, table_lock
 
-    # One run per output folder: a second sweep (or evaluate) into it is refused at once.
-    with folder_lock(out_dir, what="sweep"):
+    # One run per output folder: a second sweep into it is refused at once; the table lock
+    # also refuses an `evaluate --out OUT/results.csv` started at any time during the sweep.
+    with folder_lock(out_dir, what="sweep"), table_lock(Path(out_dir) / "results.csv", "sweep"):
         return _run_sweep_locked(config, Path(out_dir), executor, progress, train_store, val_store)
 
 

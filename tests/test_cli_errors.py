@@ -14,7 +14,7 @@ from test_evaluate import make_store, onehot_data  # noqa: E402
 import stego_probe.cli.evaluate as cli_evaluate  # noqa: E402
 import stego_probe.evaluate as evaluate_mod  # noqa: E402
 from stego_probe.cli.main import main  # noqa: E402
-from stego_probe.lock import folder_lock  # noqa: E402
+from stego_probe.lock import folder_lock, table_lock  # noqa: E402
 from stego_probe.results import read_results  # noqa: E402
 
 
@@ -154,7 +154,7 @@ def test_concurrent_run_into_the_same_out_is_refused(stores, tmp_path, capsys, m
     train, val = stores
     out = tmp_path / "r.csv"
     _forbid(monkeypatch, (evaluate_mod, "evaluate_stores"))
-    with folder_lock(cli_evaluate._lock_folder(str(out)), what="evaluate"):
+    with table_lock(out, what="evaluate"):
         assert main(_argv(train, val, out)) == 1
     err = _one_line_error(capsys)
     assert "in use by another evaluate" in err and "pid" in err
@@ -163,10 +163,17 @@ def test_concurrent_run_into_the_same_out_is_refused(stores, tmp_path, capsys, m
         assert main(_argv(train, val, out)) == 1
     err = _one_line_error(capsys)
     assert f"its folder {tmp_path} is in use by a running sweep" in err
+    # a sweep that started after the folder check holds the table lock of its results.csv;
+    # a symlinked folder reaches the same table, hence the same lock
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path, target_is_directory=True)
+    with table_lock(out, what="sweep"):
+        assert main(_argv(train, val, link / "r.csv")) == 1
+    assert "in use by another sweep" in _one_line_error(capsys)
     assert not out.exists()
     # released: the run goes ahead (two CSVs of one folder do not block each other)
     monkeypatch.undo()
-    with folder_lock(cli_evaluate._lock_folder(str(tmp_path / "other.csv")), what="evaluate"):
+    with table_lock(tmp_path / "other.csv", what="evaluate"):
         assert main(_argv(train, val, out, "--seeds", "0", probes="kmeans")) == 0
 
 

@@ -753,6 +753,55 @@ def test_import_checkpoint_admits_numpy_data(tmp_path, monkeypatch, reader):
     assert torch.equal(head.head_.state_dict()["cluster1.0.weight"], sd["net.cluster1.0.weight"])
 
 
+def _checkpoint_with_pickle(path, pkl: bytes) -> None:
+    """A torch zip checkpoint whose ``data.pkl`` is ``pkl`` (hand-written opcodes)."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    torch.save({"state_dict": {}}, buf)
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as zin, zipfile.ZipFile(path, "w") as zout:
+        for item in zin.infolist():
+            data = pkl if item.filename.endswith("data.pkl") else zin.read(item.filename)
+            zout.writestr(item, data)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        ("torch.storage", "TypedStorage"),
+        ("torch.storage", "UntypedStorage"),
+        ("typing", "Any"),
+        ("torch._utils", "_rebuild_tensor_v2"),
+    ],
+)
+@pytest.mark.parametrize("reader", ["default", "allow_list"])
+def test_crafted_checkpoint_cannot_set_state_on_admitted_globals(
+    tmp_path, monkeypatch, reader, target
+):
+    """BUILD on an admitted class or function would setattr on it for the whole process."""
+    import importlib
+
+    def glob(mod, name):
+        return b"c" + mod.encode() + b"\n" + name.encode() + b"\n"
+
+    def text(s):
+        return b"X" + len(s).to_bytes(4, "little") + s.encode()
+
+    # (None, {"pwned_attr": codecs.encode}) as the BUILD state of `target`, then {"state_dict": {}}
+    pkl = (
+        b"\x80\x02" + glob(*target) + b"N}" + text("pwned_attr") + glob("_codecs", "encode")
+        + b"s\x86b0}" + text("state_dict") + b"}s."
+    )  # fmt: skip
+    path = tmp_path / "build.ckpt"
+    _checkpoint_with_pickle(path, pkl)
+    _force_reader(monkeypatch, reader)
+    obj = getattr(importlib.import_module(target[0]), target[1])
+    with pytest.raises(ValueError, match=rf"build.ckpt: refusing to load: .*{target[1]}.*BUILD"):
+        import_checkpoint(path, unpickler="stub")
+    assert not hasattr(obj, "pwned_attr")
+
+
 @pytest.mark.parametrize("kind", sorted(PAYLOADS))
 @pytest.mark.parametrize("reader", ["default", "allow_list"])
 @pytest.mark.parametrize("unpickler", MODES)

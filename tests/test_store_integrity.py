@@ -207,6 +207,17 @@ def test_incomplete_store_reads_unwritten_blocks_without_error(tmp_path):
     np.testing.assert_array_equal(part.labels(slice(4, 8)), labels[4:8])
     rep = verify_store(tmp_path / "s")
     assert rep.ok and rep.unwritten == [0, 2] and rep.blocks_checked == 1
+    # Block 0 written later by another handle, then damaged: the reader that saw it unwritten
+    # must check it now, not keep reading fill values or trust it unverified.
+    writer = FeatureStore.open(tmp_path / "s", mode="r+", allow_incomplete=True)
+    writer.write_block(0, tokens[0:4], labels[0:4], ids[0:4])
+    np.testing.assert_array_equal(part.tokens(slice(0, 4)), tokens[0:4].astype(np.float16))
+    part2 = FeatureStore.open(tmp_path / "s", allow_incomplete=True)
+    assert (part2.tokens(8) == 0).all()  # block 2 still unwritten
+    writer.write_block(2, tokens[8:10], labels[8:10], ids[8:10])
+    _chunk(tmp_path / "s", "tokens", 2).unlink()
+    with pytest.raises(StoreCorruptError, match="checksum mismatch"):
+        part2.tokens(8)
 
 
 @pytest.mark.parametrize(

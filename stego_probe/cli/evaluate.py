@@ -380,18 +380,12 @@ def _planned_keys(args, probe: str, seed: int, train, val) -> list[tuple[str, ..
     return [point_key({**context, "crf": c}) for c in ((False, True) if args.crf else (False,))]
 
 
-def _lock_folder(out: str) -> str:
-    """The folder whose lock serialises the runs writing results CSV ``out``."""
-    parent = os.path.dirname(os.path.abspath(out))
-    return os.path.join(parent, ".stego_probe.locks", os.path.basename(out))
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from stego_probe.lock import FolderLockedError, folder_lock, lock_holder
+    from stego_probe.lock import FolderLockedError, lock_holder, table_lock
 
     # Everything that can refuse the output is checked before any store is read.
     _check_outputs(args)
-    parent = os.path.dirname(os.path.abspath(args.out))
+    parent = os.path.dirname(os.path.realpath(args.out))
     holder = lock_holder(parent)
     if holder is not None:
         raise FolderLockedError(
@@ -399,7 +393,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             f"{holder.get('what', 'run')} (pid {holder.get('pid')} on host "
             f"{holder.get('host')!r}); write the results elsewhere or wait for it to finish"
         )
-    with folder_lock(_lock_folder(args.out), what="evaluate"):
+    with table_lock(args.out, what="evaluate"):
         return _evaluate_locked(args)
 
 

@@ -39,6 +39,7 @@ import functools
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import os
 import pickle
 import types
@@ -194,9 +195,10 @@ ALLOWED_GLOBALS = {
 class RefusedGlobalError(pickle.UnpicklingError):
     """A pickle named a global that is not on the checkpoint allow-list (``.name``)."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__(f"global {name} is not allowed")
+    def __init__(self, name: str, build: bool = False) -> None:
+        super().__init__(f"global {name} is not allowed" + (" as a BUILD target" if build else ""))
         self.name = name
+        self.build = build
 
 
 class _Stub(dict):
@@ -294,11 +296,36 @@ def _python3_name(module: str, name: str) -> tuple[str, str]:
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
-class _AllowListUnpickler(pickle.Unpickler):
+def _guarded_build(self) -> None:
+    """pickle's BUILD (set an object's state), refused on anything but an instance.
+
+    BUILD on an admitted class or function itself (``c torch.storage TypedStorage`` followed by
+    ``(None, {attr: value})``) would ``setattr`` on it for the rest of the process; only objects
+    the pickle itself created may receive state.
+    """
+    target = self.stack[-2]  # the state is on top, the object receiving it below
+    if (
+        isinstance(target, type | types.ModuleType)
+        or inspect.isroutine(target)
+        or any(target is obj for obj in self.allowed.values())
+    ):
+        name = getattr(target, "__qualname__", None) or type(target).__name__
+        module = getattr(target, "__module__", None) or ""
+        raise RefusedGlobalError(f"{module}.{name}", build=True)
+    pickle._Unpickler.load_build(self)
+
+
+class _AllowListUnpickler(pickle._Unpickler):
     """Unpickler whose ``find_class`` returns only objects of ``allowed`` (by full name) and
-    raises :class:`RefusedGlobalError` for any other global (nothing is imported)."""
+    raises :class:`RefusedGlobalError` for any other global (nothing is imported).
+
+    It is pickle's pure-Python unpickler with BUILD guarded (:func:`_guarded_build`): state is
+    set only on instances, never on an admitted class or function.
+    """
 
     allowed: dict = {}
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.BUILD[0]] = _guarded_build
 
     def find_class(self, module: str, name: str):
         module, name = _python3_name(module, name)
@@ -456,11 +483,16 @@ def _load_safe(path: Path, allowed: dict):
             path, map_location="cpu", weights_only=False, pickle_module=_allow_list_pickle(allowed)
         )
     except RefusedGlobalError as e:
+        what = (
+            f"sets state on the global {e.name} itself (pickle BUILD), which would change it "
+            "for the rest of the process and which no checkpoint does"
+            if e.build
+            else f"names the global {e.name}, which is not on the allow-list of a STEGO "
+            "checkpoint (OmegaConf configs, Lightning AttributeDict, tensors, builtin containers)"
+        )
         raise ValueError(
-            f"{path}: refusing to load: the pickle names the global {e.name}, which is not on "
-            "the allow-list of a STEGO checkpoint (OmegaConf configs, Lightning AttributeDict, "
-            "tensors, builtin containers), so nothing was run; use --trust-pickle (trust=True) "
-            "only if you made or otherwise trust this file"
+            f"{path}: refusing to load: the pickle {what}, so nothing was run; use "
+            "--trust-pickle (trust=True) only if you made or otherwise trust this file"
         ) from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
         raise _not_a_checkpoint(path, e) from e
