@@ -21,7 +21,13 @@ import yaml
 
 from stego_probe import sweep
 from stego_probe.cli.main import main
-from stego_probe.lock import LOCK_NAME, FolderLockedError, folder_lock, lock_holder
+from stego_probe.lock import (
+    LOCK_NAME,
+    FolderLockedError,
+    folder_lock,
+    lock_holder,
+    table_lock_folder,
+)
 from stego_probe.results import RESULT_COLUMNS, make_rows, read_results
 from stego_probe.sweep import (
     Point,
@@ -421,8 +427,9 @@ def test_resume_refuses_another_configuration(tiny_run, tmp_path):
             run_sweep(tiny_config(**{key: value}), out, progress=False)
     assert (out / "config.json").read_text() == before
     assert (out / "results.csv").read_bytes() == table
-    # nothing written apart from the folder's (released) lock file
-    assert sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) == [
+    # nothing written apart from the (released) folder and table lock files
+    locks = {LOCK_NAME, table_lock_folder(out / "results.csv").parent.name}
+    assert sorted(p.name for p in out.iterdir() if p.name not in locks) == [
         "config.json",
         "results.csv",
     ]
