@@ -76,7 +76,7 @@ def main() -> None:
     print(f"tokens n={n} d={d} K={k}; Adam batch={batch} tokens; threads={threads}")
 
     t0 = time.perf_counter()
-    km = KMeansProbe(k, n_train=n, niter=100, nredo=nredo, random_state=0, gpu=False).fit(x)
+    km = KMeansProbe(k, n_tokens=n, niter=100, nredo=nredo, random_state=0, gpu=False).fit(x)
     t_faiss = time.perf_counter() - t0
     target = mean_max_cosine(x_hat, km.cluster_centers_)
     print(f"FAISS k-means (niter=100, nredo={nredo}): {t_faiss:.2f} s, objective {target:.4f}")

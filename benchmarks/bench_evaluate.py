@@ -51,7 +51,7 @@ def main() -> None:
         progress=False,
     )
     k = val.n_classes
-    kw = {"kmeans": {"n_train": 50_000, "niter": 20, "nredo": 1}}
+    kw = {"kmeans": {"n_tokens": 50_000, "niter": 20, "nredo": 1}}
     # fit once (timed separately), then time the evaluation pass alone with the fitted probe
     _, probes = evaluate_stores(
         train, val, probes="kmeans", probe_kwargs=kw, return_probes=True, progress=False

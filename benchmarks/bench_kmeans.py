@@ -91,7 +91,7 @@ def main() -> None:
             for metric in metrics:
                 t0 = time.perf_counter()
                 ours = KMeansProbe(
-                    k, n_train=n, niter=niter, nredo=nredo, metric=metric, random_state=0,
+                    k, n_tokens=n, niter=niter, nredo=nredo, metric=metric, random_state=0,
                     init=init, tol=tol,
                 ).fit(x)  # fmt: skip
                 t_ours = time.perf_counter() - t0

@@ -96,7 +96,7 @@ def time_per_iteration(n: int, d: int, k: int) -> None:
     times = {}
     for niter in (10, 30):
         t0 = time.perf_counter()
-        KMeansProbe(k, n_train=n, niter=niter, nredo=1, tol=None, gpu=False).fit(x)
+        KMeansProbe(k, n_tokens=n, niter=niter, nredo=1, tol=None, gpu=False).fit(x)
         times[niter] = time.perf_counter() - t0
     per = (times[30] - times[10]) / 20
     print(
@@ -152,7 +152,7 @@ def main() -> None:
                         warnings.simplefilter("ignore", RuntimeWarning)
                         frame, fitted = evaluate_stores(
                             train, val, probes="kmeans", projection=proj, seed=seed,
-                            n_train=10**7, probe_kwargs={"kmeans": kw}, progress=False,
+                            n_tokens=10**7, probe_kwargs={"kmeans": kw}, progress=False,
                             return_probes=True,
                         )  # fmt: skip
                     times.append(time.perf_counter() - t0)

@@ -22,6 +22,8 @@ MODULES = [
     "stego_probe.provenance",
     "stego_probe.registry",
     "stego_probe.fileio",
+    "stego_probe.params",
+    "stego_probe.persist",
     "stego_probe.device",
     "stego_probe.data",
     "stego_probe.data.transforms",

@@ -158,7 +158,7 @@ def make_parser(
         default={},
         metavar="JSON",
         help="sweep-config fields merged into every preset (nested dicts merged key by key), "
-        'e.g. \'{"probe_kwargs": {"kmeans": {"n_train": 100000}}}\' or @file.json',
+        'e.g. \'{"probe_kwargs": {"kmeans": {"n_tokens": 100000}}}\' or @file.json',
     )
     if sweep:
         g = p.add_argument_group("sweep grid")

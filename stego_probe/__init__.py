@@ -8,4 +8,4 @@ Every stage is a plain function or a scikit-learn style estimator on numpy / tor
 notebook user can call any of them on their own data.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -37,7 +37,7 @@ QUICK = {
     "dims": [3, 12],
     "seeds": [0],
     "probe_kwargs": {
-        "kmeans": {"n_train": 5000, "niter": 10, "nredo": 1},
+        "kmeans": {"n_tokens": 5000, "niter": 10, "nredo": 1},
         "linear": {"steps": 30, "batch_size": 8},
     },
     "method_kwargs": {"stego": {"steps": 30}},

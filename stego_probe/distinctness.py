@@ -75,18 +75,19 @@ def _flat_ids(ids: Any, m: int, name: str) -> np.ndarray:
 def kmeans_convergence(
     codes: Any,
     n_clusters: int,
+    *,
     seeds: Sequence[int] = (0, 1, 2),
     niter: int = 50,
     metric: str = "cosine",
     tol: float = 1e-4,
-    n_train: int = 1_000_000,
+    n_tokens: int = 1_000_000,
     gpu: Any = "auto",
 ) -> dict:
     """Convergence speed of k-means and agreement between restarts with different seeds.
 
     For every seed a :class:`stego_probe.probes.kmeans.KMeansProbe` (FAISS; cosine: normalised
     inputs and spherical centroids; ``max_points_per_centroid`` set so the whole subsample is
-    used; one restart) is fitted on a seeded subsample of ``n_train`` tokens, and all tokens are
+    used; one restart) is fitted on a seeded subsample of ``n_tokens`` tokens, and all tokens are
     assigned. The seed varies both the subsample and the FAISS initialisation.
 
     Args:
@@ -96,7 +97,7 @@ def kmeans_convergence(
         niter: Lloyd iterations per run.
         metric: ``"cosine"`` or ``"euclidean"`` (as ``KMeansProbe``).
         tol: relative objective change below which a run counts as converged.
-        n_train: tokens clustered per run (all if fewer).
+        n_tokens: tokens clustered per run (all if fewer).
         gpu: as ``KMeansProbe``.
 
     Returns:
@@ -128,7 +129,7 @@ def kmeans_convergence(
     for seed in seeds:
         probe = KMeansProbe(
             n_clusters=n_clusters,
-            n_train=n_train,
+            n_tokens=n_tokens,
             niter=niter,
             nredo=1,
             metric=metric,
@@ -162,28 +163,28 @@ def _pairs(n: int) -> list[tuple[int, int]]:
     return list(itertools.combinations(range(n), 2))
 
 
-def stratified_subsample(ids: np.ndarray, sample_size: int, seed: int | None) -> np.ndarray:
-    """Indices of a per-cluster (stratified) random subsample of about ``sample_size`` tokens.
+def stratified_subsample(ids: np.ndarray, n_tokens: int, seed: int | None) -> np.ndarray:
+    """Indices of a per-cluster (stratified) random subsample of about ``n_tokens`` tokens.
 
-    Cluster ``k`` with ``n_k`` of ``M`` tokens contributes ``min(n_k, max(1, round(sample_size *
+    Cluster ``k`` with ``n_k`` of ``M`` tokens contributes ``min(n_k, max(1, round(n_tokens *
     n_k / M)))`` tokens drawn without replacement, so small clusters are kept. If
-    ``sample_size >= M`` all indices are returned.
+    ``n_tokens >= M`` all indices are returned.
 
     Args:
         ids: (M,) int64 cluster ids.
-        sample_size: target total.
+        n_tokens: target total.
         seed: random seed.
 
     Returns:
         sorted int64 indices into ``ids``.
     """
     m = ids.shape[0]
-    if sample_size >= m:
+    if n_tokens >= m:
         return np.arange(m, dtype=np.int64)
     rng = np.random.default_rng(seed)
     order = np.argsort(ids, kind="stable")
     uniq, starts, counts = np.unique(ids[order], return_index=True, return_counts=True)
-    quota = np.minimum(counts, np.maximum(1, np.round(sample_size * counts / m).astype(np.int64)))
+    quota = np.minimum(counts, np.maximum(1, np.round(n_tokens * counts / m).astype(np.int64)))
     parts = [
         order[s : s + c][rng.choice(c, size=q, replace=False)]
         for s, c, q in zip(starts, counts, quota)
@@ -194,14 +195,15 @@ def stratified_subsample(ids: np.ndarray, sample_size: int, seed: int | None) ->
 def cluster_statistics(
     codes: Any,
     cluster_ids: Any,
-    sample_size: int = 10_000,
+    *,
+    n_tokens: int = 10_000,
     seeds: Sequence[int] = (0, 1, 2),
     metric: str = "cosine",
 ) -> dict:
     """Silhouette, Davies–Bouldin and Calinski–Harabasz of a clustering of L2-normalised codes.
 
     * **silhouette** (``sklearn.metrics.silhouette_score`` with ``metric``, default cosine;
-      ``O(n^2 D)``): computed on a stratified per-cluster subsample of about ``sample_size``
+      ``O(n^2 D)``): computed on a stratified per-cluster subsample of about ``n_tokens``
       tokens (:func:`stratified_subsample`) for every seed; mean and population std over seeds.
       In ``[-1, 1]``, higher = more distinct.
     * **Davies–Bouldin** (lower = more distinct) and **Calinski–Harabasz** (higher = more
@@ -212,7 +214,7 @@ def cluster_statistics(
     Args:
         codes: ``(M, D)`` or ``(N, D, h, w)`` array / tensor.
         cluster_ids: per-token cluster ids, ``(M,)`` or ``(N, h, w)``.
-        sample_size: silhouette subsample size (the full set if ``>= M``).
+        n_tokens: silhouette subsample size (the full set if ``>= M``).
         seeds: one silhouette subsample per seed.
         metric: silhouette metric, ``"cosine"`` or ``"euclidean"``.
 
@@ -241,7 +243,7 @@ def cluster_statistics(
         )
     sil = []
     for seed in seeds:
-        idx = stratified_subsample(ids, int(sample_size), seed)
+        idx = stratified_subsample(ids, int(n_tokens), seed)
         sil.append(float(silhouette_score(x[idx], ids[idx], metric=metric)))
     return {
         "silhouette": float(np.mean(sil)),
@@ -344,9 +346,9 @@ def distinctness_report(
     n_clusters: int,
     n_classes: int | None = None,
     seeds: Sequence[int] = (0, 1, 2),
-    sample_size: int = 10_000,
+    silhouette_tokens: int = 10_000,
     niter: int = 50,
-    n_train: int = 1_000_000,
+    n_tokens: int = 1_000_000,
     metric: str = "cosine",
     tol: float = 1e-4,
     gpu: Any = "auto",
@@ -361,8 +363,8 @@ def distinctness_report(
         labels: optional per-token labels ``(M,)`` or ``(N, h, w)``.
         n_clusters: k-means ``K'``.
         n_classes: ``K`` for the labels (default ``n_clusters``).
-        seeds, niter, n_train, metric, tol, gpu: k-means settings (:func:`kmeans_convergence`).
-        sample_size: silhouette subsample (:func:`cluster_statistics`).
+        seeds, niter, n_tokens, metric, tol, gpu: k-means settings (:func:`kmeans_convergence`).
+        silhouette_tokens: silhouette subsample (:func:`cluster_statistics`'s ``n_tokens``).
 
     Returns:
         dict with the keys of :data:`REPORT_KEYS` (``scatter_ratio`` ... ``margin_positive_frac``
@@ -385,11 +387,11 @@ def distinctness_report(
         niter=niter,
         metric=metric,
         tol=tol,
-        n_train=n_train,
+        n_tokens=n_tokens,
         gpu=gpu,
     )
     stats = cluster_statistics(
-        codes, conv["assignments"][0], sample_size=sample_size, seeds=seeds, metric=metric
+        codes, conv["assignments"][0], n_tokens=silhouette_tokens, seeds=seeds, metric=metric
     )
     report = {
         "silhouette": stats["silhouette"],

@@ -45,6 +45,7 @@ import numpy as np
 from stego_probe.codes import check_finite, to_numpy
 from stego_probe.labels import IGNORE_VALUES, check_labels
 from stego_probe.metrics import metrics_to_flat
+from stego_probe.params import renamed_kwargs
 from stego_probe.probes import PROBE_ALIASES, PROBE_NAMES, canonical_name, get_probe
 from stego_probe.probes.cluster_lookup import (
     DEFAULT_BATCH_SIZE,
@@ -131,7 +132,7 @@ def _probe_kwargs(probe_kwargs: Mapping | None, name: str) -> dict:
     out: dict = {}
     for k, v in probe_kwargs.items():
         if PROBE_ALIASES.get(k, k) == name:
-            out.update(v or {})
+            out.update(renamed_kwargs(v or {}, f"probe_kwargs[{k!r}]"))
     return out
 
 
@@ -571,7 +572,7 @@ def evaluate_stores(
     match: str = "hungarian",
     steps: int = DEFAULT_STEPS,
     train_batch_size: int = DEFAULT_BATCH_SIZE,
-    n_train: int = 1_000_000,
+    n_tokens: int = 1_000_000,
     probe_kwargs: Mapping | None = None,
     batch_size: int = 8,
     images: Callable | None = None,
@@ -606,8 +607,8 @@ def evaluate_stores(
         match: matching of the unsupervised probes (linear always uses ``"identity"``).
         steps, train_batch_size: training mini-batches and images per batch of the cluster and
             linear probes (reference: 7000 x 32; Potsdam 5000 x 16).
-        n_train: tokens sampled from the training store for the k-means probe; the linear
-            probe's input statistics come from the same sample (from ``min(n_train,
+        n_tokens: tokens sampled from the training store for the k-means probe; the linear
+            probe's input statistics come from the same sample (from ``min(n_tokens,
             STATS_TOKENS)`` tokens when k-means does not run).
         probe_kwargs: ``{probe: {constructor kwargs}}`` overriding the above.
         batch_size: validation images per batch (reference: 8).
@@ -699,14 +700,14 @@ def evaluate_stores(
         # One seeded token sample serves the k-means fit and the linear probe's input statistics
         # (which alone need far fewer tokens than k-means: mean and std per channel).
         if kmeans_sample:
-            n_sample = int(kwargs.get("kmeans", {}).get("n_train", n_train))
+            n_sample = int(kwargs.get("kmeans", {}).get("n_tokens", n_tokens))
         else:
-            n_sample = min(int(n_train), STATS_TOKENS)
+            n_sample = min(int(n_tokens), STATS_TOKENS)
         tokens = train_store.sample_tokens(int(n_sample), seed=seed)
         check_store_sample(train_store, tokens)  # names the image of a NaN token
         sample = check_finite(project(tokens), f"train store {train_store.path} codes")
     if fit_kmeans:
-        kw = {"n_train": int(n_train), **kwargs["kmeans"]}
+        kw = {"n_tokens": int(n_tokens), **kwargs["kmeans"]}
         fitted["kmeans"] = get_probe("kmeans", n_classes, **{"random_state": seed, **kw})
         fitted["kmeans"].fit(sample)
     for probe in needs_stats:

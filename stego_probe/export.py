@@ -1,7 +1,8 @@
 """Export what an evaluation computed: the fitted probes and the per-image predictions.
 
 * :func:`save_probes` / :func:`load_probes`: every fitted probe of an evaluation as one ``.npz``
-  file (each probe class's own ``save`` / ``load``) plus a ``probes.json`` manifest.
+  file (each probe's ``save`` / ``load``: the common estimator format of
+  :mod:`stego_probe.persist`; older probe files still load) plus a ``probes.json`` manifest.
 * :class:`PredictionWriter`: used by :func:`stego_probe.evaluate.evaluate_stores` with
   ``save_predictions=DIR``; streams the validation predictions of every probe (and CRF setting)
   to one PNG per image, batch by batch, and at the end maps cluster ids to classes with the
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from stego_probe.fileio import atomic_write, to_jsonable
+from stego_probe.params import renamed_kwargs
 
 #: Name of the manifest written by :func:`save_probes`.
 PROBES_MANIFEST = "probes.json"
@@ -443,8 +445,8 @@ def class_aligned_predictions(
             ``(M, C) -> (M, D)`` and ``transform_tokens`` ``(B, h, w, C) -> (B, D, h, w)``.
         indices: val image indices to return, any order (repeats allowed).
         seed: k-means seed (of the training sample and of the clustering).
-        kmeans_kwargs: :class:`~stego_probe.probes.KMeansProbe` arguments (``n_train``,
-            ``niter``, ``nredo`` ...), as the sweep's ``probe_kwargs["kmeans"]``; ``n_train``
+        kmeans_kwargs: :class:`~stego_probe.probes.KMeansProbe` arguments (``n_tokens``,
+            ``niter``, ``nredo`` ...), as the sweep's ``probe_kwargs["kmeans"]``; ``n_tokens``
             defaults to 50,000 tokens.
         batch_size: val images per prediction batch.
 
@@ -459,10 +461,10 @@ def class_aligned_predictions(
         return np.asarray(projection.transform_tokens(tokens), dtype=np.float32)
 
     k = int(val_store.n_classes)
-    kw = {"n_train": 50_000, **dict(kmeans_kwargs or {})}
+    kw = {"n_tokens": 50_000, **renamed_kwargs(kmeans_kwargs or {}, "kmeans_kwargs")}
     kw.setdefault("n_clusters", k)
     kw.setdefault("random_state", seed)
-    sample = train_store.sample_tokens(int(kw["n_train"]), seed=seed)
+    sample = train_store.sample_tokens(int(kw["n_tokens"]), seed=seed)
     sample = np.ascontiguousarray(projection.transform(sample), dtype=np.float32)
     probe = get_probe("kmeans", **kw).fit(sample)
     size = tuple(val_store.label_shape)

@@ -21,6 +21,36 @@ import pandas as pd
 
 from stego_probe.results import as_bool, coerce_types
 
+#: What each released checkpoint was trained on (PROTOCOL §3.3, §3.7): the file name, the
+#: backbone, the crop, the class count ``K`` and the train / validation resolutions. Facts about
+#: the released runs, not training settings (``K`` of a training run comes from its store).
+RELEASES: dict[str, dict] = {
+    "cocostuff27": {
+        "checkpoint": "cocostuff27_vit_base_5.ckpt",
+        "backbone": "dino_vitb8",
+        "crop": "five",
+        "n_classes": 27,
+        "res": 224,
+        "val_res": 320,
+    },
+    "cityscapes27": {
+        "checkpoint": "cityscapes_vit_base_1.ckpt",
+        "backbone": "dino_vitb8",
+        "crop": "five",
+        "n_classes": 27,
+        "res": 224,
+        "val_res": 320,
+    },
+    "potsdam3": {
+        "checkpoint": "potsdam_test.ckpt",
+        "backbone": "dino_vits8",
+        "crop": "none",
+        "n_classes": 3,
+        "res": 224,
+        "val_res": 320,
+    },
+}
+
 #: The paper's datasets, in the column order of its Figure 4 and the row order of Table 2.
 PAPER_DATASETS = ("cocostuff27", "cityscapes27", "potsdam3")
 
@@ -190,7 +220,7 @@ def compare_with_published(df: pd.DataFrame) -> pd.DataFrame:
 
     Examples:
         >>> rows = pd.DataFrame({"dataset": "potsdam3", "method": "stego_released", "dim": 70,
-        ...     "seed": 0, "probe": "cluster", "crf": True, "mode": "eval",
+        ...     "seed": 0, "probe": "cluster", "crf": True, "mode": "pixel_flip",
         ...     "metric": ["accuracy", "miou"], "value": [77.0, 62.0]})
         >>> t = compare_with_published(rows)
         >>> round(float(t["miou"].iloc[0] - t["target_miou"].iloc[0]), 2)  # 62.57: issue #39

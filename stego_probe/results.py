@@ -39,7 +39,7 @@ RESULT_COLUMNS = [
     "seed",  # random_state of projection + probe
     "probe",  # kmeans, cluster, linear, none (distinctness)
     "crf",  # bool
-    "mode",  # val (one pass), eval (flip-averaged), token (token-level approximation)
+    "mode",  # pixel (one pass), pixel_flip (flip-averaged), token (token-level approximation)
     "match",  # hungarian, majority, identity, reference
     "split",  # the split the metric was computed on
     "metric",  # accuracy, miou, iou:<class>, silhouette, ...
@@ -146,7 +146,9 @@ def coerce_types(df: pd.DataFrame, *, name: str = "df") -> pd.DataFrame:
     * :data:`INT_COLUMNS` (``dim``, ``seed``, ``kmeans_niter`` ...): int64 when every cell is
       an integral number, otherwise float64 (NaN for empty cells);
     * :data:`FLOAT_COLUMNS` (``value``, ``kmeans_tol``): float64 (NaN for empty cells);
-    * :data:`TEXT_COLUMNS`: ``str``, empty / missing cells as ``""``.
+    * :data:`TEXT_COLUMNS`: ``str``, empty / missing cells as ``""``; ``mode`` values of
+      older versions renamed (:data:`LEGACY_MODE_VALUES`: ``val`` -> ``pixel``, ``eval`` ->
+      ``pixel_flip``).
 
     Args:
         df: results rows.
@@ -192,21 +194,32 @@ def coerce_types(df: pd.DataFrame, *, name: str = "df") -> pd.DataFrame:
     for c in TEXT_COLUMNS:
         if c in d.columns:
             d[c] = d[c].astype(object).where(d[c].notna(), "").astype(str)
+    if "mode" in d.columns:
+        d["mode"] = d["mode"].replace(LEGACY_MODE_VALUES)
     return d
+
+
+#: Values of the ``mode`` column: which evaluation pass produced a row (:func:`mode_column`).
+MODE_VALUES = ("pixel", "pixel_flip", "token")
+#: ``mode`` values written before the rename (the reference's pass names, PROTOCOL §4.4):
+#: ``val`` was the single pixel-level pass, ``eval`` the flip-averaged one. :func:`coerce_types`
+#: (hence :func:`read_results`) maps them, so tables written by older versions resume and plot.
+LEGACY_MODE_VALUES = {"val": "pixel", "eval": "pixel_flip"}
 
 
 def mode_column(mode: str, flip: bool) -> str:
     """The ``mode`` column of a result row: which evaluation pass produced it.
 
-    ``"token"`` for ``mode="token"`` (labels pooled to the token grid), ``"eval"`` for
-    ``mode="pixel"`` with flip-averaged codes (the reference's "eval" pass), ``"val"`` for
-    ``mode="pixel"`` without (the reference's "val" pass).
+    ``"token"`` for ``mode="token"`` (labels pooled to the token grid), ``"pixel"`` for
+    ``mode="pixel"`` (codes upsampled to the label resolution; the reference's "val" pass) and
+    ``"pixel_flip"`` for ``mode="pixel"`` with flip-averaged codes (the reference's final
+    "eval" pass).
 
     Examples:
         >>> mode_column("pixel", False), mode_column("pixel", True), mode_column("token", False)
-        ('val', 'eval', 'token')
+        ('pixel', 'pixel_flip', 'token')
     """
-    return "token" if mode == "token" else ("eval" if flip else "val")
+    return "token" if mode == "token" else ("pixel_flip" if flip else "pixel")
 
 
 def kmeans_context(probe) -> dict:

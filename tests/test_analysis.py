@@ -51,7 +51,7 @@ def result_rows(rows: list[dict]) -> pd.DataFrame:
 # ------------------------------------------------------------------------- compare_with_published
 
 
-def row(dataset, method, dim, probe, crf, seed, metric, value, mode="eval"):
+def row(dataset, method, dim, probe, crf, seed, metric, value, mode="pixel_flip"):
     return dict(dataset=dataset, method=method, dim=dim, probe=probe, crf=crf, seed=seed,
                 mode=mode, metric=metric, value=value)  # fmt: skip
 
@@ -125,10 +125,10 @@ def test_compare_with_published_empty_and_bad_input():
 def write_results(path: Path) -> None:
     for method, dim, seed, crf in (("pca", 3, 0, False), ("pca", 3, 0, True), ("rp", 6, 1, False)):
         ctx = dict(dataset="potsdam3", backbone="dino_vits8", method=method, dim=dim, seed=seed,
-                   probe="kmeans", crf=crf, mode="val", split="val")  # fmt: skip
+                   probe="kmeans", crf=crf, mode="pixel", split="val")  # fmt: skip
         append_csv(make_rows(ctx, {"miou": 1.0, "accuracy": 2.0}), path)
     ctx = dict(dataset="cityscapes27", backbone="dino_vitb8", method="pca", dim=1, seed=0,
-               probe="none", crf=False, mode="val", split="train")  # fmt: skip
+               probe="none", crf=False, mode="pixel", split="train")  # fmt: skip
     append_csv(make_rows(ctx, {"explained_variance_ratio": 0.5}), path)
 
 
@@ -200,7 +200,7 @@ def test_read_results_types_the_columns(tmp_path):
 
 def test_to_frame_agrees_with_read_results(tmp_path):
     ctx = dict(dataset="synthetic", method="pca", dim=3, seed=0, probe="kmeans", crf=True,
-               mode="val", split="val")  # fmt: skip
+               mode="pixel", split="val")  # fmt: skip
     rows = make_rows(ctx, {"miou": 1.0}) + make_rows({**ctx, "crf": ""}, {"miou": 2.0})
     path = tmp_path / "results.csv"
     append_csv(rows, path)

@@ -90,7 +90,9 @@ def test_class_aligned_predictions(demo_run):
     k = int(val.n_classes)
     proj = get_projection("dino", None).fit(train)
     idx = np.arange(val.n_images)
-    pred = class_aligned_predictions(train, val, proj, idx, seed=0, kmeans_kwargs={"n_train": 3000})
+    pred = class_aligned_predictions(
+        train, val, proj, idx, seed=0, kmeans_kwargs={"n_tokens": 3000}
+    )
     labels = val.labels(idx)
     assert pred.shape == labels.shape and pred.dtype == np.int64
     assert pred.min() >= 0 and pred.max() < k  # K clusters for K classes: all matched
@@ -119,7 +121,7 @@ def test_class_aligned_predictions(demo_run):
 
     # 3. the matching is global: a subset of images gets the same colours as in the full split
     sub = class_aligned_predictions(
-        train, val, proj, [3, 0], seed=0, kmeans_kwargs={"n_train": 3000}
+        train, val, proj, [3, 0], seed=0, kmeans_kwargs={"n_tokens": 3000}
     )
     np.testing.assert_array_equal(sub, pred[[3, 0]])
 
@@ -210,7 +212,7 @@ def _summary_rows(backbone, seeds):
                     "seed": s,
                     "probe": "kmeans",
                     "crf": False,
-                    "mode": "val",
+                    "mode": "pixel",
                     "metric": "miou",
                     "value": 10.0 + 2.0 * s,
                 }

@@ -35,7 +35,7 @@ def _unit(x):
 def test_cluster_statistics_equal_sklearn_on_full_sample():
     x, y = _blobs(spread=2.0)
     x = x * np.random.default_rng(1).uniform(0.5, 3, (len(x), 1)).astype(np.float32)  # norms vary
-    stats = cluster_statistics(x, y, sample_size=10_000, seeds=(0, 1))
+    stats = cluster_statistics(x, y, n_tokens=10_000, seeds=(0, 1))
     assert stats["silhouette"] == pytest.approx(silhouette_score(x, y, metric="cosine"), abs=1e-6)
     assert stats["silhouette_std"] == pytest.approx(0.0, abs=1e-12)  # full set for every seed
     xn = _unit(x.astype(np.float64))
@@ -65,7 +65,7 @@ def test_silhouette_subsample_is_stratified_and_varies_with_seed():
     np.testing.assert_array_equal(counts, [90, 9, 1])
     assert len(np.unique(idx)) == len(idx)
     x = rng.normal(size=(1000, 5)).astype(np.float32)
-    stats = cluster_statistics(x, y, sample_size=100, seeds=(0, 1, 2))
+    stats = cluster_statistics(x, y, n_tokens=100, seeds=(0, 1, 2))
     assert len(set(stats["silhouette_per_seed"])) == 3 and stats["silhouette_std"] > 0
     with pytest.raises(ValueError, match="2 <= number of clusters"):
         cluster_statistics(x, np.zeros(1000, int))

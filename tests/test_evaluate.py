@@ -203,11 +203,11 @@ def test_evaluate_stores_rows_and_agreement_with_arrays(stores):
         "dino",
         5,
     )
-    assert (row["mode"], row["split"], row["weights_sha256"]) == ("val", "val", "abc")
+    assert (row["mode"], row["split"], row["weights_sha256"]) == ("pixel", "val", "abc")
     assert set(frame["metric"]) >= {"miou", "iou:a", "precision:b", "recall:c"}
     # the flip average reads tokens_flipped (stored as float16)
     ev = evaluate_stores(train, val, flip=True, **kw)
-    assert set(ev["mode"]) == {"eval"}
+    assert set(ev["mode"]) == {"pixel_flip"}
     ref = evaluate_codes(
         codes, pix, 0.5 * (vcodes.astype(np.float16).astype(np.float32) + other), vpix, K,
         probes="kmeans", probe_kwargs=FAST,
@@ -294,7 +294,7 @@ def test_cli_evaluate_appends_rows(stores, tmp_path, capsys):
     n = len(df)
     assert main(argv + ["--mode", "token", "--seed", "1"]) == 0
     df2 = read_results(out)
-    assert len(df2) == 2 * n and set(df2["mode"]) == {"val", "token"}
+    assert len(df2) == 2 * n and set(df2["mode"]) == {"pixel", "token"}
     pd.testing.assert_frame_equal(df2.iloc[:n], df)
     # bad input: error message, exit status 1, nothing lost
     assert main(argv[:2] + [str(tmp_path / "missing")] + argv[3:]) == 1
@@ -389,7 +389,7 @@ def test_released_checkpoint_probes_on_stores_eval_mode(tmp_path):
         train, val, probes={"cluster": cluster, "linear": linear}, projection=head,
         method="stego_released", flip=True, progress=False, batch_size=4,
     )  # fmt: skip
-    assert set(frame["method"]) == {"stego_released"} and set(frame["mode"]) == {"eval"}
+    assert set(frame["method"]) == {"stego_released"} and set(frame["mode"]) == {"pixel_flip"}
     assert set(frame["dim"]) == {4}
     # by hand: c = (head(x) + head(flipped tokens)) / 2, upsampled, the checkpoint's probes
     x = vcodes.astype(np.float16).astype(np.float32)

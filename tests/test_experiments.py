@@ -64,7 +64,7 @@ RELEASED = {
 FAST = {
     "batch_size": 8,
     "probe_kwargs": {
-        "kmeans": {"n_train": 2000, "niter": 5, "nredo": 1},
+        "kmeans": {"n_tokens": 2000, "niter": 5, "nredo": 1},
         "cluster": {"batch_size": 4},
         "linear": {"batch_size": 4},
     },
@@ -177,7 +177,7 @@ def test_table2_released_checkpoints_and_dino(ws, capsys):
             sel = main_rows[(main_rows.dataset == ds) & (main_rows.method == method)]
             assert set(sel["probe"]) == {"cluster", "linear", "kmeans"}
             assert set(sel["dim"]) == {dim}
-            assert set(sel["mode"]) == {"eval"}
+            assert set(sel["mode"]) == {"pixel_flip"}
             assert sel["crf"].dtype == bool and set(sel["crf"]) == crfs  # typed by read_results
             assert len(sel) == 3 * len(crfs) * 2
             assert sel["value"].between(0, 100).all()
@@ -247,7 +247,7 @@ def test_compare_with_published_exact_values():
         for metric, value in (("accuracy", acc), ("miou", miou), ("iou:sky", 1.0)):
             rows.append({**base, "dataset": "cocostuff27", "method": "stego_released",
                          "dim": 90, "seed": seed, "probe": "cluster", "crf": True,
-                         "mode": "eval", "metric": metric, "value": value})  # fmt: skip
+                         "mode": "pixel_flip", "metric": metric, "value": value})  # fmt: skip
     rows.append({**rows[0], "probe": "none", "metric": "silhouette", "value": 0.3})
     table = compare_with_published(pd.DataFrame(rows))
     assert len(table) == 1
@@ -295,7 +295,7 @@ def test_figure4_sweep_and_figures(ws, tmp_path, capsys):
     for crf in (False, True):
         for probe in ("linear", "cluster"):
             ctx = dict(dataset="potsdam3", backbone="dino_vits8", method="stego_released",
-                       dim=4, seed=0, probe=probe, crf=crf, mode="eval", split="val")  # fmt: skip
+                       dim=4, seed=0, probe=probe, crf=crf, mode="pixel_flip", split="val")  # fmt: skip
             append_csv(make_rows(ctx, {"miou": 30.0 + crf, "accuracy": 60.0}), table2)
     argv = common_args(ws, "potsdam3", "cocostuff27") + [
         "--methods", "dino,pca,rp,stego",
@@ -315,14 +315,14 @@ def test_figure4_sweep_and_figures(ws, tmp_path, capsys):
         widths = {(m, d) for m in ("pca", "rp", "stego") for d in (3, WIDTH)}
         assert points == {("dino", WIDTH)} | widths
         assert set(sel["probe"]) == {"kmeans", "linear", "cluster"}
-        assert set(sel["mode"]) == {"val"}
+        assert set(sel["mode"]) == {"pixel"}
         assert (df["metric"] == "silhouette").any()
     for stem in ("all_datasets_miou", "all_datasets_acc"):
         assert (figs / f"{stem}.png").stat().st_size > 0
     drawn = read_results(out / "figure4.csv")
     assert set(drawn["dataset"]) == {"potsdam3", "cocostuff27"}
     released = drawn[drawn["method"] == "stego_released"]
-    assert len(released) == 8 and set(released["mode"]) == {"eval"}
+    assert len(released) == 8 and set(released["mode"]) == {"pixel_flip"}
     assert "mIoU (%), 1 seed (n=1): mean only, potsdam3" in capsys.readouterr().out
     # redraw only (no sweep, no Table 2 rows), into another folder
     argv2 = common_args(ws, "potsdam3") + [

@@ -91,7 +91,7 @@ def test_faiss_does_not_subsample():
     x, _ = blobs(1, n=2 * 256 * k + 37, d=8, k=k, scale=0.5)
     n = len(x)
     probe = KMeansProbe(k, niter=15, nredo=1, metric="euclidean", random_state=0).fit(x)
-    assert probe.n_train_used_ == n == probe.n_tokens_seen_
+    assert probe.n_tokens_used_ == n == probe.n_tokens_seen_
     assert probe.max_points_per_centroid_ == math.ceil(n / k)
     assert probe.max_points_per_centroid_ * k >= n > 256 * k
     # FAISS's objective is a sum over the points it trained on: it must match the SSE of
@@ -104,20 +104,20 @@ def test_faiss_does_not_subsample():
     assert km.obj[-1] < 0.7 * sse(x, km.centroids)
 
 
-def test_subsample_respects_n_train_and_streams_equal_arrays():
+def test_subsample_respects_n_tokens_and_streams_equal_arrays():
     x, _ = blobs(2, n=1500, d=6, k=4)
-    probe = KMeansProbe(4, n_train=500, niter=10, nredo=2, random_state=3, chunk_size=200)
+    probe = KMeansProbe(4, n_tokens=500, niter=10, nredo=2, random_state=3, chunk_size=200)
     a = clone(probe).fit(x)
     chunks = (x[i : i + 333] for i in range(0, len(x), 333))
     b = clone(probe).fit(chunks)
-    assert a.n_train_used_ == b.n_train_used_ == 500
+    assert a.n_tokens_used_ == b.n_tokens_used_ == 500
     assert a.n_tokens_seen_ == b.n_tokens_seen_ == 1500
     np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
 
 
 def test_determinism_and_seed_dependence():
     x, _ = blobs(3, n=1200, d=8, k=6)
-    kw = dict(n_clusters=6, n_train=800, niter=10, nredo=2)
+    kw = dict(n_clusters=6, n_tokens=800, niter=10, nredo=2)
     a = KMeansProbe(**kw, random_state=7).fit(x)
     b = KMeansProbe(**kw, random_state=7).fit(x)
     c = KMeansProbe(**kw, random_state=8).fit(x)
@@ -156,7 +156,7 @@ def test_image_layout_predictions_match_flattened():
     rng = np.random.default_rng(5)
     codes = rng.normal(size=(3, 6, 4, 5)).astype(np.float32)  # (N, D, h, w)
     probe = KMeansProbe(4, niter=10, nredo=1, random_state=0).fit(codes)
-    assert probe.n_train_used_ == 3 * 4 * 5
+    assert probe.n_tokens_used_ == 3 * 4 * 5
     pred = probe.predict(codes)
     assert pred.shape == (3, 4, 5) and pred.dtype == np.int64
     flat = codes.transpose(0, 2, 3, 1).reshape(-1, 6)
@@ -239,7 +239,7 @@ def test_save_load_roundtrip(tmp_path):
     assert loaded.get_params() == {**probe.get_params(), "gpu": "auto"}
     np.testing.assert_array_equal(loaded.cluster_centers_, probe.cluster_centers_)
     np.testing.assert_array_equal(loaded.objective_, probe.objective_)
-    assert loaded.n_train_used_ == probe.n_train_used_
+    assert loaded.n_tokens_used_ == probe.n_tokens_used_
     np.testing.assert_array_equal(loaded.predict(x), probe.predict(x))
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         KMeansProbe.load(tmp_path / "missing.npz")

@@ -24,7 +24,7 @@ PAPER_TICKS = [3, 6, 12, 24, 48, 96, 192, 384, 768]
 # ------------------------------------------------------------------------------------------
 
 
-def _ctx(dataset, method, dim, seed=0, probe="cluster", crf=False, mode="val", **kw):
+def _ctx(dataset, method, dim, seed=0, probe="cluster", crf=False, mode="pixel", **kw):
     c = dict(
         dataset=dataset,
         backbone="dino_vitb8",
@@ -65,12 +65,13 @@ def sweep_table(datasets=("potsdam3", "cityscapes27"), probes=("linear", "cluste
                             v = _value(ds, method, d, s, probe, metric)
                             rows += make_rows(_ctx(ds, method, d, s, probe), {metric: v})
                 for crf in (False, True):
-                    mode = "eval" if crf else "val"
+                    mode = "pixel_flip" if crf else "pixel"
                     rows += make_rows(
                         _ctx(ds, "dino", dvit, 0, probe, crf, mode), {metric: 20.0 + crf}
                     )
                     rows += make_rows(
-                        _ctx(ds, "stego_released", 70, 0, probe, crf, "eval"), {metric: 30.0 + crf}
+                        _ctx(ds, "stego_released", 70, 0, probe, crf, "pixel_flip"),
+                        {metric: 30.0 + crf},
                     )
     return to_frame(rows)
 
@@ -218,12 +219,12 @@ def test_figure4_structure_means_and_errorbars():
     assert axs[1, 0].get_ylabel() == "Unsupervised\nCluster Probe mIoU"
     texts = _legend_texts(fig)
     for lab in (
-        "STEGO (theirs) with CRF [eval]",
-        "STEGO (theirs) w/o CRF [eval]",
-        "STEGO [val]",
-        "DINO (ours) with CRF [eval]",
-        "DINO (ours) w/o CRF [val]",
-        "PCA [val]",
+        "STEGO (theirs) with CRF [pixel_flip]",
+        "STEGO (theirs) w/o CRF [pixel_flip]",
+        "STEGO [pixel]",
+        "DINO (ours) with CRF [pixel_flip]",
+        "DINO (ours) w/o CRF [pixel]",
+        "PCA [pixel]",
     ):
         assert lab in texts
     # the legend title says what the bars are: PCA has 3 seeds, the others one
@@ -238,21 +239,21 @@ def test_figure4_structure_means_and_errorbars():
     # PCA line: mean over 3 seeds, error bar = sample std
     pca = df[(df.dataset == "potsdam3") & (df.method == "pca") & (df.probe == "cluster")]
     pca = pca[pca.metric == "miou"].groupby("dim")["value"]
-    c = _container(axs[1, 1], "PCA [val]")
+    c = _container(axs[1, 1], "PCA [pixel]")
     assert np.allclose(c.lines[0].get_xdata(), pca.mean().index)
     assert np.allclose(c.lines[0].get_ydata(), pca.mean().to_numpy())
     assert np.allclose(_errorbar_halfwidths(c), pca.std(ddof=1).to_numpy())
     # single seed: no error bars
-    assert _errorbar_halfwidths(_container(axs[1, 1], "STEGO [val]")) is None
+    assert _errorbar_halfwidths(_container(axs[1, 1], "STEGO [pixel]")) is None
     # style table: STEGO x- colour 3, PCA colour 2, DINO w/o CRF o-- + dashed axhline colour 0
     line = c.lines[0]
     assert line.get_marker() == "x" and line.get_linestyle() == "-"
     assert np.allclose(line.get_color()[:3], PALETTE[2])
-    dino = _container(axs[1, 1], "DINO (ours) w/o CRF [val]").lines[0]
+    dino = _container(axs[1, 1], "DINO (ours) w/o CRF [pixel]").lines[0]
     assert dino.get_marker() == "o" and np.allclose(dino.get_color()[:3], PALETTE[0])
     hlines = [ln for ln in axs[1, 1].get_lines() if ln.get_linestyle() == "--"]
     assert any(np.allclose(ln.get_ydata(), 20.0) for ln in hlines)
-    theirs = _container(axs[1, 1], "STEGO (theirs) with CRF [eval]").lines[0]
+    theirs = _container(axs[1, 1], "STEGO (theirs) with CRF [pixel_flip]").lines[0]
     assert theirs.get_marker() == "v" and theirs.get_linestyle() == "None"
     assert np.allclose(theirs.get_color()[:3], PALETTE[3])
 
@@ -266,10 +267,10 @@ def test_kmeans_probe_gets_its_own_row():
     sel = df[(df.method == "stego") & (df.metric == "miou")]
     for ax, probe in ((clu, "cluster"), (km, "kmeans")):
         want = sel[sel.probe == probe].sort_values("dim")["value"].to_numpy()
-        got = _container(ax, "STEGO [val]").lines[0].get_ydata()
+        got = _container(ax, "STEGO [pixel]").lines[0].get_ydata()
         assert np.allclose(got, want)
-    got_cluster = _container(clu, "STEGO [val]").lines[0].get_ydata()
-    got_kmeans = _container(km, "STEGO [val]").lines[0].get_ydata()
+    got_cluster = _container(clu, "STEGO [pixel]").lines[0].get_ydata()
+    got_kmeans = _container(km, "STEGO [pixel]").lines[0].get_ydata()
     assert np.allclose(got_kmeans - got_cluster, 7.25)
     # without the kmeans row, k-means rows appear nowhere
     fig2 = plots.plot_metric_over_dims(df, "miou")
@@ -298,12 +299,12 @@ def test_published_overlay_only_when_asked():
 def test_figure_provenance_modes_and_ambiguity():
     df = sweep_table(datasets=("potsdam3",), probes=("cluster",))
     extra = to_frame(
-        make_rows(_ctx("potsdam3", "stego", 48, 0, "cluster", mode="eval"), {"miou": 99.0})
+        make_rows(_ctx("potsdam3", "stego", 48, 0, "cluster", mode="pixel_flip"), {"miou": 99.0})
     )
     df2 = pd.concat([df, extra], ignore_index=True)
     rec = plots.plot_metric_over_dims(df2, "miou", probe_rows=("cluster",))
     texts = _legend_texts(rec)
-    assert "STEGO [val]" in texts and "STEGO [eval]" in texts
+    assert "STEGO [pixel]" in texts and "STEGO [pixel_flip]" in texts
     par = plots.plot_metric_over_dims(
         df2, "miou", probe_rows=("cluster",), figure_provenance="paper"
     )
@@ -321,7 +322,7 @@ def test_figure_provenance_modes_and_ambiguity():
     fig = plots.plot_metric_over_dims(
         mixed, "miou", probe_rows=("cluster",), where={"match": "hungarian"}
     )
-    assert _container(fig.axes[0], "PCA [val]").lines[0].get_ydata().min() > 0
+    assert _container(fig.axes[0], "PCA [pixel]").lines[0].get_ydata().min() > 0
     with pytest.raises(ValueError, match="no results rows"):
         plots.plot_metric_over_dims(df, "miou", probe_rows=("linear",))
 
@@ -522,10 +523,10 @@ def test_hnne_appendix():
     assert [ax.get_title() for ax in fig.axes] == ["(a)", "(b)", "(c)", "(d)"]
     assert fig.axes[1].get_ylabel() == "Supervised\nLinear Probe Accuracy"
     assert tuple(fig.get_size_inches()) == (10.0, 5.4)
-    line = _container(fig.axes[3], "h-NNE [val]").lines[0]
+    line = _container(fig.axes[3], "h-NNE [pixel]").lines[0]
     assert np.allclose(line.get_color()[:3], PALETTE[8])
     assert np.allclose(line.get_ydata(), [5.3, 6.2, 9.8])
-    assert "PCA [val]" in _legend_texts(fig)
+    assert "PCA [pixel]" in _legend_texts(fig)
 
 
 def _full_table():
@@ -671,8 +672,8 @@ def test_non_dino_backbone_is_never_called_dino_or_vit():
             continue  # Figure 3 has PCA only
         assert any("descriptor (raw)" in t for t in _legend_texts(fig))
     fig4 = plots.plot_metric_over_dims(df, "miou")
-    assert "descriptor (raw) w/o CRF [val]" in _legend_texts(fig4)
-    assert "descriptor (raw) with CRF [eval]" in _legend_texts(fig4)
+    assert "descriptor (raw) w/o CRF [pixel]" in _legend_texts(fig4)
+    assert "descriptor (raw) with CRF [pixel_flip]" in _legend_texts(fig4)
     # the full-width marker's column title gives the recorded width, not a ViT's
     assert (
         fig4.axes[0]
@@ -691,7 +692,7 @@ def test_dino_backbone_is_called_dino_with_its_width():
     fig4, *_ = figs = _figures(df)
     for fig in figs:
         assert not any("descriptor" in t or "(raw)" in t for t in _all_texts(fig))
-    assert "DINO (ours) w/o CRF [val]" in _legend_texts(fig4)
+    assert "DINO (ours) w/o CRF [pixel]" in _legend_texts(fig4)
     assert "DINO [token]" in _legend_texts(plots.plot_distinctness_over_dims(df))
     assert "$D_\\mathregular{ViT}=384$" in fig4.axes[0].get_title()
     # the width is the recorded one: a ViT-B on Potsdam is not the paper's 384
@@ -713,7 +714,7 @@ def test_no_crf_wording_without_crf_rows():
     for fig in _figures(no_crf) + _figures(no_crf.assign(backbone="descriptor")):
         assert not any("CRF" in t for t in _all_texts(fig))
     labels = _legend_texts(plots.plot_metric_over_dims(no_crf, "miou"))
-    assert "DINO (ours) [val]" in labels and "STEGO (theirs) [eval]" in labels
+    assert "DINO (ours) [pixel]" in labels and "STEGO (theirs) [pixel_flip]" in labels
     paper = plots.plot_metric_over_dims(no_crf, "miou", figure_provenance="paper")
     assert set(_legend_texts(paper)) == {"STEGO (theirs)", "STEGO", "DINO (ours)", "PCA", "h-NNE"}
     # with CRF rows: the paper's labels in paper mode, explicit ones otherwise
@@ -725,7 +726,7 @@ def test_no_crf_wording_without_crf_rows():
         "DINO (ours) w/o CRF",
     } <= set(_legend_texts(paper))
     # a method without CRF rows says nothing about CRF, even when others have them
-    assert "PCA [val]" in _legend_texts(plots.plot_metric_over_dims(df, "miou"))
+    assert "PCA [pixel]" in _legend_texts(plots.plot_metric_over_dims(df, "miou"))
 
 
 def test_errorbar_caption_follows_the_seeds():

@@ -267,7 +267,7 @@ def test_save_load_roundtrip(tmp_path):
     np.testing.assert_array_equal(lin2.predict(codes, size=(8, 8)), lin.predict(codes, size=(8, 8)))
     np.testing.assert_array_equal(clu2.log_probs(codes), clu.log_probs(codes))
     assert clu2.get_params() == clu.get_params() and clu2.loss_history_ == clu.loss_history_
-    with pytest.raises(ValueError, match="expected LinearProbe"):
+    with pytest.raises(ValueError, match="holds a ClusterLookupProbe, not a LinearProbe"):
         LinearProbe.load(tmp_path / "clu.npz")
 
 

@@ -61,11 +61,11 @@ class FakeStore:
         for s in range(0, self.n_images, batch_size):
             yield self._t[s : s + batch_size], None, [str(i) for i in range(s, s + batch_size)]
 
-    def sample_tokens(self, n, seed=0, with_labels=False, images=None):
+    def sample_tokens(self, n_tokens, seed=0, with_labels=False, images=None):
         idx = np.arange(self.n_images) if images is None else np.asarray(images)
         flat = self._t[idx].reshape(-1, self.dim)
         rng = np.random.default_rng(seed)
-        return flat[rng.choice(flat.shape[0], size=min(n, flat.shape[0]), replace=False)]
+        return flat[rng.choice(flat.shape[0], size=min(n_tokens, flat.shape[0]), replace=False)]
 
 
 def _store(n_images: int = 10, h: int = 3, w: int = 4, seed: int = 1) -> FakeStore:
@@ -352,7 +352,7 @@ def test_registry_and_bad_input():
 def test_umap_fit_transform_deterministic_and_saved(tmp_path):
     pytest.importorskip("umap")
     store = _store(n_images=25, h=3, w=4)
-    kw = dict(n_neighbors=5, n_epochs=15, n_samples=200, n_images=20, random_state=0)
+    kw = dict(n_neighbors=5, n_epochs=15, n_tokens=200, n_images=20, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # numba / umap chatter
         um = UMAPProjection(2, **kw).fit(store)
@@ -376,7 +376,7 @@ def test_hnne_projection():
     x = _correlated(600)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        hn = HNNEProjection(3, n_samples=500).fit(x)
+        hn = HNNEProjection(3, n_tokens=500).fit(x)
         y = hn.transform(x[:20])
     assert y.shape == (20, 3) and y.dtype == np.float32 and np.isfinite(y).all()
 
@@ -384,7 +384,7 @@ def test_hnne_projection():
 def test_hnne_missing_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "hnne", None)  # makes `import hnne` raise ImportError
     with pytest.raises(ImportError, match=r"pip install 'stego-probe\[hnne\]'"):
-        HNNEProjection(2, n_samples=50).fit(_correlated(60))
+        HNNEProjection(2, n_tokens=50).fit(_correlated(60))
 
 
 # ---------------------------------------------------------------------- input validation

@@ -640,16 +640,19 @@ def test_flat_v1_file_still_loads(tmp_path):
     tokens = np.random.default_rng(0).normal(size=(8, 4, 4, 6)).astype(np.float32)
     kw = dict(n_components=3, steps=2, batch_size=4, knn_k=3, num_neighbors=2)
     head = StegoHead(**kw, n_classes=2, select="last", progress=False).fit(tokens)
+    from test_persist import legacy_projection_save
+
+    from stego_probe.persist import read_estimator
+
     path = head.save(tmp_path / "new.pt")
-    payload = torch.load(path, weights_only=True)
-    saved = json.loads(payload["params"])
+    saved = read_estimator(path, kind="projection").params
     assert (
         saved["dim"] == 3
         and saved["feature_samples"] == 11
         and None not in (saved["pointwise"], saved["neg_inter_shift"])
     )  # every field written out, not "take the preset's"
-    payload["params"] = json.dumps(FLAT_PARAMS_V1)
-    torch.save(payload, tmp_path / "v1.pt")
+    # the flat parameters were written in the torch.save format of that time
+    legacy_projection_save(head, tmp_path / "v1.pt", params=FLAT_PARAMS_V1)
     old = StegoHead.load(tmp_path / "v1.pt")
     assert old.config == head.config == dataclasses.replace(StegoConfig(), **{
         "dim": 3, "steps": 2, "batch_size": 4, "knn_k": 3, "num_neighbors": 2

@@ -175,12 +175,12 @@ def test_damaged_ids_sharded_store_and_markers(tmp_path):
 
 
 def test_each_block_is_verified_once_per_handle(tmp_path, monkeypatch):
-    import stego_probe.store as store_mod
+    from stego_probe.store import integrity  # where reads look up block_checksum
 
     path = _write(tmp_path / "s")
     calls = []
-    real = store_mod.block_checksum
-    monkeypatch.setattr(store_mod, "block_checksum", lambda a: calls.append(len(a)) or real(a))
+    real = integrity.block_checksum
+    monkeypatch.setattr(integrity, "block_checksum", lambda a: calls.append(len(a)) or real(a))
     store = FeatureStore.open(path)
     store.tokens(1)
     assert calls == [4]  # the whole block 0 (4 images), once
@@ -305,11 +305,11 @@ def _make_format1(path: Path) -> None:
 
 
 def test_format1_store_opens_read_only_with_a_warning(tmp_path, capsys):
-    import stego_probe.store as store_mod
+    from stego_probe.store import feature_store
 
     path = _write(tmp_path / "s")
     _make_format1(path)
-    store_mod._WARNED_UNVERIFIABLE.discard(str(path))
+    feature_store._WARNED_UNVERIFIABLE.discard(str(path))
     with pytest.warns(UserWarning, match="no checksums: its content cannot be verified"):
         store = FeatureStore.open(path)
     assert not store.checksummed

@@ -4,6 +4,7 @@ One tiny sweep (synthetic scenes, descriptor backbone at 48 px, 16 images per sp
 optimisation steps) is run once per module and shared; tests that mutate a run work on a copy.
 """
 
+import inspect
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from stego_probe.lock import (
     lock_holder,
     table_lock_folder,
 )
+from stego_probe.persist import read_estimator
 from stego_probe.results import RESULT_COLUMNS, make_rows, read_results
 from stego_probe.sweep import (
     Point,
@@ -44,6 +46,14 @@ from stego_probe.sweep import (
     sweep_points,
 )
 
+# The sweep's modules where a monkeypatch reaches a name as it is looked up (see
+# test_monkeypatch_targets_are_where_the_names_are_looked_up).
+from stego_probe.sweep import executors as sweep_executors
+from stego_probe.sweep import fit as sweep_fit
+from stego_probe.sweep import measure as sweep_measure
+from stego_probe.sweep import run as sweep_run
+from stego_probe.sweep.points import point_context
+
 #: Overrides of the ``synthetic`` preset that make a sweep take seconds.
 TINY = {
     "dataset_kwargs": {"n_images": 16, "size": [48, 64]},
@@ -53,7 +63,7 @@ TINY = {
     "dims": [3, 100],  # 100 > C = 64: skipped
     "seeds": [0],
     "probe_kwargs": {
-        "kmeans": {"n_train": 2000, "niter": 5, "nredo": 1},
+        "kmeans": {"n_tokens": 2000, "niter": 5, "nredo": 1},
         "linear": {"steps": 10, "batch_size": 4},
     },
     "method_kwargs": {"stego": {"steps": 4, "batch_size": 4, "val_every": 2}},
@@ -100,15 +110,15 @@ def point_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def failing_run_point(fail: dict[Point, str], calls: list | None = None):
-    """A fast stand-in for ``sweep.run_point``: one kmeans miou row per point (value = D), or a
-    ``ValueError(fail[point])`` for the points in ``fail``."""
+    """A fast stand-in for ``run_point`` (patched into ``sweep_executors``): one kmeans miou row
+    per point (value = D), or a ``ValueError(fail[point])`` for the points in ``fail``."""
 
     def run_point(config, point, train_store, val_store, cache_dir):
         if calls is not None:
             calls.append(point)
         if point in fail:
             raise ValueError(fail[point])
-        context = {**sweep._context(config, val_store, point), "probe": "kmeans"}
+        context = {**point_context(config, val_store, point), "probe": "kmeans"}
         return make_rows({**context, "match": "hungarian"}, {"miou": float(point.dim)})
 
     return run_point
@@ -321,7 +331,7 @@ def test_results_table(tiny_run):
             assert rows["crf"].dtype == bool and not rows[rows["probe"] == probe]["crf"].any()
         dist = rows[rows["probe"] == "none"]
         assert {"silhouette", "kmeans_ari"} <= set(dist["metric"])
-        assert set(rows["mode"]) == {"val"} and set(rows["split"]) == {"val"}
+        assert set(rows["mode"]) == {"pixel"} and set(rows["split"]) == {"val"}
     # Figure 3 rows: the PCA spectrum of the train store, one row per component
     evr = df[df["metric"] == "explained_variance_ratio"].sort_values("dim")
     assert evr["dim"].tolist() == list(range(1, C + 1))
@@ -346,14 +356,32 @@ def test_stego_point_selected_best_by_val(tiny_run):
     assert head.best_step_ == head.selected_step_ == best
 
 
+@pytest.mark.parametrize(
+    "module, caller, name",
+    [
+        (sweep_executors, "run_local", "run_point"),
+        (sweep_run, "_run_sweep_locked", "ensure_stores"),
+        (sweep_run, "_run_sweep_locked", "pca_spectrum_rows"),
+        (sweep_run, "run_sweep", "check_dependencies"),
+        (sweep_measure, "run_point", "val_code_sample"),
+    ],
+)
+def test_monkeypatch_targets_are_where_the_names_are_looked_up(module, caller, name):
+    """The tests patch these names in the sweep module whose function looks them up; were a
+    name moved to another module, such a patch would silently replace nothing."""
+    code = inspect.unwrap(getattr(module, caller)).__code__
+    assert name in code.co_names
+    assert getattr(module, name) is getattr(sweep, name)
+
+
 def test_rerun_recomputes_nothing(tiny_run, monkeypatch):
     before = (tiny_run.out / "results.csv").read_bytes()
 
     def boom(*args, **kwargs):
         raise AssertionError("recomputed")
 
-    monkeypatch.setattr(sweep, "run_point", boom)
-    monkeypatch.setattr(sweep, "pca_spectrum_rows", boom)
+    monkeypatch.setattr(sweep_executors, "run_point", boom)
+    monkeypatch.setattr(sweep_run, "pca_spectrum_rows", boom)
     monkeypatch.setattr("stego_probe.extract.extract", boom)
     df = run_sweep(tiny_run.config, tiny_run.out, progress=False)
     pd.testing.assert_frame_equal(df, tiny_run.df)
@@ -371,7 +399,7 @@ def test_killed_sweep_resumes_to_the_uninterrupted_table(tiny_run, tmp_path, mon
             raise KeyboardInterrupt  # a kill stops at once (a failing point would not)
         return real(config, point, *args, **kwargs)
 
-    monkeypatch.setattr(sweep, "run_point", killed_on_third)
+    monkeypatch.setattr(sweep_executors, "run_point", killed_on_third)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(config, out, progress=False)
     assert lock_holder(out) is None  # Ctrl-C released the folder
@@ -381,7 +409,9 @@ def test_killed_sweep_resumes_to_the_uninterrupted_table(tiny_run, tmp_path, mon
     assert done_points(out / "results.csv") == finished
 
     calls.clear()
-    monkeypatch.setattr(sweep, "run_point", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    monkeypatch.setattr(
+        sweep_executors, "run_point", lambda *a, **k: calls.append(a[1]) or real(*a, **k)
+    )
     df = run_sweep(config, out, progress=False)
     expected = set(sweep_points(config, C))
     assert len(calls) == len(set(calls)) and set(calls) == expected - finished
@@ -405,7 +435,9 @@ def test_extended_grid_computes_only_new_points(tiny_run, tmp_path, monkeypatch)
     out = copy_run(tiny_run, tmp_path / "run", ("stores", "projections", "results.csv"))
     shutil.copy(tiny_run.out / "config.json", out / "config.json")
     real, calls = sweep.run_point, []
-    monkeypatch.setattr(sweep, "run_point", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    monkeypatch.setattr(
+        sweep_executors, "run_point", lambda *a, **k: calls.append(a[1]) or real(*a, **k)
+    )
     df = run_sweep(tiny_config(methods=["pca"], dims=[3, 6]), out, progress=False)
     assert calls == [Point("pca", 6, 0)]
     old = point_rows(tiny_run.df)
@@ -445,7 +477,7 @@ def test_mismatched_stores_refused(tiny_run, tmp_path, monkeypatch):
     ds = get_dataset("synthetic", split="val", n_images=2, n_classes=3, size=(48, 64))
     other = extract(ds, get_backbone("descriptor"), tmp_path / "other", res=48, progress=False)
     train = FeatureStore.open(sweep.store_path(tiny_run.config, tiny_run.out, "train"))
-    monkeypatch.setattr(sweep, "ensure_stores", lambda *a, **k: (train, other))
+    monkeypatch.setattr(sweep_run, "ensure_stores", lambda *a, **k: (train, other))
     out = tmp_path / "run"
     with pytest.raises(ValueError, match="n_classes") as info:
         run_sweep(tiny_run.config, out, progress=False)
@@ -475,7 +507,7 @@ def test_missing_extra_fails_before_any_work(
     def boom(*args, **kwargs):
         raise AssertionError("work started before the dependency check")
 
-    monkeypatch.setattr(sweep, "ensure_stores", boom)
+    monkeypatch.setattr(sweep_run, "ensure_stores", boom)
     monkeypatch.setattr("stego_probe.extract.extract", boom)
     out = tmp_path / "run"
     with pytest.raises(ImportError, match=rf"pip install 'stego-probe\[{extra}\]'"):
@@ -513,7 +545,9 @@ def test_cli_sweep_failed_points_exit_nonzero(tiny_run, tmp_path, capsys, monkey
     data = {**load_config("synthetic", TINY).to_dict(), "name": "tiny", "methods": ["pca"]}
     preset.write_text(yaml.safe_dump(data))
     out = copy_run(tiny_run, tmp_path / "run")
-    monkeypatch.setattr(sweep, "run_point", failing_run_point({Point("pca", C, 0): "no memory"}))
+    monkeypatch.setattr(
+        sweep_executors, "run_point", failing_run_point({Point("pca", C, 0): "no memory"})
+    )
     rc = main(["sweep", "--preset", str(preset), "--out", str(out), "--dims", "3", "--no-progress"])
     captured = capsys.readouterr()
     assert rc == 1
@@ -532,7 +566,7 @@ def test_failing_point_keeps_the_others_and_reports_all(tiny_run, tmp_path, monk
     config = tiny_config(methods=["dino", "pca", "rp"])
     fail = {Point("pca", 3, 0): "boom pca", Point("rp", C, 0): "boom rp"}
     calls: list[Point] = []
-    monkeypatch.setattr(sweep, "run_point", failing_run_point(fail, calls))
+    monkeypatch.setattr(sweep_executors, "run_point", failing_run_point(fail, calls))
     with pytest.raises(SweepError) as info:
         run_sweep(config, out, progress=True)
     points = set(sweep_points(config, C))
@@ -558,7 +592,7 @@ def test_failing_point_keeps_the_others_and_reports_all(tiny_run, tmp_path, monk
 
     # running again retries only the failed points; a clean run removes the log
     calls.clear()
-    monkeypatch.setattr(sweep, "run_point", failing_run_point({}, calls))
+    monkeypatch.setattr(sweep_executors, "run_point", failing_run_point({}, calls))
     df = run_sweep(config, out, progress=False)
     assert sorted(calls, key=str) == sorted(fail, key=str)
     assert done_points(out / "results.csv") == points
@@ -626,7 +660,7 @@ def test_ray_executor_keeps_finished_points_and_reports_failures(tiny_run, tmp_p
             assert (Path(cache_dir) / f"pca_seed{point.seed}.pt").exists()
         return inner(config, point, train_store, val_store, cache_dir)
 
-    monkeypatch.setattr(sweep, "run_point", run_point)
+    monkeypatch.setattr(sweep_executors, "run_point", run_point)
     with pytest.raises(SweepError, match=r"\(rp, D=3, seed=1\): ValueError: cuda error") as info:
         run_sweep(config, out, executor="ray", progress=False)
     assert ray.initialized and "num_gpus" in ray.options
@@ -697,7 +731,7 @@ def test_fresh_folder_drops_only_stale_stores_and_fits(tmp_path, monkeypatch, ch
         seen.update({d: d.exists() for d in left})
         raise RuntimeError("stop")
 
-    monkeypatch.setattr(sweep, "ensure_stores", stop)
+    monkeypatch.setattr(sweep_run, "ensure_stores", stop)
     with pytest.warns(RuntimeWarning) if removed else warnings.catch_warnings():
         if not removed:
             warnings.simplefilter("error")
@@ -871,8 +905,8 @@ def test_cli_sweep_kmeans_flags_and_existing_stores(tiny_run, tmp_path, capsys):
     capsys.readouterr()
     assert not (out / "stores").exists()
     config = json.loads((out / "config.json").read_text())
-    # merged into the preset's k-means settings (n_train kept)
-    want = {"n_train": 2000, "niter": 7, "nredo": 2, "tol": 1e-3}
+    # merged into the preset's k-means settings (n_tokens kept)
+    want = {"n_tokens": 2000, "niter": 7, "nredo": 2, "tol": 1e-3}
     assert config["probe_kwargs"]["kmeans"] == want
     df = read_results(out / "results.csv")
     km = df[df.probe == "kmeans"]
@@ -1050,7 +1084,7 @@ def test_check_store_matches_weights_backbone_and_spec(tiny_run, tmp_path):
 def test_sweep_locks_its_output_folder(tiny_run, tmp_path, capsys, monkeypatch):
     out = copy_run(tiny_run, tmp_path / "run")
     config = tiny_config(methods=["pca"], dims=[3])
-    monkeypatch.setattr(sweep, "run_point", failing_run_point({}))
+    monkeypatch.setattr(sweep_executors, "run_point", failing_run_point({}))
     with folder_lock(out, what="sweep"):  # another run holds the folder
         with pytest.raises(FolderLockedError, match=f"in use by another sweep: pid {os.getpid()}"):
             run_sweep(config, out, progress=False)
@@ -1070,8 +1104,9 @@ def test_sweep_locks_its_output_folder(tiny_run, tmp_path, capsys, monkeypatch):
 BLOCKING_SWEEP = """
 import sys, time
 from pathlib import Path
-from stego_probe import sweep
 from stego_probe.results import make_rows
+from stego_probe.sweep import executors
+from stego_probe.sweep.points import point_context
 
 release = Path(sys.argv[1])
 
@@ -1079,10 +1114,10 @@ def run_point(config, point, train_store, val_store, cache_dir):
     deadline = time.monotonic() + 120
     while not release.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    context = {**sweep._context(config, val_store, point), "probe": "kmeans"}
+    context = {**point_context(config, val_store, point), "probe": "kmeans"}
     return make_rows({**context, "match": "hungarian"}, {"miou": float(point.dim)})
 
-sweep.run_point = run_point
+executors.run_point = run_point
 from stego_probe.cli.main import main
 sys.exit(main(sys.argv[2:]))
 """
@@ -1228,8 +1263,8 @@ def test_cached_projection_is_refitted_when_its_inputs_change(tiny_run, tmp_path
     path = tmp_path / "train"
     store = rebuild_store(train, path)
     first = sweep.fit_projection(config, Point("pca", 3, 0), store, cache)
-    cached = torch_load(cache / "pca_seed0.pt")
-    assert json.loads(cached["provenance"])["sweep_inputs"]["train"]["n_images"] == 16
+    cached = read_estimator(cache / "pca_seed0.pt", kind="projection")
+    assert cached.provenance["sweep_inputs"]["train"]["n_images"] == 16
     # unchanged inputs: the cache is reused (no fit, no warning)
     with monkeypatch.context() as m, warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -1257,14 +1292,8 @@ def test_cached_projection_is_refitted_when_its_inputs_change(tiny_run, tmp_path
     assert np.isfinite(proj.mean_).all()
     # a non-finite fit is never written
     with pytest.raises(ValueError, match=r"mean_ \(1 of 64\).*not cached"):
-        sweep._save_fit(bad, cache / "x.pt", {}, Point("pca", 3, 0))
+        sweep_fit._save_fit(bad, cache / "x.pt", {}, Point("pca", 3, 0))
     assert not (cache / "x.pt").exists()
-
-
-def torch_load(path):
-    import torch
-
-    return torch.load(path, weights_only=True)
 
 
 def test_degenerate_point_is_recorded_and_the_others_go_on(tiny_run, tmp_path, monkeypatch, capsys):
@@ -1281,7 +1310,7 @@ def test_degenerate_point_is_recorded_and_the_others_go_on(tiny_run, tmp_path, m
             codes = np.ones_like(codes)
         return codes, labels
 
-    monkeypatch.setattr(sweep, "val_code_sample", constant_for_rp3)
+    monkeypatch.setattr(sweep_measure, "val_code_sample", constant_for_rp3)
     preset = tmp_path / "tiny.yaml"
     preset.write_text(yaml.safe_dump({**config.to_dict(), "name": "tiny"}))
     argv = ["sweep", "--preset", str(preset), "--out", str(out), "--no-progress"]

@@ -268,7 +268,7 @@ def test_run_sweep_applies_and_restores(tmp_path, one_thread, no_env, monkeypatc
         seen.append(counts())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sweep, "check_dependencies", spy)
+    monkeypatch.setattr("stego_probe.sweep.run.check_dependencies", spy)  # run_sweep looks it up
     config = sweep.load_config(
         "synthetic",
         {
@@ -278,7 +278,7 @@ def test_run_sweep_applies_and_restores(tmp_path, one_thread, no_env, monkeypatc
             "methods": ["dino"],
             "seeds": [0],
             "probes": ["kmeans"],
-            "probe_kwargs": {"kmeans": {"n_train": 500, "niter": 30, "nredo": 1}},
+            "probe_kwargs": {"kmeans": {"n_tokens": 500, "niter": 30, "nredo": 1}},
             "distinctness": {"enabled": False},
             "device": "cpu",
         },

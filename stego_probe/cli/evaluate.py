@@ -15,6 +15,7 @@ import math
 import os
 
 from stego_probe.cli.argtypes import nonneg_int, positive_int
+from stego_probe.params import renamed_kwargs
 from stego_probe.probes import PROBE_NAMES as PROBES
 from stego_probe.threads import add_threads_argument
 
@@ -181,7 +182,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--train-batch-size", type=positive_int, default=32, help="training images per batch (32)"
     )
     p.add_argument(
-        "--n-train", type=positive_int, default=1_000_000, help="tokens sampled for k-means (1e6)"
+        "--n-tokens",
+        "--n-train",  # the old name, still accepted
+        dest="n_tokens",
+        type=positive_int,
+        default=1_000_000,
+        help="tokens sampled for k-means (1e6)",
     )
     add_kmeans_arguments(p)
     p.add_argument(
@@ -272,11 +278,11 @@ ROW_COLUMNS = (*POINT_COLUMNS, "metric")
 SETTINGS_FLAGS = {
     "train_store": "--train-store",
     "val_store": "--val-store",
-    "n_train": "--n-train",
+    "n_tokens": "--n-tokens",
     "n_clusters": "--n-clusters",
     "steps": "--steps",
     "train_batch_size": "--train-batch-size",
-    "stats_tokens": "--n-train (the linear probe's input statistics)",
+    "stats_tokens": "--n-tokens (the linear probe's input statistics)",
 }
 SETTINGS_SUFFIX = ".settings.json"
 
@@ -336,9 +342,9 @@ def _probe_settings(args, probes: list[str], train, val) -> dict[str, dict]:
     from stego_probe.evaluate import STATS_TOKENS
 
     common = {"train_store": str(train.path), "val_store": str(val.path)}
-    stats = args.n_train if "kmeans" in probes else min(args.n_train, STATS_TOKENS)
+    stats = args.n_tokens if "kmeans" in probes else min(args.n_tokens, STATS_TOKENS)
     return {
-        "kmeans": {**common, "n_train": args.n_train, "n_clusters": args.n_clusters},
+        "kmeans": {**common, "n_tokens": args.n_tokens, "n_clusters": args.n_clusters},
         "cluster": {
             **common,
             "steps": args.steps,
@@ -451,6 +457,7 @@ def _evaluate_locked(args: argparse.Namespace) -> int:
                 if old is None:
                     unknown.append(probe)
                     continue
+                old = renamed_kwargs(old, _settings_path(out), warn=False)  # older records
                 diff = [
                     f"{SETTINGS_FLAGS.get(n, n)} {old.get(n)!r} there, {v!r} now"
                     for n, v in settings[probe].items()
@@ -514,7 +521,7 @@ def _evaluate_locked(args: argparse.Namespace) -> int:
             match=args.match,
             steps=args.steps,
             train_batch_size=args.train_batch_size,
-            n_train=args.n_train,
+            n_tokens=args.n_tokens,
             probe_kwargs={"kmeans": kmeans_kw, "cluster": cluster_kw},
             batch_size=args.batch_size,
             images=images,

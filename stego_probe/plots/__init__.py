@@ -93,6 +93,20 @@ FIGURE_FILES = {
     "distinctness": "distinctness_over_dims",
     "convergence": "kmeans_convergence",
 }
+#: File stem of Appendix Figure 2 (h-NNE) per dataset, the paper's own names;
+#: :func:`hnne_figure_stem` gives ``<dataset>_hnne`` for the others.
+HNNE_FIGURE_FILES = {"cityscapes27": "Cityscapes_city_hnne"}
+
+
+def hnne_figure_stem(dataset: str) -> str:
+    """File stem of the h-NNE appendix figure of ``dataset`` (:data:`HNNE_FIGURE_FILES`).
+
+    Examples:
+        >>> hnne_figure_stem("cityscapes27"), hnne_figure_stem("potsdam3")
+        ('Cityscapes_city_hnne', 'potsdam3_hnne')
+    """
+    return HNNE_FIGURE_FILES.get(dataset, f"{dataset}_hnne")
+
 
 _FORMATS = ("pdf", "png", "svg")
 
@@ -187,9 +201,8 @@ def plot_all(
         & d["dim"].notna()
     ]
     for ds in dataset_order(hnne["dataset"].unique()):
-        stem = "Cityscapes_city_hnne" if ds == "cityscapes27" else f"{ds}_hnne"
         fig = plot_hnne_appendix(d, ds, published=pub, figure_provenance=figure_provenance)
-        _save(fig, stem)
+        _save(fig, hnne_figure_stem(ds))
     if d["metric"].isin(DISTINCTNESS_METRICS).any():
         _save(plot_distinctness_over_dims(d), FIGURE_FILES["distinctness"])
     if d["metric"].isin(CONVERGENCE_METRICS).any():

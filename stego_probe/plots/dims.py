@@ -243,7 +243,7 @@ def plot_metric_over_dims(
             :func:`stego_probe.published.overlay_points`) or a DataFrame of such points; drawn as
             hollow markers with their uncertainty as error bars.
         figure_provenance: ``"recorded"`` shows each series' evaluation mode in the legend
-            (``"STEGO [val]"``) and draws every mode present as its own series; ``"paper"``
+            (``"STEGO [pixel]"``) and draws every mode present as its own series; ``"paper"``
             reproduces the reference figure (Q39): plain labels, and where a series has several
             modes only the paper's (val for sweeps and DINO w/o CRF, eval otherwise) is kept.
         methods: restrict to these methods (default: all in the table).

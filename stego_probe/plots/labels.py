@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from stego_probe.published import PAPER_DATASETS as PAPER_DATASETS  # the one home
+from stego_probe.published import RELEASES
 
 #: Display names of the paper's datasets.
 DATASET_TITLES = {"cocostuff27": "Cocostuff", "cityscapes27": "Cityscapes", "potsdam3": "Potsdam"}
@@ -49,11 +50,9 @@ _METHOD_LABELS = {
 #: Methods whose rows are the backbone's raw features (the identity projection).
 RAW_METHODS = ("dino", "identity")
 #: Backbone of each paper dataset (PROTOCOL §7.1); PAPER_DIMS' width holds only for it.
-PAPER_BACKBONES = {
-    "cocostuff27": "dino_vitb8",
-    "cityscapes27": "dino_vitb8",
-    "potsdam3": "dino_vits8",
-}
+#: The paper's backbone per dataset: that of the released checkpoint (the one home is
+#: :data:`stego_probe.published.RELEASES`).
+PAPER_BACKBONES = {dataset: release["backbone"] for dataset, release in RELEASES.items()}
 _VIT_NAME = re.compile(r"^(dino|dinov2)_vit([sblg])(\d+)(_reg)?(?:_(.+))?$")
 
 

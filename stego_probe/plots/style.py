@@ -35,15 +35,17 @@ class SeriesStyle:
     color: int
     hline: bool = False
     order: float = 100.0
-    paper_mode: str = "val"
+    paper_mode: str = "pixel"
 
 
 _STYLES = {
-    ("stego_released", True): SeriesStyle("STEGO (theirs)", "v", "", 3, False, 0, "eval"),
-    ("stego_released", False): SeriesStyle("STEGO (theirs) w/o CRF", "o", "--", 3, True, 1, "eval"),
+    ("stego_released", True): SeriesStyle("STEGO (theirs)", "v", "", 3, False, 0, "pixel_flip"),
+    ("stego_released", False): SeriesStyle(
+        "STEGO (theirs) w/o CRF", "o", "--", 3, True, 1, "pixel_flip"
+    ),
     ("stego", False): SeriesStyle("STEGO", "x", "-", 3, False, 2),
-    ("dino", True): SeriesStyle("DINO (ours)", "v", "", 0, False, 3, "eval"),
-    ("dino", False): SeriesStyle("DINO (ours) w/o CRF", "o", "--", 0, True, 4, "val"),
+    ("dino", True): SeriesStyle("DINO (ours)", "v", "", 0, False, 3, "pixel_flip"),
+    ("dino", False): SeriesStyle("DINO (ours) w/o CRF", "o", "--", 0, True, 4, "pixel"),
     ("pca", False): SeriesStyle("PCA", "x", "-", 2, False, 5),
     ("rp", False): SeriesStyle("RP", "x", "-", 6, False, 6),
     ("hnne", False): SeriesStyle("h-NNE", "x", "-", 8, False, 7),

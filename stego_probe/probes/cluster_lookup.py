@@ -18,7 +18,6 @@ mini-batch stream (:func:`minibatch_stream`, one *step* = one mini-batch, quirk 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
 from stego_probe.codes import as_code_tensor, check_size, upsample
+from stego_probe.persist import read_estimator, write_estimator
 
 #: ``eps`` of ``torch.nn.functional.normalize`` (the reference uses the default).
 NORMALIZE_EPS = 1e-12
@@ -269,64 +269,71 @@ class MinibatchProbe(BaseEstimator):
         """Restore what :meth:`_extra_arrays` saved (subclass hook)."""
 
     # -- persistence ---------------------------------------------------------------------------
+    #: Fitted scalar attributes a subclass saves beside the common ones (restored if present).
+    _state_attrs: tuple[str, ...] = ()
+
     def save(self, path: str | os.PathLike) -> Path:
-        """Write parameters and learned state to ``path`` (``.npz``; the Adam state is not kept).
+        """Write parameters and learned state to ``path`` (the common estimator format of
+        :mod:`stego_probe.persist`, an ``.npz`` file; the Adam state is not kept).
 
         Returns:
             the path written.
         """
         self._check_fitted()
-        path = Path(path)
         arrays = {k: v.detach().cpu().numpy() for k, v in self.params_.items()}
         extra = {f"extra:{k}": v for k, v in self._extra_arrays().items()}
         params = self.get_params()
         if not isinstance(params.get("random_state"), int | None):
             params["random_state"] = int(self.seed_)  # a RandomState is not JSON: keep its draw
-        meta = {
-            "class": type(self).__name__,
-            "params": params,
-            "n_features_in": self.n_features_in_,
-            "n_steps": self.n_steps_,
-            "seed": int(self.seed_),
+        state = {
+            "n_features_in_": int(self.n_features_in_),
+            "n_steps_": int(self.n_steps_),
+            "seed_": int(self.seed_),
+            **{k: getattr(self, k) for k in self._state_attrs if hasattr(self, k)},
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            np.savez(
-                f,
-                __meta__=np.array(json.dumps(meta)),
-                loss_history=np.asarray(self.loss_history_, dtype=np.float64),
-                **arrays,
-                **extra,
-            )
-        return path
+        history = np.asarray(self.loss_history_, dtype=np.float64)
+        return write_estimator(
+            path,
+            kind="probe",
+            cls_name=type(self).__name__,
+            params=params,
+            state=state,
+            arrays={"loss_history": history, **arrays, **extra},
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike):
-        """Load a probe written by :meth:`save` (ready to predict; training restarts Adam)."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"probe file {path} does not exist")
-        with np.load(path, allow_pickle=False) as z:
-            if "__meta__" not in z:
-                raise ValueError(f"{path}: not a stego_probe probe file (no __meta__ entry)")
-            meta = json.loads(str(z["__meta__"]))
-            if meta.get("class") != cls.__name__:
-                raise ValueError(f"{path}: holds a {meta.get('class')}, expected {cls.__name__}")
-            arrays = {k: z[k] for k in z.files if k not in ("__meta__", "loss_history")}
-            history = z["loss_history"].tolist()
+        """Load a probe written by :meth:`save`, also by an older version (ready to predict;
+        training restarts Adam).
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: not a stego_probe estimator file, a probe of another class, or a
+                parameter array missing or of the wrong shape.
+        """
+        saved = read_estimator(path, kind="probe", expected=cls.__name__)
+        arrays = dict(saved.arrays)
+        history = arrays.pop("loss_history", np.zeros(0)).tolist()
         extra = {k[6:]: arrays.pop(k) for k in list(arrays) if k.startswith("extra:")}
-        probe = cls(**{**cls._legacy_params, **meta["params"]})
+        state = dict(saved.state)
+        missing = [k for k in ("seed_", "n_features_in_", "n_steps_") if k not in state]
+        if missing:
+            raise ValueError(f"{saved.path}: a {cls.__name__} file without {missing} in its state")
+        probe = cls(**{**cls._legacy_params, **saved.params})
         probe._reset()
-        probe.seed_ = int(meta.get("seed", meta["params"].get("random_state") or 0))
-        probe._ensure_init(meta["n_features_in"])
+        probe.seed_ = int(state.pop("seed_"))
+        probe._ensure_init(int(state.pop("n_features_in_")))
         probe._load_extra_arrays(extra)
         with torch.no_grad():
             for k, p in probe.params_.items():
                 if k not in arrays or tuple(arrays[k].shape) != tuple(p.shape):
-                    raise ValueError(f"{path}: parameter {k!r} missing or of the wrong shape")
+                    raise ValueError(f"{saved.path}: parameter {k!r} missing or of the wrong shape")
                 p.copy_(torch.from_numpy(arrays[k]))
         probe.loss_history_ = history
-        probe.n_steps_ = int(meta["n_steps"])
+        probe.n_steps_ = int(state.pop("n_steps_"))
+        for k in cls._state_attrs:
+            if k in state:
+                setattr(probe, k, state[k])
         return probe
 
     # -- chunked inference ---------------------------------------------------------------------
@@ -415,6 +422,7 @@ class ClusterLookupProbe(MinibatchProbe):
     def __init__(
         self,
         n_clusters: int,
+        *,
         lr: float = 5e-3,
         steps: int = DEFAULT_STEPS,
         batch_size: int = DEFAULT_BATCH_SIZE,

@@ -23,7 +23,6 @@ Lloyd iterations with FAISS on a seeded uniform subsample of training tokens:
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import warnings
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
 
 from stego_probe.codes import (
     as_code_tensor,
@@ -45,6 +45,7 @@ from stego_probe.codes import (
     upsample,
     upsample_codes,
 )
+from stego_probe.persist import read_estimator, write_estimator
 
 if TYPE_CHECKING:
     import torch
@@ -249,7 +250,7 @@ class KMeansProbe(BaseEstimator):
 
     Args:
         n_clusters: ``K'`` (``K`` in the paper's protocol, ``E = 0``).
-        n_train: size of the uniform token subsample used for clustering (all tokens if fewer).
+        n_tokens: size of the uniform token subsample used for clustering (all tokens if fewer).
         niter: maximum Lloyd iterations per restart (exact count with ``tol=None``).
         nredo: number of restarts; the best final objective wins.
         metric: ``"cosine"`` (normalised tokens, spherical k-means, inner-product assignment)
@@ -286,22 +287,23 @@ class KMeansProbe(BaseEstimator):
             objectives equal); n_iter_converged_: the iteration at which it did
             (:func:`n_iter_until_converged` with ``tol=0``), or None.
         stopping_rule_: :func:`stopping_rule` of ``tol``.
-        n_train_used_: tokens actually clustered; n_tokens_seen_: tokens the sample came from.
-        max_points_per_centroid_: the value passed to FAISS (``ceil(n_train_used_ / K')``).
+        n_tokens_used_: tokens actually clustered; n_tokens_seen_: tokens the sample came from.
+        max_points_per_centroid_: the value passed to FAISS (``ceil(n_tokens_used_ / K')``).
         n_features_in_: ``D``. gpu_: the resolved GPU setting.
 
     Examples:
         >>> rng = np.random.default_rng(0)
         >>> codes = rng.normal(size=(4, 8, 5, 5)).astype(np.float32)  # (N, D, h, w)
         >>> probe = KMeansProbe(n_clusters=3, niter=5, nredo=1).fit(codes)
-        >>> probe.predict(codes).shape, probe.n_train_used_
+        >>> probe.predict(codes).shape, probe.n_tokens_used_
         ((4, 5, 5), 100)
     """
 
     def __init__(
         self,
         n_clusters: int,
-        n_train: int = 1_000_000,
+        *,
+        n_tokens: int = 1_000_000,
         niter: int = DEFAULT_NITER,
         nredo: int = DEFAULT_NREDO,
         metric: str = "cosine",
@@ -313,7 +315,7 @@ class KMeansProbe(BaseEstimator):
         verbose: bool = False,
     ):
         self.n_clusters = n_clusters
-        self.n_train = n_train
+        self.n_tokens = n_tokens
         self.niter = niter
         self.nredo = nredo
         self.metric = metric
@@ -326,7 +328,7 @@ class KMeansProbe(BaseEstimator):
 
     # ------------------------------------------------------------------ fitting
     def _check_params(self) -> None:
-        for name in ("n_clusters", "n_train", "niter", "nredo", "chunk_size"):
+        for name in ("n_clusters", "n_tokens", "niter", "nredo", "chunk_size"):
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
@@ -337,9 +339,9 @@ class KMeansProbe(BaseEstimator):
             raise ValueError(f"init: expected one of {INITS}, got {self.init!r}")
 
     def _subsample(self, codes, seed: int) -> tuple[np.ndarray, int]:
-        """Uniform sample without replacement of ``n_train`` tokens from an array or a stream.
+        """Uniform sample without replacement of ``n_tokens`` tokens from an array or a stream.
 
-        Every token gets an i.i.d. uniform key and the ``n_train`` smallest keys are kept, so
+        Every token gets an i.i.d. uniform key and the ``n_tokens`` smallest keys are kept, so
         the sample is the same whether the tokens arrive as one array or in chunks; the kept
         tokens are returned in their original order.
         """
@@ -354,9 +356,9 @@ class KMeansProbe(BaseEstimator):
             keys = np.concatenate([keys, rng.random(m)])
             index = np.concatenate([index, np.arange(seen, seen + m)])
             seen += m
-            if len(keys) > self.n_train:
+            if len(keys) > self.n_tokens:
                 x = np.concatenate(xs)
-                keep = np.sort(np.argpartition(keys, self.n_train - 1)[: self.n_train])
+                keep = np.sort(np.argpartition(keys, self.n_tokens - 1)[: self.n_tokens])
                 xs, keys, index = [x[keep]], keys[keep], index[keep]
         if seen == 0:
             raise ValueError("codes: no tokens to fit on (empty array or empty iterable)")
@@ -432,7 +434,7 @@ class KMeansProbe(BaseEstimator):
                 RuntimeWarning,
                 stacklevel=2,
             )
-        self.n_train_used_ = n
+        self.n_tokens_used_ = n
         self.n_tokens_seen_ = seen
         self.n_features_in_ = d
         score, _ = self._search(x)
@@ -464,7 +466,7 @@ class KMeansProbe(BaseEstimator):
     # --------------------------------------------------------------- prediction
     def _check_fitted(self) -> None:
         if not hasattr(self, "cluster_centers_"):
-            raise ValueError("KMeansProbe is not fitted: call fit(codes) first")
+            raise NotFittedError("KMeansProbe is not fitted: call fit(codes) first")
 
     def _index(self):
         faiss = _faiss()
@@ -616,8 +618,13 @@ class KMeansProbe(BaseEstimator):
         return out
 
     # -------------------------------------------------------------- persistence
-    def save(self, path: str | os.PathLike) -> None:
-        """Write parameters and learned state to ``path`` (a ``.npz`` file)."""
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write parameters and learned state to ``path`` (the common estimator format of
+        :mod:`stego_probe.persist`: an ``.npz`` file; the FAISS index is rebuilt on load).
+
+        Returns:
+            the path written.
+        """
         self._check_fitted()
         params = dict(self.get_params())
         if not isinstance(params["random_state"], int | type(None)):
@@ -625,36 +632,40 @@ class KMeansProbe(BaseEstimator):
         state = {
             "best_redo_": self.best_redo_,
             "n_iter_": self.n_iter_,
-            "n_train_used_": self.n_train_used_,
+            "n_tokens_used_": self.n_tokens_used_,
             "n_tokens_seen_": self.n_tokens_seen_,
             "n_features_in_": self.n_features_in_,
             "max_points_per_centroid_": self.max_points_per_centroid_,
             "inertia_": self.inertia_,
         }
         arrays = {f"objective_redo_{i}": o for i, o in enumerate(self.objective_per_redo_)}
-        with open(Path(path), "wb") as f:
-            np.savez(
-                f,
-                cluster_centers_=self.cluster_centers_,
-                meta=np.array(json.dumps({"params": params, "state": state})),
-                **arrays,
-            )
+        return write_estimator(
+            path,
+            kind="probe",
+            cls_name=type(self).__name__,
+            params=params,
+            state=state,
+            arrays={"cluster_centers_": self.cluster_centers_, **arrays},
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike, gpu="auto") -> KMeansProbe:
-        """Read a probe written by :meth:`save` (``gpu`` is re-resolved on this machine)."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"k-means probe file {path} does not exist")
-        with np.load(path, allow_pickle=False) as z:
-            if "meta" not in z or "cluster_centers_" not in z:
-                raise ValueError(f"{path}: not a KMeansProbe file (missing meta/centroids)")
-            meta = json.loads(str(z["meta"]))
-            probe = cls(**{**meta["params"], "gpu": gpu})
-            probe.cluster_centers_ = np.ascontiguousarray(z["cluster_centers_"], np.float32)
-            n_redo = sum(1 for key in z.files if key.startswith("objective_redo_"))
-            probe.objective_per_redo_ = [z[f"objective_redo_{i}"] for i in range(n_redo)]
-        for key, value in meta["state"].items():
+        """Read a probe written by :meth:`save`, also by an older version (``gpu`` is
+        re-resolved on this machine).
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: not a stego_probe estimator file, or not a KMeansProbe.
+        """
+        saved = read_estimator(path, kind="probe", expected=cls.__name__)
+        arrays = saved.arrays
+        if "cluster_centers_" not in arrays:
+            raise ValueError(f"{saved.path}: a KMeansProbe file without cluster_centers_")
+        probe = cls(**{**saved.params, "gpu": gpu})
+        probe.cluster_centers_ = np.ascontiguousarray(arrays["cluster_centers_"], np.float32)
+        n_redo = sum(1 for key in arrays if key.startswith("objective_redo_"))
+        probe.objective_per_redo_ = [arrays[f"objective_redo_{i}"] for i in range(n_redo)]
+        for key, value in saved.state.items():
             setattr(probe, key, value)
         probe.objective_ = probe.objective_per_redo_[probe.best_redo_]
         probe._set_convergence()

@@ -168,10 +168,13 @@ class LinearProbe(MinibatchProbe):
     _requires_labels = True
     # files written before input standardisation existed hold a raw-input probe
     _legacy_params = {"standardize": "none"}
+    # saved so that a loaded probe still knows whether it saw labelled pixels (check_labelled)
+    _state_attrs = ("n_labelled_",)
 
     def __init__(
         self,
         n_classes: int,
+        *,
         lr: float = 5e-3,
         steps: int = DEFAULT_STEPS,
         batch_size: int = DEFAULT_BATCH_SIZE,

@@ -130,8 +130,10 @@ def projection_class(name: str) -> type:
 def load_projection(path: str | os.PathLike, trust: bool = False) -> Projection:
     """Load any projection saved with ``save(path)`` (dispatches on the stored class).
 
-    Safe by default: the file is read with ``torch.load(weights_only=True)``; UMAP / h-NNE
-    files, whose fitted model is a pickle, need ``trust=True`` (see :meth:`Projection.load`).
+    Safe by default: reading runs no code (the common estimator format of
+    :mod:`stego_probe.persist`, ``np.load(allow_pickle=False)``; files of the earlier format,
+    ``torch.load(weights_only=True)``); UMAP / h-NNE files, whose fitted model is a pickle,
+    need ``trust=True`` (see :meth:`Projection.load`).
     """
     return Projection.load(path, trust=trust)
 

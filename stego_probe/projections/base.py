@@ -22,10 +22,11 @@ needs on top:
   ``"train"`` uses the per-channel mean and population std of the fit data, ``"batch"`` z-scores
   every ``transform`` call with that call's own statistics over all of its tokens (the reference's
   behaviour, quirk Q32), ``None`` does not rescale.
-* **Persistence.** ``save(path)`` writes a plain dict of tensors + JSON strings with
-  ``torch.save``; ``Projection.load(path)`` restores it exactly (loaded with
-  ``weights_only=True``; a UMAP / h-NNE file, whose fitted model is a pickle, only with
-  ``trust=True``).
+* **Persistence.** ``save(path)`` writes the common estimator file of
+  :mod:`stego_probe.persist` (an ``.npz``: JSON header + arrays of exact dtype);
+  ``Projection.load(path)`` restores it exactly, running no code (``np.load(allow_pickle=
+  False)``); a UMAP / h-NNE file, whose fitted model is a pickle, loads only with
+  ``trust=True``. Files of the earlier ``torch.save`` format still load.
 * **Provenance.** ``provenance`` (a dict) records the method, the parameters, the fit data (store
   provenance: backbone, weights_sha256, dataset, split, images used, seed) and
   :func:`stego_probe.provenance.package_info`.
@@ -36,7 +37,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
-import json
 import os
 import pickle
 import warnings
@@ -49,15 +49,17 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import NotFittedError
 
-from stego_probe.fileio import atomic_write, to_jsonable
+from stego_probe.fileio import to_jsonable
+from stego_probe.persist import LEGACY_PROJECTION_FORMAT, read_estimator, write_estimator
 from stego_probe.provenance import package_info
 from stego_probe.store import is_store
 
 #: Valid values of the ``standardize`` parameter.
 STANDARDIZE_MODES = ("train", "batch", None)
 
-#: ``format`` tag written by :meth:`Projection.save`.
-SAVE_FORMAT = "stego_probe.projection/v1"
+#: ``format`` tag of the ``torch.save`` files :meth:`Projection.save` wrote before the common
+#: estimator format (:mod:`stego_probe.persist`); :meth:`Projection.load` still reads them.
+SAVE_FORMAT = LEGACY_PROJECTION_FORMAT
 
 #: Store provenance keys copied flat into ``provenance["fit_data"]``.
 _STORE_KEYS = (
@@ -703,35 +705,34 @@ class Projection(TransformerMixin, BaseEstimator):
         """Restore what ``_extra_state`` saved (subclass hook)."""
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the fitted projection to ``path`` (``torch.save`` of a plain dict).
+        """Write the fitted projection to ``path`` (the common estimator format of
+        :mod:`stego_probe.persist`: an uncompressed ``.npz`` whatever the extension).
 
-        The file holds ``format``, ``class``, ``method``, ``params`` (JSON), ``meta`` (JSON
-        fitted scalars), ``provenance`` (JSON) and ``arrays`` (name -> tensor, exact dtype).
-        The parent directory is created; the file is written to a temporary name and renamed.
+        The file holds the class, ``params``, the fitted scalars of ``_meta_attrs`` (the
+        ``state``), the provenance, and the arrays of ``_array_attrs`` (exact dtype; ``None``
+        values are left out) and of ``_extra_state`` (as ``extra:<name>``). The parent folder
+        is created; the file is written to a temporary name and renamed.
 
         Returns:
             the path written.
         """
         self._check_fitted()
-        path = Path(path)
-        arrays: dict[str, torch.Tensor] = {}
+        arrays: dict[str, np.ndarray] = {}
         for name in self._array_attrs:
             value = getattr(self, name, None)
             if value is not None:
-                arrays[name] = torch.from_numpy(np.ascontiguousarray(value))
+                arrays[name] = np.ascontiguousarray(value)
         for name, value in self._extra_state().items():
-            arrays[f"extra:{name}"] = torch.from_numpy(np.ascontiguousarray(value))
-        meta = {name: getattr(self, name, None) for name in self._meta_attrs}
-        payload = {
-            "format": SAVE_FORMAT,
-            "class": type(self).__name__,
-            "method": self.method_name,
-            "params": json.dumps(to_jsonable(self._saved_params())),
-            "meta": json.dumps(to_jsonable(meta)),
-            "provenance": json.dumps(to_jsonable(self.provenance_)),
-            "arrays": arrays,
-        }
-        return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+            arrays[f"extra:{name}"] = np.ascontiguousarray(value)
+        return write_estimator(
+            path,
+            kind="projection",
+            cls_name=type(self).__name__,
+            params=self._saved_params(),
+            state={name: getattr(self, name, None) for name in self._meta_attrs},
+            arrays=arrays,
+            provenance=self.provenance_,
+        )
 
     def _saved_params(self) -> dict:
         """Parameters as saved: a ``RandomState`` ``random_state`` is saved as None (its state is
@@ -747,13 +748,15 @@ class Projection(TransformerMixin, BaseEstimator):
 
     @classmethod
     def load(cls, path: str | os.PathLike, trust: bool = False) -> Projection:
-        """Load a projection written by :meth:`save`.
+        """Load a projection written by :meth:`save` (also by an older version, whose files
+        were ``torch.save`` dicts).
 
         Called on :class:`Projection` it returns an instance of the saved class; called on a
-        subclass it also checks that the file holds that class, before anything else is read.
-        The file is read with ``torch.load(weights_only=True)``, which cannot run code. UMAP and
-        h-NNE files also embed their fitted model as a pickle, and unpickling can run code from
-        the file: they load only with ``trust=True``.
+        subclass it also checks that the file holds that class, from the file's header before
+        its arrays are read. Reading runs no code (``np.load(allow_pickle=False)``; older
+        files ``torch.load(weights_only=True)``). UMAP and h-NNE files also embed their fitted
+        model as a pickle, and unpickling can run code from the file: they load only with
+        ``trust=True``.
 
         Args:
             path: the file.
@@ -762,38 +765,42 @@ class Projection(TransformerMixin, BaseEstimator):
 
         Raises:
             FileNotFoundError: no file at ``path``.
-            ValueError: not a stego_probe projection file, a different class, or a pickled
-                model without ``trust=True``.
+            ValueError: not a stego_probe estimator file, a probe file, a different or unknown
+                class, or a pickled model without ``trust=True``.
         """
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"projection file {path} does not exist")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # any unpickling failure: "not ours"
-            raise ValueError(f"{path}: not a readable stego_probe projection file ({exc})") from exc
-        if not isinstance(payload, dict) or payload.get("format") != SAVE_FORMAT:
-            raise ValueError(f"{path}: not a stego_probe projection file (format {SAVE_FORMAT})")
         from stego_probe.projections import projection_class
 
-        klass = projection_class(payload["class"])
-        if cls is not Projection and not issubclass(klass, cls):
-            raise ValueError(f"{path}: holds a {payload['class']}, not a {cls.__name__}")
+        def accepts(name: str) -> bool:
+            try:
+                return issubclass(projection_class(name), cls)
+            except KeyError:
+                return False
+
+        saved = read_estimator(
+            path,
+            kind="projection",
+            expected=None if cls is Projection else accepts,
+            what=cls.__name__,
+        )
+        try:
+            klass = projection_class(saved.cls_name)
+        except KeyError as exc:
+            raise ValueError(f"{saved.path}: {exc.args[0]}") from None
         if klass._pickled_state and not trust:
             raise ValueError(
-                f"{path}: holds a {payload['class']} whose fitted model is stored as a pickle, "
-                "and unpickling can run code from the file; load it with trust=True "
+                f"{saved.path}: holds a {saved.cls_name} whose fitted model is stored as a "
+                "pickle, and unpickling can run code from the file; load it with trust=True "
                 "(`--trust-pickle` on the command line) only if you made or trust this file"
             )
-        obj = klass(**json.loads(payload["params"]))
-        for name, value in json.loads(payload["meta"]).items():
+        obj = klass(**saved.params)
+        for name, value in saved.state.items():
             setattr(obj, name, value)
-        arrays = payload["arrays"]
+        arrays = saved.arrays
         for name in klass._array_attrs:
-            setattr(obj, name, arrays[name].numpy() if name in arrays else None)
-        extra = {k[6:]: v.numpy() for k, v in arrays.items() if k.startswith("extra:")}
+            setattr(obj, name, arrays.get(name))
+        extra = {k[6:]: v for k, v in arrays.items() if k.startswith("extra:")}
         obj._load_extra_state(extra)
-        obj.provenance_ = json.loads(payload["provenance"])
+        obj.provenance_ = saved.provenance if saved.provenance is not None else {}
         return obj
 
 

@@ -26,7 +26,7 @@ class HNNEProjection(SampledEmbedding):
     1,000,000 tokens drawn from the standardised 5,000-image fit matrix, then projects batches of
     512 images, each standardised with its own statistics (quirk Q37; parity:
     ``standardize="batch"`` with 512-image calls). Here the sample comes from
-    ``store.sample_tokens(n_samples, seed, images=...)`` over the ``n_images`` images chosen as
+    ``store.sample_tokens(n_tokens, seed, images=...)`` over the ``n_images`` images chosen as
     for PCA (or seeded array rows), ``mean_`` / ``scale_`` are
     the sample's per-channel mean / population std, and the default ``standardize="train"``
     applies those to every call.
@@ -37,7 +37,7 @@ class HNNEProjection(SampledEmbedding):
     Args:
         n_components: output width ``D``.
         metric: h-NNE metric (``"cosine"`` as the reference).
-        n_samples: tokens to fit on (reference: 1,000,000; 2M exhausted a 16-vCPU machine).
+        n_tokens: tokens to fit on (reference: 1,000,000; 2M exhausted a 16-vCPU machine).
         n_images, subset: the store images the sample is drawn from (as PCA; None: all).
         standardize: ``"train"``, ``"batch"`` or None.
         random_state: seed of the sample (and of h-NNE where supported).
@@ -61,7 +61,7 @@ class HNNEProjection(SampledEmbedding):
         n_components: int = 2,
         *,
         metric: str = "cosine",
-        n_samples: int = 1_000_000,
+        n_tokens: int = 1_000_000,
         n_images: int | None = 5000,
         subset: str = "random",
         standardize: str | None = "train",
@@ -70,7 +70,7 @@ class HNNEProjection(SampledEmbedding):
     ) -> None:
         self.n_components = n_components
         self.metric = metric
-        self.n_samples = n_samples
+        self.n_tokens = n_tokens
         self.n_images = n_images
         self.subset = subset
         self.standardize = standardize
@@ -92,7 +92,7 @@ class HNNEProjection(SampledEmbedding):
         hnne = _import_hnne()
         if self.n_components is None:
             raise ValueError("HNNEProjection: n_components is required")
-        x = self._sample(source, self.n_samples)
+        x = self._sample(source, self.n_tokens)
         z = self._sample_statistics(x, "h-NNE fit sample")
         model = self._make_model(hnne)
         model.fit(z)

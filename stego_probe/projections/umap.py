@@ -18,11 +18,11 @@ def _import_umap() -> Any:
 
 
 class UMAPProjection(SampledEmbedding):
-    """UMAP fitted on ``n_samples`` seeded tokens, applied with ``umap.UMAP.transform``.
+    """UMAP fitted on ``n_tokens`` seeded tokens, applied with ``umap.UMAP.transform``.
 
     The reference fits UMAP on 10,000 random standardised tokens with ``n_neighbors=15,
     min_dist=0.1, metric="cosine"`` (PROTOCOL §6.8, not in the paper's figures). Here the sample
-    is drawn with ``random_state`` (for a store: ``store.sample_tokens(n_samples, seed,
+    is drawn with ``random_state`` (for a store: ``store.sample_tokens(n_tokens, seed,
     images=...)``, uniform over the tokens of the ``n_images`` images chosen as for PCA; for an
     array: seeded rows), and ``mean_`` / ``scale_`` are the
     per-channel mean / population std **of that sample**. ``standardize`` then applies as for PCA
@@ -34,7 +34,7 @@ class UMAPProjection(SampledEmbedding):
         n_components: output width ``D``.
         n_neighbors, min_dist, metric, n_epochs: passed to ``umap.UMAP`` (``n_epochs=None``: UMAP's
             default schedule).
-        n_samples: tokens to fit on.
+        n_tokens: tokens to fit on.
         n_images, subset: the store images the sample is drawn from (as PCA; None: all).
         standardize: ``"train"``, ``"batch"`` or None.
         random_state: seed of the sample and of UMAP.
@@ -60,7 +60,7 @@ class UMAPProjection(SampledEmbedding):
         min_dist: float = 0.1,
         metric: str = "cosine",
         n_epochs: int | None = None,
-        n_samples: int = 10_000,
+        n_tokens: int = 10_000,
         n_images: int | None = 5000,
         subset: str = "random",
         standardize: str | None = "train",
@@ -71,7 +71,7 @@ class UMAPProjection(SampledEmbedding):
         self.min_dist = min_dist
         self.metric = metric
         self.n_epochs = n_epochs
-        self.n_samples = n_samples
+        self.n_tokens = n_tokens
         self.n_images = n_images
         self.subset = subset
         self.standardize = standardize
@@ -81,7 +81,7 @@ class UMAPProjection(SampledEmbedding):
         umap = _import_umap()
         if self.n_components is None:
             raise ValueError("UMAPProjection: n_components is required")
-        x = self._sample(source, self.n_samples)
+        x = self._sample(source, self.n_tokens)
         if x.shape[0] <= self.n_neighbors:
             raise ValueError(
                 f"UMAPProjection: {x.shape[0]} fit tokens is not more than "

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from stego_probe.published import RELEASES as RELEASES  # re-exported; the one home
+
 
 # ------------------------------------------------------------------ declarative field checks
 def _int(lo: int):
@@ -244,36 +246,6 @@ PRESETS: dict[str, StegoConfig] = {
         val_every=50,
         knn_k=10,
     ),
-}
-
-#: What each released checkpoint was trained on (PROTOCOL §3.3, §3.7): the file name, the
-#: backbone, the crop, the class count ``K`` and the train / validation resolutions. Facts about
-#: the released runs, not training settings (``K`` of a training run comes from its store).
-RELEASES: dict[str, dict] = {
-    "cocostuff27": {
-        "checkpoint": "cocostuff27_vit_base_5.ckpt",
-        "backbone": "dino_vitb8",
-        "crop": "five",
-        "n_classes": 27,
-        "res": 224,
-        "val_res": 320,
-    },
-    "cityscapes27": {
-        "checkpoint": "cityscapes_vit_base_1.ckpt",
-        "backbone": "dino_vitb8",
-        "crop": "five",
-        "n_classes": 27,
-        "res": 224,
-        "val_res": 320,
-    },
-    "potsdam3": {
-        "checkpoint": "potsdam_test.ckpt",
-        "backbone": "dino_vits8",
-        "crop": "none",
-        "n_classes": 3,
-        "res": 224,
-        "val_res": 320,
-    },
 }
 
 

@@ -1,0 +1,395 @@
+"""The feature store class: :class:`FeatureStore` opens a store and reads tokens, labels, ids
+and token samples from it (writing: :mod:`stego_probe.store.writer`; verification:
+:mod:`stego_probe.store.integrity`; layout: :mod:`stego_probe.store.layout`)."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from stego_probe.store.format import (
+    FLIPPED,
+    IDS,
+    LABELS,
+    TOKENS,
+    StoreCorruptError,
+    meta_file,
+    read_meta,
+)
+from stego_probe.store.paths import normalize_path, url_to_fs
+from stego_probe.store.tokens import Index, draw_tokens, pool_labels, to_float32
+from stego_probe.store.writer import StoreWriter
+
+# paths of format-1 stores already warned about (one warning per process and store)
+_WARNED_UNVERIFIABLE: set[str] = set()
+
+
+class FeatureStore(StoreWriter):
+    """Patch tokens, labels and ids of one dataset split, stored as a zarr v3 group.
+
+    Create with :meth:`create` (the extractor does this) or open with :meth:`open`. Readers get
+    float32 tokens ``(n, h, w, C)`` (stored as float16) and int64 labels ``(n, H, W)`` at the
+    evaluation resolution (-1 = ignore).
+
+    Attributes:
+        path: the local path (absolute) or URL of the store.
+        mode: ``"r"`` (read only) or ``"r+"`` (writable).
+
+    Examples:
+        >>> import numpy as np
+        >>> fs = FeatureStore.create("memory://doc/store", n_images=2, grid=(2, 2), dim=3,
+        ...                          label_shape=(4, 4), provenance={"n_classes": 2},
+        ...                          chunk_images=2, overwrite=True)
+        >>> fs.write_block(0, np.ones((2, 2, 2, 3)), np.zeros((2, 4, 4), int), ["a", "b"])
+        >>> fs.mark_complete()
+        >>> store = FeatureStore.open("memory://doc/store")
+        >>> store.tokens(slice(0, 2)).shape, store.ids
+        ((2, 2, 2, 3), ['a', 'b'])
+    """
+
+    def __init__(self, group, path: str, mode: str) -> None:
+        super().__init__(group, path, mode)
+        self._ids_cache: list[str] | None = None
+
+    # ------------------------------------------------------------------ opening
+    @staticmethod
+    def exists(path: str | os.PathLike) -> bool:
+        """True when ``path`` holds a zarr group (a feature store or a half-created one)."""
+        path = normalize_path(path)
+        fs, root = url_to_fs(path)
+        return fs.exists(f"{root}/zarr.json")
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike, mode: str = "r", allow_incomplete: bool = False
+    ) -> FeatureStore:
+        """Open an existing store.
+
+        Args:
+            path: local directory or fsspec URL.
+            mode: ``"r"`` (read only) or ``"r+"`` (resume writing; implies
+                ``allow_incomplete``).
+            allow_incomplete: read a store whose extraction has not finished; images not yet
+                written read as zeros (tokens) and -1 (labels), see :meth:`done_blocks`.
+
+        Raises:
+            FileNotFoundError: nothing at ``path``.
+            ValueError: not a feature store, or incomplete and ``allow_incomplete`` is False.
+        """
+        import zarr
+
+        if mode not in ("r", "r+"):
+            raise ValueError(f"mode: expected 'r' or 'r+', got {mode!r}")
+        path = normalize_path(path)
+        if not cls.exists(path):
+            raise FileNotFoundError(f"{path}: no feature store there (no zarr.json)")
+        fs, root = url_to_fs(path)
+        read_meta(fs, root, path, "", "group")  # a one-line error for a damaged zarr.json
+        try:
+            group = zarr.open_group(path, mode=mode, zarr_format=3)
+        except Exception as e:  # noqa: BLE001 - re-raised naming the file
+            raise StoreCorruptError(
+                path, f"{meta_file(path, '')}: zarr cannot open it ({type(e).__name__}: {e})"
+            ) from None
+        store = cls(group, path, mode)
+        store._check_arrays()
+        if not store._checksummed:
+            if mode == "r+":
+                raise ValueError(
+                    f"{path}: feature store format version {store._version} (no checksums) "
+                    f"cannot be written by this stego_probe; re-extract it with `stego-probe "
+                    f"extract ... --overwrite`"
+                )
+            if path not in _WARNED_UNVERIFIABLE:
+                _WARNED_UNVERIFIABLE.add(path)
+                warnings.warn(
+                    f"{path}: feature store format version {store._version} has no checksums: "
+                    f"its content cannot be verified (a damaged chunk may read back as data); "
+                    f"re-extract it (`stego-probe extract ... --overwrite`) to add them",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        if mode == "r+":
+            store._ensure_arrays()
+        elif not allow_incomplete and not store.complete:
+            done = store.done_blocks()
+            raise ValueError(
+                f"{path}: feature store is incomplete ({int(done.sum())}/{done.size} blocks "
+                f"written); rerun the same `stego-probe extract` command to finish it, or open "
+                f"with allow_incomplete=True (Python; `stego-probe info` shows it as it is)"
+            )
+        return store
+
+    @property
+    def ids(self) -> list[str]:
+        """The ``N`` sample ids in store order (``""`` for images not written yet)."""
+        if self._ids_cache is None or self.mode == "r+":
+            ids = [str(s) for s in self._read_range(IDS, 0, self._n_images).tolist()]
+            if self.mode == "r":
+                self._ids_cache = ids
+            return ids
+        return list(self._ids_cache)
+
+    def __repr__(self) -> str:
+        p = self._attrs.get("provenance", {})
+        return (
+            f"FeatureStore({self.path!r}, n_images={self._n_images}, grid={self._grid}, "
+            f"dim={self._dim}, backbone={p.get('backbone')!r}, complete={self.complete})"
+        )
+
+    # ------------------------------------------------------------------ reading
+    def _resolve(self, idx: Index) -> tuple[slice | None, np.ndarray | None]:
+        """Index -> (contiguous slice, None) or (None, int64 array of indices)."""
+        n = self._n_images
+        if isinstance(idx, int | np.integer) and not isinstance(idx, bool):
+            i = int(idx)
+            if not -n <= i < n:
+                raise IndexError(f"{self.path}: image index {i} out of range [0, {n})")
+            i %= n
+            return slice(i, i + 1), None
+        if isinstance(idx, slice):
+            start, stop, step = idx.indices(n)
+            if step == 1:
+                return slice(start, max(start, stop)), None
+            return None, np.arange(start, stop, step, dtype=np.int64)
+        arr = np.asarray(idx)
+        if arr.dtype == bool:
+            if arr.shape != (n,):
+                raise ValueError(f"{self.path}: boolean index must have shape ({n},)")
+            return None, np.flatnonzero(arr)
+        if arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
+            raise ValueError(
+                f"{self.path}: index: expected an int, a slice or a 1-D int array, got "
+                f"{arr.dtype} array of shape {arr.shape}"
+            )
+        arr = arr.astype(np.int64)
+        if arr.size and (arr.min() < -n or arr.max() >= n):
+            raise IndexError(f"{self.path}: image index out of range [0, {n})")
+        return None, arr % n if arr.size else arr
+
+    def _read(self, name: str, idx: Index) -> np.ndarray:
+        arr = self._arr(name)
+        sl, ind = self._resolve(idx)
+        if sl is not None:
+            return self._read_range(name, sl.start, sl.stop)
+        if ind.size == 0:
+            return np.empty((0, *arr.shape[1:]), dtype=arr.dtype)
+        uniq, inv = np.unique(ind, return_inverse=True)
+        if uniq[-1] - uniq[0] + 1 == uniq.size:
+            data = self._read_range(name, int(uniq[0]), int(uniq[-1]) + 1)
+        else:
+            self._verify_blocks(name, np.unique(uniq // self.block_images).tolist())
+            try:
+                data = arr.oindex[uniq]
+            except Exception:  # noqa: BLE001 - locate the undecodable block
+                for b in np.unique(uniq // self.block_images).tolist():
+                    self._get(name, *self.block_range(b))
+                raise
+        return data[inv]
+
+    def tokens(self, idx: Index, flipped: bool = False) -> np.ndarray:
+        """Tokens of images ``idx``.
+
+        Args:
+            idx: int, slice, 1-D int array or (N,) bool mask.
+            flipped: read ``tokens_flipped`` (features of the flipped image, flipped back).
+
+        Returns:
+            float32 array (n, h, w, C); an int ``idx`` gives n = 1.
+        """
+        name = self._flipped_name() if flipped else TOKENS
+        return to_float32(self._read(name, idx))
+
+    def _flipped_name(self) -> str:
+        if not self._has_flipped:
+            raise ValueError(
+                f"{self.path}: store has no tokens_flipped; extract with flipped=True (CLI: "
+                f"--flipped) for the evaluation-mode flip average"
+            )
+        return FLIPPED
+
+    def labels(self, idx: Index) -> np.ndarray:
+        """Labels of images ``idx``: int64 array (n, H, W), classes in ``[0, K)``, -1 = ignore."""
+        return self._read(LABELS, idx).astype(np.int64)
+
+    def token_labels(self, idx: Index) -> np.ndarray:
+        """Labels pooled to the token grid: int64 array (n, h, w).
+
+        Per-cell majority over the valid pixels under each token, -1 where a cell has no valid
+        pixel (see :func:`pool_labels`; an approximation of a token's class).
+        """
+        return pool_labels(self._read(LABELS, idx), self._grid, self.n_classes)
+
+    def _chunk_reader(
+        self, names: Sequence[str], start: int, stop: int, step: int
+    ) -> Iterator[tuple[int, int, list[np.ndarray]]]:
+        """Read ``names`` in ranges ``[s, s + step)`` with one range prefetched in a thread;
+        the first array (tokens) comes back as float32, the others as int64."""
+        ranges = [(s, min(s + step, stop)) for s in range(start, stop, step)]
+        if not ranges:
+            return
+
+        def read(r):
+            # converted here, in the prefetch thread, overlapping with the consumer
+            t = to_float32(self._read_range(names[0], r[0], r[1]))
+            return [t] + [self._read_range(nm, r[0], r[1]).astype(np.int64) for nm in names[1:]]
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            fut = pool.submit(read, ranges[0])
+            for k, r in enumerate(ranges):
+                data = fut.result()
+                if k + 1 < len(ranges):
+                    fut = pool.submit(read, ranges[k + 1])
+                yield r[0], r[1], data
+
+    def iter_batches(
+        self,
+        batch_size: int,
+        progress: bool = False,
+        flipped: bool = False,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+        """Iterate over the store in order, lazily, chunk by chunk (the next read is prefetched).
+
+        Args:
+            batch_size: images per batch (the last batch may be smaller); independent of the
+                chunk size, so any batch size yields the same concatenated arrays.
+            progress: show a tqdm bar.
+            flipped: yield ``tokens_flipped`` in place of ``tokens``. For the evaluation-mode
+                flip average iterate ``zip(s.iter_batches(b), s.iter_batches(b, flipped=True))``.
+            start, stop: image range to iterate (default: all).
+
+        Yields:
+            ``(tokens float32 (b, h, w, C), labels int64 (b, H, W), ids list[str])``.
+        """
+        if not isinstance(batch_size, int | np.integer) or batch_size <= 0:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        stop = self._n_images if stop is None else min(int(stop), self._n_images)
+        start = max(0, int(start))
+        tok_name = self._flipped_name() if flipped else TOKENS
+        ci = self._chunk_images
+        # Read whole chunks, at least one batch at a time, aligned to chunk boundaries.
+        step = ci * max(1, math.ceil(batch_size / ci))
+        first = (start // ci) * ci
+        ids_all = self.ids
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=max(0, stop - start), unit="img", desc="read store")
+        buf_t: list[np.ndarray] = []
+        buf_l: list[np.ndarray] = []
+        buffered = 0
+        pos = start  # first image index not yet yielded
+        try:
+            for s, e, (t, lab) in self._chunk_reader([tok_name, LABELS], first, stop, step):
+                lo = max(s, start)
+                t, lab = t[lo - s :], lab[lo - s :]
+                buf_t.append(t)
+                buf_l.append(lab)
+                buffered += e - lo
+                while buffered >= batch_size or (e >= stop and buffered > 0):
+                    take = min(batch_size, buffered)
+                    bt = np.concatenate(buf_t) if len(buf_t) > 1 else buf_t[0]
+                    bl = np.concatenate(buf_l) if len(buf_l) > 1 else buf_l[0]
+                    yield (
+                        bt[:take],
+                        bl[:take],
+                        ids_all[pos : pos + take],
+                    )
+                    if bar is not None:
+                        bar.update(take)
+                    buffered -= take
+                    buf_t, buf_l = ([bt[take:]], [bl[take:]]) if buffered else ([], [])
+                    pos += take
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def sample_tokens(
+        self,
+        n_tokens: int,
+        seed: int = 0,
+        with_labels: bool = False,
+        images: int | Sequence[int] | np.ndarray | None = None,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """A seeded uniform sample of tokens, reading only the chunks that hold them.
+
+        Tokens are drawn uniformly without replacement from all ``h * w`` tokens of the chosen
+        images; only the chunks containing drawn tokens are read, one at a time, so memory
+        stays at one chunk plus the output.
+
+        Args:
+            n_tokens: number of tokens; if it exceeds the available tokens, all of them are returned
+                (in random order).
+            seed: random seed; the same seed gives the same tokens in the same order.
+            with_labels: also return each token's label (:meth:`token_labels` of its cell).
+            images: which images to draw from: ``None`` all; an int ``k``: ``k`` images chosen
+                at random with ``seed`` (the reference fits PCA on "the first 5,000 images" of a
+                shuffled cache, PROTOCOL §6.2); an index array: those images.
+
+        Returns:
+            float32 array (n, C) [, int64 array (n,) of token labels, -1 = no valid pixel].
+        """
+        img, cell = draw_tokens(
+            n_tokens, seed, self._n_images, self._grid, images, lambda i: self._resolve(i)[1]
+        )
+        n, hw = img.size, self._grid[0] * self._grid[1]
+        out = np.empty((n, self._dim), dtype=np.float32)
+        lab_out = np.empty(n, dtype=np.int64) if with_labels else None
+        ci = self._chunk_images
+        chunk = img // ci
+        order = np.argsort(chunk, kind="stable")
+        bounds = np.flatnonzero(np.diff(chunk[order])) + 1
+        for pos in np.split(order, bounds):
+            if pos.size == 0:
+                continue
+            lo, hi = int(img[pos].min()), int(img[pos].max()) + 1
+            t = np.asarray(self._read_range(TOKENS, lo, hi)).reshape(hi - lo, hw, self._dim)
+            out[pos] = t[img[pos] - lo, cell[pos]]
+            if lab_out is not None:
+                tl = pool_labels(self._read_range(LABELS, lo, hi), self._grid, self.n_classes)
+                lab_out[pos] = tl.reshape(hi - lo, hw)[img[pos] - lo, cell[pos]]
+        if with_labels:
+            return out, lab_out
+        return out
+
+    # ------------------------------------------------------------------ summary
+    def size_bytes(self) -> int:
+        """Bytes the store occupies (sum of its files / objects)."""
+        fs, root = url_to_fs(self.path)
+        return int(fs.du(root, total=True))
+
+    def info(self) -> dict:
+        """A JSON-able summary: sizes, layout, completeness, key provenance, bytes on disk."""
+        p = self.provenance
+        done = self.done_blocks()
+        return {
+            "path": self.path,
+            "n_images": self._n_images,
+            "grid": list(self._grid),
+            "dim": self._dim,
+            "label_shape": list(self._label_shape),
+            "complete": self.complete,
+            "blocks_written": int(done.sum()),
+            "n_blocks": int(done.size),
+            "chunk_images": self._chunk_images,
+            "shard_images": self._shard_images,
+            "flipped": self._has_flipped,
+            "dataset": p.get("dataset"),
+            "split": p.get("split"),
+            "backbone": p.get("backbone"),
+            "weights": p.get("weights"),
+            "weights_sha256": p.get("weights_sha256"),
+            "res": p.get("res"),
+            "crop": p.get("crop"),
+            "n_classes": self.n_classes,
+            "class_names": self.class_names,
+            "size_bytes": self.size_bytes(),
+        }
