@@ -56,6 +56,7 @@ COMPAT_KEYS = (
     "embed_dim",
     "flip_average",
     "pos_interp",
+    "layer",
     "res",
     "crop",
     "transform",
@@ -90,6 +91,7 @@ CLI_OPTIONS = {
     "embed_dim": "--backbone / --backbone-kwargs",
     "pos_interp": "--backbone-kwargs pos_interp=",
     "flip_average": "--backbone-kwargs flip_average=",
+    "layer": "--layer",
     "res": "--res",
     "crop": "--crop",
     "transform": "--res / --crop / --backbone",
@@ -101,8 +103,9 @@ CLI_OPTIONS = {
 }
 
 
-class _Limited(SegDataset):
-    """The first ``limit`` images of a dataset (for quick tries)."""
+class LimitedDataset(SegDataset):
+    """The first ``limit`` images of ``base``, as ``extract(limit=)`` stores them (for quick
+    tries); the sweep rebuilds it to check a limited store's recorded file list."""
 
     def __init__(self, base: SegDataset, limit: int) -> None:
         super().__init__(
@@ -311,6 +314,7 @@ def store_provenance(
         "embed_dim": int(bb.get("embed_dim", backbone.embed_dim)),
         "flip_average": bool(bb.get("flip_average", False)),
         "pos_interp": bb.get("pos_interp"),
+        "layer": bb.get("layer"),  # None: the final output
         "backbone_info": bb,
         "res": int(res),
         "crop": crop,
@@ -511,7 +515,7 @@ def extract(
         if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
             raise ValueError(f"limit (--limit): expected a positive int, got {limit!r}")
         if limit < len(dataset):
-            dataset = _Limited(dataset, limit)
+            dataset = LimitedDataset(dataset, limit)
         else:
             limit = None
     if len(dataset) == 0:

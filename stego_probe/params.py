@@ -43,8 +43,9 @@ def renamed_kwargs(kwargs: Mapping, where: str, *, warn: bool = True) -> dict:
         ValueError: both an old name and its new name are given.
 
     Examples:
-        >>> renamed_kwargs({"n_train": 5, "niter": 2}, "kmeans", warn=False)
-        {'n_tokens': 5, 'niter': 2}
+        >>> renamed_kwargs({"n_train": 5, "niter": 2}, "kmeans", warn=False) == {
+        ...     "n_tokens": 5, "niter": 2}
+        True
     """
     out = dict(kwargs)
     for old, new in RENAMED.items():

@@ -185,6 +185,107 @@ def test_register_tokens_dropped_random_build():
     torch.testing.assert_close(out, tokens[:, 5:].reshape(1, 3, 5, 48).permute(0, 3, 1, 2))
 
 
+# ----------------------------------------------------------------------------- model families
+
+#: One architecture per family, as users name them; random weights only (no network).
+FAMILIES = {
+    "dino": "dino_vits8",
+    "dinov2": "timm:vit_small_patch14_dinov2.lvd142m",
+    "dinov2_reg": "timm:vit_small_patch14_reg4_dinov2.lvd142m",
+    "dinov3": "timm:vit_small_patch16_dinov3.lvd1689m",
+    "siglip2": "timm:vit_base_patch16_siglip_224.v2_webli",
+    "clip": "timm:vit_base_patch16_clip_224.openai",
+    "c_radio": "timm:vit_base_patch16_radio_v3.c_radio",
+    "mae": "timm:vit_base_patch16_224.mae",
+}
+FAMILY_KW = {"depth": 2, "embed_dim": 64, "num_heads": 2}
+DOC = Path(__file__).parent.parent / "docs" / "backbones.md"
+
+
+def _family_table() -> dict[str, list[str]]:
+    """docs/backbones.md's family table: timm name (first cell in backticks) -> cells."""
+    text = DOC.read_text()
+    start = text.index("| family |")
+    rows = {}
+    for line in text[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[1].strip("`")] = cells
+    return rows
+
+
+def _family_backbone(name, **kw):
+    """A tiny random build whose LayerScale factors (init 1e-5 in DINOv2 / v3 / RADIO) are
+    raised to 0.5, so that consecutive blocks give clearly different outputs."""
+    bb = get_backbone(name, pretrained=False, model_kwargs=FAMILY_KW, **kw)
+    with torch.no_grad():
+        for key, param in bb.model.named_parameters():
+            if key.endswith(("ls1.gamma", "ls2.gamma", "gamma_1", "gamma_2")):
+                param.fill_(0.5)
+    return bb
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_model_families_patch_tokens_norm_layer(family):
+    """Per family: (B, C, H/p, W/p) output, prefix tokens dropped, mean/std from the model's
+    data config, ``layer=`` = forward_intermediates(norm=True), and the docs table agrees."""
+    from timm.data import resolve_data_config
+
+    name = FAMILIES[family]
+    bb = _family_backbone(name)
+    model, p = bb.model, bb.patch_size
+    x = _images(2, 3, 2 * p, 3 * p)  # a 2x3 grid: neither square nor the native size
+    out = bb(x)
+    assert out.shape == (2, 64, 2, 3)
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+    k = model.num_prefix_tokens
+    assert tokens.shape[1] == k + 6 and bb.provenance["num_prefix_tokens"] == k
+    torch.testing.assert_close(out, tokens[:, k:].reshape(2, 2, 3, 64).permute(0, 3, 1, 2))
+    cfg = resolve_data_config(model=model)
+    assert bb.mean == tuple(cfg["mean"]) and bb.std == tuple(cfg["std"])
+    assert bb.provenance["mean"] == list(cfg["mean"])
+    assert bb.facts["license"] == model.pretrained_cfg.get("license") is not None
+    assert bb.provenance["license"] is None  # random weights carry no licence
+    assert bb.provenance["layer"] is None and bb.provenance["layer_index"] is None
+
+    deep = _family_backbone(name, layer=0)
+    with torch.no_grad():
+        want = deep.model.forward_intermediates(
+            x, indices=[0], norm=True, output_fmt="NCHW", intermediates_only=True
+        )[0]
+    got = deep(x)
+    torch.testing.assert_close(got, want)
+    assert (got - out).abs().max() > 1e-3  # block 0 is not the final output
+    assert (deep.provenance["layer"], deep.provenance["layer_index"]) == (0, 0)
+    last = _family_backbone(name, layer=-1)
+    torch.testing.assert_close(last(x), out)  # the final norm is applied to every block
+    assert last.provenance["layer_index"] == 1
+
+    row = _family_table()[
+        model.pretrained_cfg.get("architecture") + "." + model.pretrained_cfg.get("tag")
+    ]
+    facts = bb.facts
+    assert int(row[2].split()[0]) == k and int(row[3]) == p
+    assert row[4] == (facts["final_norm"] or "none")
+    assert row[5] == ("RoPE" if facts["rope"] else "learned absolute")
+    assert facts["abs_pos_embed"] == (facts["rope"] is None)
+
+
+def test_fixed_size_models_and_bad_layers_are_refused():
+    beit = get_backbone("timm:beit_base_patch16_224", pretrained=False, model_kwargs=FAMILY_KW)
+    assert beit.facts["fixed_input_size"] == [224, 224] and beit.facts["fc_norm"] == "LayerNorm"
+    with pytest.raises(ValueError, match="takes only 224x224 inputs.*got 32x48"):
+        beit(torch.zeros(1, 3, 32, 48))
+    with pytest.raises(ValueError, match="layer=2 is out of range for 2 blocks"):
+        get_backbone("dino_vits8", pretrained=False, model_kwargs=FAMILY_KW, layer=2)
+    with pytest.raises(ValueError, match="layer must be an integer"):
+        get_backbone("timm:vit_small_patch16_224", pretrained=False, layer="3")
+    with pytest.raises(ValueError, match="layer= needs a ViT-style timm model"):
+        get_backbone("timm:resnet18", pretrained=False, layer=1)
+
+
 # ----------------------------------------------------------------------------- weights
 
 
@@ -333,6 +434,7 @@ def test_timm_name_with_weights_file(dino_ckpt, dino_bb):
         "timm:vit_small_patch8_224.dino", weights=path, model_kwargs=TINY, pos_interp="reference"
     )
     assert bb.name == "timm:vit_small_patch8_224.dino"
+    assert bb.provenance["license"] == bb.model.pretrained_cfg["license"] is not None
     x = _images(1, 3, 80, 72)
     torch.testing.assert_close(bb(x), dino_bb(x), atol=1e-6, rtol=0)
     rand = get_backbone("timm:vit_small_patch8_224.dino", pretrained=False, model_kwargs=TINY)
@@ -852,8 +954,13 @@ def test_backbone_kwargs_on_every_backbone_command(tmp_path):
     ):
         assert parser.parse_args(argv + kw).backbone_kwargs == want
         assert parser.parse_args(argv).backbone_kwargs == {}
+        assert parser.parse_args(argv + ["--layer", "-2"] + kw).backbone_kwargs == {
+            **want,
+            "layer": -2,
+        }
     help_text = sub.choices["extract"].format_help()
     assert "--backbone-kwargs" in help_text and "pretrained=false" in help_text
+    assert "--layer N" in help_text
     path = Path(__file__).parent.parent / "experiments" / "_common.py"
     spec = importlib.util.spec_from_file_location("_exp_common", path)
     common = importlib.util.module_from_spec(spec)
@@ -893,3 +1000,14 @@ def test_cli_extract_random_timm_backbone_records_seed(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "argument --backbone-kwargs: invalid JSON" in err
+    layered = tmp_path / "layer0"
+    argv_l = [a if a != str(store) else str(layered) for a in argv] + ["--layer", "0"]
+    assert main(argv_l + kwargs(1)) == 0
+    info = FeatureStore.open(str(layered)).provenance["backbone_info"]
+    assert (info["layer"], info["layer_index"], info["license"]) == (0, 0, None)
+    capsys.readouterr()
+    assert main(["info", str(layered)]) == 0
+    out = capsys.readouterr().out
+    assert "output of block 0" in out and "license" in out
+    assert main(["info", str(store)]) == 0
+    assert "final output" in capsys.readouterr().out

@@ -612,6 +612,28 @@ def test_random_init_backbones_with_other_seeds_are_refused_on_resume(tmp_path):
     assert desc.provenance["weights_sha256"] is None
 
 
+def test_resume_with_features_of_another_block_is_refused(tmp_path):
+    """``layer=`` changes what the tokens are: a store of another block never takes them."""
+    from stego_probe.backbones import get_backbone
+
+    tiny = {"depth": 2, "embed_dim": 48, "num_heads": 3, "img_size": 32}
+
+    def vit(layer):
+        return get_backbone(
+            "timm:vit_small_patch16_224", pretrained=False, seed=0, model_kwargs=tiny, layer=layer
+        )
+
+    path = tmp_path / "vit"
+    with pytest.raises(ValueError, match="'toy_6'"):
+        _run(path, ds=ToyDataset(bad=6), bb=vit(0), res=32)
+    before = _tree(path)
+    with pytest.raises(ValueError, match=r"layer: 0 != None.*--layer"):
+        _run(path, bb=vit(None), res=32)
+    assert _tree(path) == before
+    store = _run(path, bb=vit(0), res=32)
+    assert store.complete and store.provenance["layer"] == 0
+
+
 class BadOutputBackbone(ToyBackbone):
     """ToyBackbone whose ``call``-th forward pass puts ``value`` into sample ``row``."""
 

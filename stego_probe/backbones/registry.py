@@ -118,13 +118,17 @@ def get_backbone(
         model_kwargs: extra ``timm.create_model`` arguments (e.g. a tiny test architecture).
         **kw: passed to the factory, e.g. ``pretrained=False`` (random weights), ``seed=1``
             (the random-init seed, default 0; ``pretrained=False`` only), ``progress=False``,
-            ``patch_size=`` for ``descriptor``.
+            ``layer=-4`` (DINO / DINOv2 entries and ``timm:`` ViTs: the output of that block,
+            0-based, negative from the end, through the final norm; default: the final
+            output), ``patch_size=`` for ``descriptor``.
 
     Returns:
         a :class:`Backbone` in eval mode on ``device``, mapping (B, 3, H, W) normalised
         float images to (B, C, H/p, W/p) float32, with ``provenance`` recording name, timm
         name, weights file, weights_sha256, url, patch_size, embed_dim, pos_interp,
-        flip_average, mean and std. Random weights (``pretrained=False``) are drawn from a
+        flip_average, mean and std; the timm-based ones add ``num_prefix_tokens``,
+        ``final_norm``, ``rope``, ``abs_pos_embed``, ``layer`` / ``layer_index`` and
+        ``license`` (read from the model, see ``docs/backbones.md``). Random weights (``pretrained=False``) are drawn from a
         forked RNG (the global torch random state is untouched), so the same seed gives the
         same weights; their provenance adds ``init_seed`` and ``weights_fingerprint`` (SHA-256
         of the state dict), and ``weights_sha256`` is that fingerprint, so features of

@@ -1,9 +1,14 @@
 """timm-based ViT backbones: DINO, DINOv2 and any timm model.
 
 The feature is the STEGO feature of PROTOCOL §1.2: ``model.forward_features(x)`` (output of the
-final LayerNorm), prefix tokens (CLS and registers, ``model.num_prefix_tokens``) dropped,
-reshaped to (B, C, h, w). ``forward_intermediates`` is never used (its ``norm=False`` default
-returns pre-norm tokens, quirk Q3).
+model's final norm, ``model.norm``; ``Identity`` in models without one, e.g. C-RADIO), prefix
+tokens (CLS and registers, ``model.num_prefix_tokens``) dropped, reshaped to (B, C, h, w).
+``layer=`` selects the output of one block instead, through timm's ``forward_intermediates``
+with ``norm=True`` (its ``norm=False`` default returns pre-norm tokens, quirk Q3), so an
+intermediate block goes through the same final norm as the last one. Everything that differs
+between model families (prefix tokens, patch size, final norm, RoPE / absolute position
+embedding, fixed or dynamic input size, normalisation, licence) is read from the model object
+(:func:`model_facts`), never from a table.
 
 Weights are loaded from explicit files (see :mod:`stego_probe.backbones.weights`): the model is
 built with ``pretrained=False``, the file is read, passed through timm's own checkpoint filter
@@ -42,7 +47,6 @@ from stego_probe.backbones.weights import (
     state_dict_fingerprint,
     verify_sha256,
 )
-from stego_probe.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from stego_probe.fileio import to_jsonable
 
 POS_INTERP = ("reference", "timm")
@@ -51,18 +55,122 @@ DINO_URL = "https://dl.fbaipublicfiles.com/dino"
 DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2"
 
 
+def _final_norm(model: torch.nn.Module) -> str | None:
+    """Class name of the norm ``forward_features`` ends with (``model.norm``), None if none."""
+    norm = getattr(model, "norm", None)
+    if norm is None or isinstance(norm, torch.nn.Identity):
+        return None
+    return type(norm).__name__
+
+
+def _fixed_input_size(model: torch.nn.Module) -> tuple[int, int] | None:
+    """The only input size a token model accepts, or None when it takes any size.
+
+    A timm ViT built with ``dynamic_img_size=True`` (or whose patch embedding is not strict)
+    takes any size divisible by the patch size; models that do not accept ``dynamic_img_size``
+    (e.g. BEiT) keep a strict ``patch_embed.img_size``.
+    """
+    if getattr(model, "dynamic_img_size", False):
+        return None
+    pe = getattr(model, "patch_embed", None)
+    size = getattr(pe, "img_size", None)
+    if not getattr(pe, "strict_img_size", False) or size is None:
+        return None
+    size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    return int(size[0]), int(size[1])
+
+
+def model_facts(model: torch.nn.Module) -> dict:
+    """What stego_probe reads from a timm model to extract its patch tokens (JSON types).
+
+    Returns:
+        dict with ``model_class``; ``num_prefix_tokens`` (CLS + registers, dropped),
+        ``num_reg_tokens``; ``patch_size`` (stride for feature-map models); ``num_blocks``
+        (None without ``.blocks``); ``final_norm`` (class of ``model.norm``, None when
+        ``forward_features`` applies none); ``fc_norm`` (class of a pooled-token norm that
+        ``forward_features`` does not apply, or None); ``abs_pos_embed`` (learned absolute
+        position embedding present); ``rope`` (class of the rotary embedding, or None);
+        ``fixed_input_size`` ((H, W) when the model cannot take other sizes, else None);
+        ``input_size``, ``mean``, ``std`` (``timm.data.resolve_model_data_config``) and
+        ``license`` (``pretrained_cfg['license']``, None if timm lists none).
+    """
+    from timm.data import resolve_model_data_config
+
+    data = resolve_model_data_config(model)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    fc_norm = getattr(model, "fc_norm", None)
+    rope = getattr(model, "rope", None)
+    blocks = getattr(model, "blocks", None)
+    reg = getattr(model, "reg_token", None)
+    fixed = _fixed_input_size(model)
+    return {
+        "model_class": type(model).__name__,
+        "num_prefix_tokens": int(getattr(model, "num_prefix_tokens", 0) or 0),
+        "num_reg_tokens": int(reg.shape[1]) if isinstance(reg, torch.Tensor) else 0,
+        "patch_size": _patch_size(model),
+        "num_blocks": len(blocks) if hasattr(blocks, "__len__") else None,
+        "final_norm": _final_norm(model),
+        "fc_norm": None
+        if fc_norm is None or isinstance(fc_norm, torch.nn.Identity)
+        else type(fc_norm).__name__,
+        "abs_pos_embed": isinstance(getattr(model, "pos_embed", None), torch.Tensor),
+        "rope": None if rope is None else type(rope).__name__,
+        "fixed_input_size": None if fixed is None else list(fixed),
+        "input_size": list(data.get("input_size", ())),
+        "mean": [float(v) for v in data["mean"]],
+        "std": [float(v) for v in data["std"]],
+        "license": cfg.get("license"),
+    }
+
+
+def resolve_layer(model: torch.nn.Module, layer: int | None, what: str) -> int | None:
+    """Block index (0-based) for ``layer=``; None for the final output.
+
+    Args:
+        model: a timm token model with ``.blocks`` and ``forward_intermediates``.
+        layer: None (the final ``forward_features`` output), or a block index, negative
+            counting from the end (``-1``: last block, ``-2``: the one before, ...).
+        what: the backbone name, for messages.
+
+    Raises:
+        ValueError: ``layer`` is not an int, out of range, or the model has no blocks /
+            ``forward_intermediates``.
+    """
+    if layer is None:
+        return None
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise ValueError(f"{what}: layer must be an integer block index, got {layer!r}")
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not hasattr(model, "forward_intermediates"):
+        raise ValueError(
+            f"{what}: layer= needs a ViT-style timm model with .blocks and "
+            f"forward_intermediates; {type(model).__name__} has none"
+        )
+    n = len(blocks)
+    if not -n <= layer < n:
+        raise ValueError(
+            f"{what}: layer={layer} is out of range for {n} blocks (use 0..{n - 1}, or -1 "
+            f"for the last, -{n} for the first)"
+        )
+    return layer % n
+
+
 class TimmBackbone(Backbone):
     """A frozen timm model as a :class:`Backbone` (ViTs, and CNN-like models as a bonus).
 
     ``features(images (B, 3, H, W))`` returns (B, C, H/p, W/p) float: for token models the
-    post-final-norm patch tokens without the ``num_prefix_tokens`` prefix; for models whose
+    ``forward_features`` patch tokens (after ``model.norm``, if the model has one) without the
+    ``model.num_prefix_tokens`` prefix; with ``layer`` set, the output of that block from
+    ``forward_intermediates(norm=True)``, i.e. through the same final norm; for models whose
     ``forward_features`` already returns a map, that map (NCHW or NHWC) with ``p`` its stride.
 
     Args:
         model: a timm model (built with ``num_classes=0``; ViTs with ``dynamic_img_size=True``).
         name: registry name.
         pos_interp: ``"reference"`` (PROTOCOL §1.3, installed on the model) or ``"timm"``.
-        mean, std: input normalisation (default: the model's pretrained config).
+        mean, std: input normalisation (default: ``timm.data.resolve_model_data_config``).
+        layer: None (final output) or a block index, negative from the end
+            (:func:`resolve_layer`).
         provenance: extra provenance entries (weights file, sha256, url, timm name, ...).
     """
 
@@ -74,6 +182,7 @@ class TimmBackbone(Backbone):
         pos_interp: str = "reference",
         mean=None,
         std=None,
+        layer: int | None = None,
         provenance: Mapping | None = None,
     ) -> None:
         super().__init__()
@@ -84,18 +193,56 @@ class TimmBackbone(Backbone):
         self.model = model.eval().requires_grad_(False)
         self.name = name
         self.pos_interp = pos_interp
-        self.patch_size = _patch_size(model)
+        facts = model_facts(model)
+        self.facts = facts
+        self.patch_size = facts["patch_size"]
         self.embed_dim = int(getattr(model, "num_features", 0) or model.embed_dim)
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        self.mean = tuple(float(v) for v in (mean or cfg.get("mean") or IMAGENET_MEAN))
-        self.std = tuple(float(v) for v in (std or cfg.get("std") or IMAGENET_STD))
-        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0) or 0)
-        self._provenance = {"pos_interp": pos_interp, **(provenance or {})}
+        self.mean = tuple(float(v) for v in (mean or facts["mean"]))
+        self.std = tuple(float(v) for v in (std or facts["std"]))
+        self.num_prefix_tokens = facts["num_prefix_tokens"]
+        self.layer = layer
+        self.layer_index = resolve_layer(model, layer, name)
+        if self.layer_index is not None:
+            self.embed_dim = int(getattr(model, "embed_dim", self.embed_dim))
+        keys = ("num_prefix_tokens", "final_norm", "rope", "abs_pos_embed", "fixed_input_size")
+        self._provenance = {
+            "pos_interp": pos_interp,
+            **{k: facts[k] for k in keys},
+            "layer": layer,
+            "layer_index": self.layer_index,
+            "num_blocks": facts["num_blocks"],
+            **(provenance or {}),
+        }
+
+    def _check_size(self, hh: int, ww: int) -> None:
+        fixed = self.facts["fixed_input_size"]
+        if fixed is not None and (hh, ww) != tuple(fixed):
+            raise ValueError(
+                f"{self.name}: {self.facts['model_class']} takes only {fixed[0]}x{fixed[1]} "
+                f"inputs (timm builds it without dynamic_img_size), got {hh}x{ww}; use images "
+                f"of that size (--res {fixed[0]}) or a model that accepts dynamic_img_size"
+            )
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised images -> (B, C, H/p, W/p) post-final-norm features."""
+        """(B, 3, H, W) normalised images -> (B, C, H/p, W/p) features (see the class doc)."""
         b, _, hh, ww = images.shape
+        self._check_size(hh, ww)
         h, w = hh // self.patch_size, ww // self.patch_size
+        if self.layer_index is not None:
+            out = self.model.forward_intermediates(
+                images,
+                indices=[self.layer_index],
+                norm=True,
+                output_fmt="NCHW",
+                intermediates_only=True,
+                stop_early=True,
+            )[0]
+            if tuple(out.shape[-2:]) != (h, w):
+                raise RuntimeError(
+                    f"{self.name}: block {self.layer_index} gave {tuple(out.shape)}, expected a "
+                    f"{h}x{w} grid for input {hh}x{ww} at patch {self.patch_size}"
+                )
+            return out
         out = self.model.forward_features(images)
         if out.ndim == 3:
             tokens = out[:, self.num_prefix_tokens :]
@@ -319,13 +466,23 @@ VIT_ENTRIES: dict[str, ViTEntry] = {
 }
 
 
+def _license(model: torch.nn.Module, pretrained: bool) -> str | None:
+    """The licence timm lists for the model's pretrained weights (None for random weights)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("license") if pretrained else None
+
+
 def _weights_provenance(path: Path, sha: str, url: str | None) -> dict:
     return {"weights": path.name, "weights_sha256": sha, "url": url}
 
 
-def _check_options(what: str, pretrained: bool, weights, seed, extra: Mapping) -> int | None:
-    """Validate the options of a ViT / timm build; returns the random-init seed (None when
-    pretrained)."""
+def _check_options(
+    what: str, pretrained: bool, weights, seed, extra: Mapping, layer=None
+) -> int | None:
+    """Validate the options of a ViT / timm build (before anything is loaded); returns the
+    random-init seed (None when pretrained). ``layer``'s range is checked on the model."""
+    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
+        raise ValueError(f"{what}: layer must be an integer block index, got {layer!r}")
     if extra:
         raise ValueError(
             f"{what}: unknown options {sorted(extra)}; timm constructor arguments (depth, "
@@ -367,6 +524,7 @@ def build_vit_backbone(
     model_kwargs: Mapping | None = None,
     progress: bool = True,
     seed: int | None = None,
+    layer: int | None = None,
     **extra,
 ) -> TimmBackbone:
     """Build a registry ViT and load its official weights (see :func:`get_backbone`).
@@ -382,13 +540,16 @@ def build_vit_backbone(
         progress: download progress bar.
         seed: random-init seed (``pretrained=False`` only; default 0); recorded as
             ``init_seed`` next to ``weights_fingerprint``.
+        layer: None (final output) or the block whose output is the feature, negative
+            counting from the end (:func:`resolve_layer`); recorded as ``layer`` /
+            ``layer_index``.
 
     Raises:
         FileNotFoundError: weights missing and not downloadable.
         ValueError: hash / fingerprint mismatch, checkpoint / architecture mismatch, bad or
             unknown options.
     """
-    seed = _check_options(entry.name, pretrained, weights, seed, extra)
+    seed = _check_options(entry.name, pretrained, weights, seed, extra, layer)
     pos_interp = _check_pos_interp(pos_interp or entry.pos_interp, entry.name)
     path = None
     if pretrained:  # find the file first: a missing one fails before the model is built
@@ -410,7 +571,8 @@ def build_vit_backbone(
         prov.update(_weights_provenance(path, sha, entry.weights.url))
     else:
         prov.update(_random_init_provenance(model, seed, expected_sha256, entry.name))
-    return TimmBackbone(model, name=entry.name, pos_interp=pos_interp, provenance=prov)
+    prov["license"] = _license(model, pretrained)
+    return TimmBackbone(model, name=entry.name, pos_interp=pos_interp, layer=layer, provenance=prov)
 
 
 def _registry_pretrained_cfg(timm_name: str, model_kwargs: Mapping | None) -> dict | None:
@@ -508,6 +670,7 @@ def build_timm_backbone(
     model_kwargs: Mapping | None = None,
     progress: bool = True,
     seed: int | None = None,
+    layer: int | None = None,
     **extra,
 ) -> TimmBackbone:
     """``timm:<name>``: any timm model, ``timm.create_model(name, dynamic_img_size=True)``.
@@ -519,10 +682,13 @@ def build_timm_backbone(
     once, naming the hub file, its URL and the cache. ``pretrained=False`` keeps random weights
     drawn with ``seed`` (default 0; recorded with their fingerprint, see :func:`get_backbone`).
     ``pos_interp`` defaults to ``"timm"`` here; ``"reference"`` works for ViTs with a learned
-    absolute position embedding.
+    absolute position embedding. ``layer`` selects a block's output (:class:`TimmBackbone`).
+    Provenance adds what :func:`model_facts` reads from the model (prefix tokens, final norm,
+    RoPE, ...) and ``license``: timm's ``pretrained_cfg['license']`` for pretrained weights
+    (None for random weights, or when timm lists none).
     """
     what = f"timm:{timm_name}"
-    seed = _check_options(what, pretrained, weights, seed, extra)
+    seed = _check_options(what, pretrained, weights, seed, extra, layer)
     pos_interp = _check_pos_interp(pos_interp or "timm", what)
     path = source = None
     if pretrained:  # locate the file first: a missing one fails before the model is built
@@ -551,4 +717,5 @@ def build_timm_backbone(
         prov.update(_weights_provenance(path, sha, source))
     else:
         prov.update(_random_init_provenance(model, seed, expected_sha256, what))
-    return TimmBackbone(model, name=f"timm:{timm_name}", pos_interp=pos_interp, provenance=prov)
+    prov["license"] = _license(model, pretrained)
+    return TimmBackbone(model, name=what, pos_interp=pos_interp, layer=layer, provenance=prov)

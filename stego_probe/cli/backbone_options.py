@@ -1,5 +1,7 @@
-"""``--backbone-kwargs``: extra :func:`stego_probe.backbones.get_backbone` arguments on the
-command line, shared by ``extract``, ``sweep``, ``demo`` and the ``experiments/`` scripts.
+"""``--backbone-kwargs`` and ``--layer``: extra :func:`stego_probe.backbones.get_backbone`
+arguments on the command line, shared by ``extract``, ``sweep``, ``demo`` and the
+``experiments/`` scripts. Both end up in ``args.backbone_kwargs`` (``--layer N`` is
+``layer=N`` there), so every command passes them on unchanged.
 
 Torch-free (importing it costs nothing), so ``--help`` stays instant.
 """
@@ -11,6 +13,7 @@ import json
 from pathlib import Path
 
 OPTION = "--backbone-kwargs"
+LAYER_OPTION = "--layer"
 
 #: get_backbone() arguments that have their own command-line option.
 RESERVED = {"name": "--backbone", "weights": "--weights", "device": "--device"}
@@ -127,8 +130,66 @@ def backbone_kwargs_arg(text: str) -> dict:
         raise argparse.ArgumentTypeError(str(e).removeprefix(f"{OPTION}: ")) from e
 
 
+LAYER_HELP = (
+    "use the output of this transformer block (0-based; negative counts from the end, -1 = "
+    "last block) instead of the final features, through the model's final norm; timm ViTs and "
+    "the DINO / DINOv2 entries. Same as --backbone-kwargs layer=N. Default: the final output"
+)
+
+
+def _layer_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer block index (e.g. 8 or -4), got {text!r}"
+        ) from None
+
+
+class _BackboneKwargsAction(argparse.Action):
+    """Store ``--backbone-kwargs``, keeping a ``--layer`` given before it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        kwargs = dict(values)
+        layer = getattr(namespace, "layer", None)
+        if layer is not None:
+            if kwargs.get("layer", layer) != layer:
+                parser.error(
+                    f"{LAYER_OPTION} {layer} and {OPTION} layer={kwargs['layer']!r} disagree"
+                )
+            kwargs["layer"] = layer
+        setattr(namespace, self.dest, kwargs)
+
+
+class _LayerAction(argparse.Action):
+    """Store ``--layer N`` as ``layer=N`` in ``args.backbone_kwargs`` (and ``args.layer``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        kwargs = dict(getattr(namespace, "backbone_kwargs", None) or {})
+        previous = getattr(namespace, "layer", None)
+        if "layer" in kwargs and previous is None and kwargs["layer"] != values:
+            parser.error(f"{LAYER_OPTION} {values} and {OPTION} layer={kwargs['layer']!r} disagree")
+        kwargs["layer"] = values
+        namespace.backbone_kwargs = kwargs
+        setattr(namespace, self.dest, values)
+
+
 def add_backbone_kwargs_argument(parser) -> None:
-    """Add ``--backbone-kwargs JSON`` (default ``{}``) to an ``argparse`` parser or group."""
+    """Add ``--backbone-kwargs JSON`` (default ``{}``) and ``--layer N`` (default: the final
+    output) to an ``argparse`` parser or group; both land in ``args.backbone_kwargs``."""
     parser.add_argument(
-        OPTION, type=backbone_kwargs_arg, default={}, metavar="JSON|K=V,...", help=HELP
+        OPTION,
+        type=backbone_kwargs_arg,
+        default={},
+        metavar="JSON|K=V,...",
+        action=_BackboneKwargsAction,
+        help=HELP,
+    )
+    parser.add_argument(
+        LAYER_OPTION,
+        type=_layer_int,
+        default=None,
+        metavar="N",
+        action=_LayerAction,
+        help=LAYER_HELP,
     )

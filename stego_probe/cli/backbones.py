@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 COLUMNS = (
     ("name", "name"),
@@ -25,10 +26,54 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def describe(name: str, model_kwargs: dict | None = None) -> dict:
+    """What stego_probe reads from a timm-based backbone's model, without loading weights.
+
+    Args:
+        name: ``timm:<model name>`` or a DINO / DINOv2 registry name.
+        model_kwargs: extra ``timm.create_model`` arguments.
+
+    Returns:
+        ``{"backbone": name, "timm_name": ..., **model_facts}`` (see
+        :func:`stego_probe.backbones.vit.model_facts`); the architecture is built on the
+        ``meta`` device, so this is instant and needs neither weights nor network.
+
+    Raises:
+        KeyError: unknown name, or a registry entry that is not timm-based.
+    """
+    import torch
+
+    from stego_probe.backbones.registry import TIMM_PREFIX
+    from stego_probe.backbones.vit import VIT_ENTRIES, create_timm_model, model_facts
+
+    if name.startswith(TIMM_PREFIX):
+        timm_name = name[len(TIMM_PREFIX) :]
+    elif name in VIT_ENTRIES:
+        timm_name = VIT_ENTRIES[name].timm_name
+    else:
+        raise KeyError(
+            f"--describe: {name!r} is not a timm-based backbone (use timm:<model name> or a "
+            f"DINO / DINOv2 entry: {', '.join(VIT_ENTRIES)})"
+        )
+    with torch.device("meta"):
+        model = create_timm_model(timm_name, model_kwargs)
+    return {"backbone": name, "timm_name": timm_name, **model_facts(model)}
+
+
 def run(args: argparse.Namespace) -> int:
-    """Print the registry (optionally one kind) as a table or JSON."""
+    """Print the registry (optionally one kind) as a table or JSON, or ``--describe`` one."""
     from stego_probe.backbones import list_backbones
 
+    if args.describe:
+        try:
+            facts = describe(args.describe)
+        except KeyError as e:
+            print(f"stego-probe backbones: {e.args[0]}", file=sys.stderr)
+            return 2
+        width = max(len(k) for k in facts)
+        text = "\n".join(f"{k:<{width}}  {v}" for k, v in facts.items())
+        print(json.dumps(facts, indent=2) if args.json else text)
+        return 0
     rows = list_backbones()
     if args.kind:
         rows = [r for r in rows if r.get("kind") == args.kind]
@@ -49,6 +94,15 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--describe",
+        metavar="NAME",
+        help=(
+            "print what is read from a timm-based backbone's model (prefix tokens, patch size, "
+            "final norm, RoPE, input size, mean/std, licence) without loading weights, e.g. "
+            "timm:vit_small_patch16_dinov3.lvd1689m"
+        ),
+    )
     p.add_argument(
         "--kind",
         choices=["dino", "dinov2", "descriptor", "timm", "extractor", "custom"],

@@ -197,6 +197,25 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
+def _license_text(info: dict) -> str:
+    lic = info.get("license")
+    if lic:
+        return f"{lic} (as timm lists it for these weights; check the model card's terms)"
+    return "not recorded (random weights, or none listed by timm)"
+
+
+def _layer_text(info: dict) -> str:
+    if info.get("layer") is None:
+        return "final output"
+    return f"{info['layer']} (output of block {info.get('layer_index')}, 0-based, final norm)"
+
+
+def backbone_summary(prov: dict) -> dict:
+    """``license`` and ``layer`` / ``layer_index`` of a store's backbone (``backbone_info``)."""
+    bb = prov.get("backbone_info") if isinstance(prov.get("backbone_info"), dict) else {}
+    return {k: bb.get(k) for k in ("license", "layer", "layer_index")}
+
+
 def format_info(info: dict) -> str:
     """Human-readable multi-line rendering of :meth:`FeatureStore.info`."""
     classes = info.get("class_names")
@@ -219,6 +238,8 @@ def format_info(info: dict) -> str:
         ("backbone", info.get("backbone")),
         ("weights", info.get("weights")),
         ("weights sha256", info.get("weights_sha256")),
+        ("license", _license_text(info)),
+        ("layer", _layer_text(info)),
         ("res", info.get("res")),
         ("crop", info.get("crop")),
         ("flipped tokens", info.get("flipped")),
@@ -232,7 +253,8 @@ def format_info(info: dict) -> str:
 def _cmd_info(args: argparse.Namespace) -> int:
     from stego_probe.store import FeatureStore
 
-    info = FeatureStore.open(args.store, allow_incomplete=True).info()
+    store = FeatureStore.open(args.store, allow_incomplete=True)
+    info = {**store.info(), **backbone_summary(store.provenance)}
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 

@@ -67,9 +67,16 @@ def dataset_factory(name: str) -> Callable[..., SegDataset]:
 def dataset_defaults(name: str) -> dict:
     """The keyword defaults of a registered dataset's factory (``{}`` when not inspectable).
 
+    These are the factory's own defaults, before the dataset resolves them: a default of None
+    may stand for a value chosen per split (``synthetic``'s ``n_images``: 200 train images, 50
+    val images), which only the built dataset's ``args`` record.
+
     Examples:
-        >>> dataset_defaults("synthetic")["n_images"] > 0
-        True
+        >>> d = dataset_defaults("synthetic")
+        >>> d["n_classes"], d["seed"], d["n_images"]
+        (6, 0, None)
+        >>> get_dataset("synthetic", split="val").args["n_images"]
+        50
     """
     try:
         params = inspect.signature(dataset_factory(name)).parameters

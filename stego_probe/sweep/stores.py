@@ -157,36 +157,67 @@ def _same(a, b) -> bool:
 
 def _same_option(a, b) -> bool:
     """:func:`_same`, where a scalar equals the one-element list of it (a dataset records
-    ``ignore_value=255`` as ``[255]``)."""
+    ``ignore_value=255`` as ``[255]``) and an int the float of it (``nuisance=0`` is ``0.0``)."""
+
+    def norm(x):
+        x = to_jsonable(x)
+        if isinstance(x, list):
+            return [norm(v) for v in x]
+        if isinstance(x, dict):
+            return {k: norm(v) for k, v in x.items()}
+        return float(x) if isinstance(x, int) and not isinstance(x, bool) else x
 
     def as_list(x):
-        return list(x) if isinstance(x, list | tuple) else [x]
+        return x if isinstance(x, list) else [x]
 
+    a, b = norm(a), norm(b)
     return _same(a, b) or _same(as_list(a), as_list(b))
 
 
 def _recorded_dataset_args(prov: dict) -> dict | None:
-    """The dataset constructor options a store records (every option, defaults filled):
-    ``provenance["dataset_args"]``, else (older stores) the options inside ``dataset_info``;
-    None when neither is recorded."""
-    if isinstance(prov.get("dataset_args"), dict) and prov["dataset_args"]:
-        return dict(prov["dataset_args"])
-    info = prov.get("dataset_info") if isinstance(prov.get("dataset_info"), dict) else {}
-    return next((dict(info[k]) for k in _ARGS_KEYS if isinstance(info.get(k), dict)), None)
+    """The dataset constructor options a store records (every option it had, defaults filled;
+    :func:`stego_probe.data.dataset_args_from_provenance`); None when none are recorded."""
+    from stego_probe.data import dataset_args_from_provenance
+
+    return dataset_args_from_provenance(prov) or None
 
 
-def _expected_dataset_info(config: SweepConfig, split: str) -> dict | None:
-    """The ``dataset_info`` a store extracted for ``config`` would record (the dataset's own
-    provenance), or None when the dataset cannot be built here (e.g. its files are absent)."""
+def _expected_dataset_info(
+    config: SweepConfig, split: str, limit: int | None = None
+) -> dict | None:
+    """The ``dataset_info`` a store extracted for ``config`` with image limit ``limit`` would
+    record (the dataset's own provenance; with a ``limit``, that of its first ``limit`` images,
+    as :func:`stego_probe.extract.extract` records it), or None when the dataset cannot be
+    built here (e.g. its files are absent)."""
     try:
         from stego_probe.data import get_dataset
+        from stego_probe.extract import LimitedDataset
 
         ds = get_dataset(
             config.dataset, root=config.data_root, split=split, **config.dataset_kwargs
         )
+        if limit is not None and limit < len(ds):
+            ds = LimitedDataset(ds, limit)
         return to_jsonable(ds.provenance)
     except Exception:  # the data is not here: compare the recorded options only
         return None
+
+
+def _unrecorded_option_default(config: SweepConfig, split: str, option: str):
+    """The value of dataset option ``option`` in a store that does not record it (written
+    before the option existed, so built with its default): as the dataset built from the
+    config without ``option`` resolves it (``ignore_value=255`` -> ``[255]``, a split-dependent
+    ``n_images=None`` -> the count), else the factory's default; None when unknown."""
+    from stego_probe.data import get_dataset
+
+    kwargs = {k: v for k, v in config.dataset_kwargs.items() if k != option}
+    try:
+        args = get_dataset(config.dataset, root=config.data_root, split=split, **kwargs).args
+        if option in args:
+            return to_jsonable(args[option])
+    except Exception:  # the data is not here: the factory's own default
+        pass
+    return dataset_factory_defaults(config.dataset).get(option)
 
 
 def check_store_matches(
@@ -203,12 +234,18 @@ def check_store_matches(
     Compared with the store's provenance: ``dataset``, ``backbone``, ``split``, ``n_classes``,
     the dataset options (the config's ``dataset_kwargs`` against the constructor options the
     store records, ``dataset_args``, e.g. a folder dataset's ``ignore_value`` and
-    ``class_names``; for older stores without them against ``dataset_info``; the recorded
-    options the config leaves unset against their defaults; and, when the dataset can be built
-    here, everything else that ``dataset_info`` records apart from where the data lives), the weights (``weights_sha256`` against the
-    sha256 of ``config.weights``; ``backbone_kwargs`` such as ``pretrained`` / ``seed`` against
+    ``class_names``; for older stores without them against ``dataset_info``; an option the
+    config sets that a store's ``dataset_args`` lack, since the store was written before the
+    option existed, against the option's default, e.g. ``synthetic``'s ``nuisance`` 0; the
+    recorded options the config leaves unset against their defaults; and, when the dataset can
+    be built here, everything else that ``dataset_info`` records apart from where the data
+    lives, for a store extracted with a ``limit`` against the same first images of the
+    config's dataset), the weights (``weights_sha256`` against the sha256 of
+    ``config.weights``; ``backbone_kwargs`` such as ``pretrained`` / ``seed`` against
     ``backbone_info``), ``tokens_flipped`` for the val store of a ``flip`` sweep, and the
-    store spec (``res``, ``crop``, ``limit``). Keys a store does not record are not compared.
+    store spec (``res``, ``crop``, ``limit``; a ``limit`` of at least the split's size equals
+    none, as :func:`stego_probe.extract.extract` records it). Other keys a store does not
+    record are not compared.
 
     Args:
         config: the sweep.
@@ -237,7 +274,10 @@ def check_store_matches(
     if n_classes is not None and store.n_classes != int(n_classes):
         diffs.append(f"n_classes: store {store.n_classes!r}, config {int(n_classes)!r}")
     compared = {"dataset", "split", "n_classes", *_LOCATION_KEYS, *_ARGS_KEYS}
-    expected = _expected_dataset_info(config, spec.split)
+    # a store made with a limit records the provenance of the images it used (the first
+    # dataset_info["n_images"]): the config's dataset is compared as the same view of it
+    used = info.get("n_images") if prov.get("limit") is not None else None
+    expected = _expected_dataset_info(config, spec.split, used if isinstance(used, int) else None)
     recorded = _recorded_dataset_args(prov)
     # the options as the dataset built from the config resolves them (255 -> [255]), if built
     built = next(
@@ -245,16 +285,24 @@ def check_store_matches(
     )
     # the options the config sets, against what the store recorded
     for k, v in sorted(config.dataset_kwargs.items()):
+        compared.add(k)
+        if k == "n_classes":
+            continue
+        note = ""
         if recorded is not None and k in recorded:
             got = recorded[k]
         else:  # an older store: the option, if at all, in the dataset's own provenance
             got = info.get(k, prov.get(k))
-        compared.add(k)
-        if k == "n_classes" or got is None:
+            if got is None and recorded is not None:
+                # the store records its options but not this one: written before the option
+                # existed, so extracted with its default
+                got = _unrecorded_option_default(config, spec.split, k)
+                note = " (the default; not recorded)"
+        if got is None:
             continue
         want = built[k] if built is not None and k in built else v
         if not (_same_option(got, want) or _same_option(got, v)):
-            diffs.append(f"dataset_kwargs.{k}: store {got!r}, config {v!r}")
+            diffs.append(f"dataset_kwargs.{k}: store {got!r}{note}, config {v!r}")
     # options the store records explicitly (resolved, defaults filled in) that the config
     # leaves unset: against the dataset built from the config, else the factory's defaults
     defaults = dataset_factory_defaults(config.dataset) if built is None else built
@@ -276,7 +324,9 @@ def check_store_matches(
     other = [
         (k, prov.get(k), getattr(spec, k))
         for k in ("res", "crop", "limit")
-        if k in prov and prov.get(k) != getattr(spec, k)
+        if k in prov
+        and prov.get(k) != getattr(spec, k)
+        and not (k == "limit" and _limit_covers_store(prov, spec.limit))
     ]
     if strict:
         diffs += [f"{k}: store {a!r}, config {b!r}" for k, a, b in other]
@@ -287,6 +337,14 @@ def check_store_matches(
             + (f"; {hint}" if hint else "")
         )
     return [f"{k} {a!r} (config {b!r})" for k, a, b in other]
+
+
+def _limit_covers_store(prov: dict, limit: int | None) -> bool:
+    """Whether a store without a recorded ``limit`` is what an extraction with ``limit`` gives:
+    a limit of at least the split's size takes every image, and
+    :func:`stego_probe.extract.extract` then records none."""
+    n = prov.get("n_source_images")
+    return prov.get("limit") is None and limit is not None and n is not None and limit >= n
 
 
 def _weights_mismatches(config: SweepConfig, prov: dict) -> list[str]:
