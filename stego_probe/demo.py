@@ -3,22 +3,26 @@
 synthetic scenes -> descriptor backbone (or a real DINO with ``backbone=`` / ``weights=``) ->
 train / val stores -> STEGO head, PCA and random projection at several D and full width ->
 k-means and linear probes, distinctness -> ``<out>/results.csv`` -> every figure the table
-supports, plus a qualitative grid and a 2-D feature map, in ``<figures>/`` -> a printed summary.
+supports, plus a qualitative grid and a 2-D feature map, in ``<figures>/`` -> a printed summary
+(tables, then one verdict line per claim of the paper).
 
 Everything here is composition of library calls (:mod:`stego_probe.sweep`,
 :mod:`stego_probe.plots`, :mod:`stego_probe.evaluate`, :mod:`stego_probe.summaries` for the
-printed tables and the D to draw, :func:`stego_probe.export.class_aligned_predictions` for the
+printed tables and the D to draw, :mod:`stego_probe.claims` for the printed verdicts on the
+paper's claims, :func:`stego_probe.export.class_aligned_predictions` for the
 qualitative grid); the demo adds no analysis of its own.
 """
 
 from __future__ import annotations
 
+import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from stego_probe.claims import FRAMING, check_claims, format_verdicts
 from stego_probe.export import class_aligned_predictions
 from stego_probe.summaries import best_dim, distinctness_summary
 from stego_probe.sweep import (
@@ -175,6 +179,9 @@ def run_demo(
     if not dist.empty:
         print(f"\ncluster distinctness on val codes, {dist.attrs['note']}:")
         print(dist.to_string())
+    print("\nwhat the demo shows: the paper's qualitative claims, checked on this table")
+    print(textwrap.fill(FRAMING, width=100))
+    print(format_verdicts(check_claims(df)))
     print(f"\nresults: {Path(out) / 'results.csv'}")
     print("figures: " + ", ".join(str(p) for p in paths))
     print(f"done in {time.perf_counter() - start:.0f} s")

@@ -62,6 +62,7 @@ def test_demo_cli_writes_results_figures_and_summary(demo_run):
         "miou (%) on the synthetic val split",
         "accuracy (%) on the synthetic val split",
         "cluster distinctness",
+        CLAIMS_HEADER,
         f"results: {out / 'results.csv'}",
         str(fig / "qualitative.png"),
     ):
@@ -160,11 +161,36 @@ def _all_texts(fig):
 
 def test_demo_summary_names_the_backbone_and_the_seeds(demo_run):
     text = demo_run["stdout"]
-    summary = text[text.index("miou (%)") : text.index("results: ")]
+    summary = text[text.index("miou (%)") : text.index(CLAIMS_HEADER)]
     # one seed: the mean only, said so; the raw features are the descriptor's, not DINO's
     assert "±" not in summary and "1 seed (n=1)" in summary and "(n=1)" in summary
     assert "descriptor (raw)" in summary and "DINO" not in summary
     assert "dino" not in summary.lower().replace("descriptor", "")
+
+
+CLAIMS_HEADER = "what the demo shows: the paper's qualitative claims"
+
+
+def test_demo_prints_one_verdict_per_claim(demo_run):
+    from stego_probe.claims import FRAMING, VERDICTS, check_claims, format_verdicts
+
+    text = demo_run["stdout"]
+    section = text[text.index(CLAIMS_HEADER) : text.index("results: ")]
+    # after the tables, before the paths; the framing first (wrapped), then the verdicts
+    assert text.index("cluster distinctness") < text.index(CLAIMS_HEADER)
+    assert " ".join(section.split()).count(FRAMING) == 1
+    lines = [line for line in section.splitlines() if line.startswith("claim ")]
+    assert [line.split(" ", 2)[1] for line in lines] == ["1", "2", "3", "4", "5"]
+    for line in lines:
+        assert any(line.startswith(f"claim {line.split()[1]} {v}: ") for v in VERDICTS), line
+        assert "Evidence: " in line
+    # the lines are the library's verdicts on the written table, not the demo's own analysis
+    table = check_claims(read_results(demo_run["out"] / "results.csv"))
+    assert lines == format_verdicts(table).splitlines()
+    # one seed: the means alone, said so; the raw features named after their backbone
+    assert "±" not in "\n".join(lines) and "n=1 seed (no error bars)" in lines[0]
+    assert "descriptor (raw)" in lines[1] and "DINO" not in "\n".join(lines)
+    assert "at each small D (3, 12)" in lines[0]  # QUICK dims
 
 
 @pytest.mark.slow
