@@ -48,6 +48,7 @@ MODULES = [
     "stego_probe.projections.stego",
     "stego_probe.distinctness",
     "stego_probe.sweep",
+    "stego_probe.transfer",
     "stego_probe.threads",
     "stego_probe.results",
     "stego_probe.plots",
@@ -61,6 +62,7 @@ MODULES = [
     "stego_probe.published",
     "stego_probe.released",
     "stego_probe.summaries",
+    "stego_probe.claims",
     "stego_probe.colors",
     "stego_probe.demo",
 ]

@@ -42,7 +42,7 @@ QUICK = {
     "seeds": [0],
     "probe_kwargs": {
         "kmeans": {"n_tokens": 5000, "niter": 10, "nredo": 1},
-        "linear": {"steps": 30, "batch_size": 8},
+        "linear": {"max_iter": 50},
     },
     "method_kwargs": {"stego": {"steps": 30}},
     "distinctness": {"n_tokens": 1000, "seeds": [0, 1]},

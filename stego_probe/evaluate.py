@@ -8,9 +8,11 @@ Two entry points:
 
 Protocol (PROTOCOL §4.4). Probes are fitted on *training* codes at token resolution:
 ``"kmeans"`` (FAISS spherical k-means on a seeded token sample, §4.2), ``"cluster"`` (the
-reference's Adam-trained cluster probe, §4.1) and ``"linear"`` (1x1 conv, cross-entropy, §4.3;
-``"cluster"`` and ``"linear"`` are trained on the same seeded stream of image mini-batches, as the
-reference trains them side by side). The linear probe z-scores its input with statistics of the
+reference's Adam-trained cluster probe, §4.1) and ``"linear"`` (1x1 conv, pixel-level
+cross-entropy, §4.3). The linear probe is trained to convergence by full-batch L-BFGS on passes
+over the training codes (its default ``solver="lbfgs"``), or, with ``solver="adam"`` (parity
+mode), on the same seeded stream of image mini-batches as ``"cluster"``, as the reference trains
+them side by side. The linear probe z-scores its input with statistics of the
 training codes by default (:class:`~stego_probe.probes.linear.LinearProbe` ``standardize``); in
 :func:`evaluate_stores` they come from the same seeded token sample the k-means probe is fitted
 on, so its result does not depend on the scale of the features. Validation then runs in one of three modes (the ``mode``
@@ -268,7 +270,7 @@ def evaluate_codes(
         >>> y = rng.integers(0, 3, (6, 4, 4))
         >>> codes = (np.eye(3)[y].transpose(0, 3, 1, 2) + rng.normal(0, 0.05, (6, 3, 4, 4)))
         >>> res = evaluate_codes(codes, y, codes, y, 3, probes="kmeans,linear", mode="token",
-        ...                      probe_kwargs={"linear": {"steps": 200}})
+        ...                      probe_kwargs={"linear": {"max_iter": 100}})
         >>> round(res["kmeans"]["accuracy"]), round(res["linear"]["accuracy"])
         (100, 100)
     """
@@ -389,18 +391,21 @@ def require_labelled(store, what: str = "train") -> int:
     )
 
 
-def check_stores(train_store, val_store, projection=None) -> None:
+def check_stores(train_store, val_store, projection=None, *, transfer: bool = False) -> None:
     """Raise ``ValueError`` unless the two stores (and the projection) can be evaluated together.
 
     The stores must pass :func:`stego_probe.store.check_store_pair` (same backbone, weights,
     dataset, class count, patch size and token width; neither empty; every difference listed).
-    A projection fitted on a store must have been fitted on tokens of the same backbone/weights.
+    A projection fitted on a store must have been fitted on tokens of the same backbone/weights,
+    and of the same dataset unless ``transfer`` (a projection fitted on another dataset, as
+    :mod:`stego_probe.transfer` evaluates it).
     """
     check_store_pair(train_store, val_store)
     vp = dict(val_store.provenance)
     if projection is not None:
         fit = dict(getattr(projection, "provenance", {}) or {}).get("fit_data", {}) or {}
-        keys = [k for k in ("backbone", "weights_sha256", "dataset") if fit.get(k) is not None]
+        compared = ("backbone", "weights_sha256") + (() if transfer else ("dataset",))
+        keys = [k for k in compared if fit.get(k) is not None]
         check_compatible(
             {k: fit[k] for k in keys},
             vp,
@@ -501,6 +506,8 @@ def store_images(store, dataset) -> Callable[[np.ndarray, list[str]], np.ndarray
 #: Training stores up to this many bytes (float32 tokens + int64 labels) are read into memory
 #: once for probe training instead of once per mini-batch; larger ones are streamed.
 IN_MEMORY_BYTES = 256 * 2**20
+#: Images per chunk of a full-batch (L-BFGS) linear probe's pass over a training store.
+PASS_CHUNK_IMAGES = 64
 
 
 def _batch_readers(store, token_mode: bool):
@@ -521,19 +528,64 @@ def _batch_readers(store, token_mode: bool):
     return tokens_of, (store.token_labels if token_mode else store.labels)
 
 
+def _uses_passes(probe) -> bool:
+    """True for a probe trained by full passes over the training set (the linear probe's
+    default L-BFGS solver), False for one trained on a mini-batch stream (Adam)."""
+    return getattr(probe, "solver", "adam") != "adam" and hasattr(probe, "fit_passes")
+
+
+def _train_pass_probe(probe, train_store, project, token_mode, progress):
+    """Fit a full-batch (L-BFGS) linear probe on passes over a training store.
+
+    Each pass reads the store in chunks of images (:data:`PASS_CHUNK_IMAGES`, or the whole
+    store once if it is small, :func:`_batch_readers`), projects and checks them; the probe
+    keeps the chunks after the first pass when they are small
+    (:data:`stego_probe.probes.linear.PASS_CACHE_BYTES`), so a small store is read and
+    projected once, a large one once per pass with one chunk in memory. The input statistics
+    must be set beforehand (as for the stream).
+    """
+    tokens_of, labels_of = _batch_readers(train_store, token_mode)
+    n = int(train_store.n_images)
+    step = max(1, int(PASS_CHUNK_IMAGES))
+
+    def one_pass():
+        for start in range(0, n, step):
+            idx = np.arange(start, min(start + step, n))
+            codes = check_finite(project(tokens_of(idx)), f"train store {train_store.path} codes")
+            yield codes, labels_of(idx)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="train linear (L-BFGS)", unit="pass")
+    try:
+        probe.fit_passes(one_pass, on_pass=None if bar is None else lambda i, loss: bar.update(1))
+    finally:
+        if bar is not None:
+            bar.close()
+    return probe
+
+
 def _train_stream_probes(probes: dict, train_store, project, seed, token_mode, progress):
-    """Fit unfitted cluster / linear probes on seeded streams of training batches from a store.
+    """Fit unfitted cluster / linear probes on a store: on seeded streams of training batches
+    (Adam), or on passes over the store (the linear probe's default L-BFGS solver,
+    :func:`_train_pass_probe`).
 
     Probes with the same ``(steps, batch_size)`` share one stream (each batch is read and
     projected once and fed to all of them, as the reference trains its probes side by side);
     the stream is :func:`minibatch_stream` with ``seed``, the one ``probe.fit`` would use.
     A linear probe that standardises its input must have its statistics set beforehand.
     """
+    for p in probes.values():
+        if _uses_passes(p):
+            _train_pass_probe(p, train_store, project, token_mode, progress)
     groups: dict[tuple[int, int], list[str]] = {}
     for n, p in probes.items():
-        groups.setdefault((int(p.steps), int(p.batch_size)), []).append(n)
+        if not _uses_passes(p):
+            groups.setdefault((int(p.steps), int(p.batch_size)), []).append(n)
     bar = None
-    if progress and probes:
+    if progress and groups:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=sum(s for s, _ in groups), desc="train probes", unit="step")
@@ -583,6 +635,7 @@ def evaluate_stores(
     threads: int | str | None = "auto",
     on_rows: Callable | None = None,
     skip: Sequence[str] | str = (),
+    transfer: bool = False,
 ):
     """Fit probes on a training store and evaluate them on a validation store (streaming).
 
@@ -605,8 +658,10 @@ def evaluate_stores(
         seed: ``random_state`` of the probes (k-means token sample and seeds, Adam init and the
             training stream).
         match: matching of the unsupervised probes (linear always uses ``"identity"``).
-        steps, train_batch_size: training mini-batches and images per batch of the cluster and
-            linear probes (reference: 7000 x 32; Potsdam 5000 x 16).
+        steps, train_batch_size: training mini-batches and images per batch of the cluster
+            probe and of an Adam linear probe (``probe_kwargs={"linear": {"solver": "adam"}}``;
+            reference: 7000 x 32; Potsdam 5000 x 16). The default L-BFGS linear probe ignores
+            them (its budget: ``max_iter`` passes over the train store).
         n_tokens: tokens sampled from the training store for the k-means probe; the linear
             probe's input statistics come from the same sample (from ``min(n_tokens,
             STATS_TOKENS)`` tokens when k-means does not run).
@@ -633,6 +688,9 @@ def evaluate_stores(
         skip: probes among ``probes`` that are neither fitted nor scored (their rows exist
             already); everything else is computed exactly as in the full run (same token
             sample for the linear probe's statistics, same training stream).
+        transfer: ``projection`` was fitted on another dataset than the stores' (a transfer,
+            :func:`stego_probe.transfer.run_transfer`): its fit data's backbone and weights are
+            still checked against the stores, its dataset is not.
 
     Returns:
         a pandas DataFrame with :data:`stego_probe.results.RESULT_COLUMNS` (one row per metric:
@@ -661,7 +719,7 @@ def evaluate_stores(
     token_mode = mode == "token"
     train_store = _open_store(train_store, "train_store")
     val_store = _open_store(val_store, "val_store")
-    check_stores(train_store, val_store, projection)
+    check_stores(train_store, val_store, projection, transfer=transfer)
     if flip and not getattr(val_store, "has_flipped", False):
         raise ValueError(
             f"val store {val_store.path}: has no tokens_flipped; re-extract it with "

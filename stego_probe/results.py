@@ -8,7 +8,9 @@ segmentation metrics (``accuracy``, ``miou``, ``iou:<class>``, ``precision:<clas
 Rows of the ``kmeans`` probe (and distinctness rows) also record the k-means protocol that
 produced them (:data:`KMEANS_COLUMNS`): the stopping rule (``kmeans_tol``, ``kmeans_niter``), the
 restarts (``kmeans_nredo``) and the iterations the fit actually ran (``kmeans_n_iter``). Tables
-written before these columns existed are read with them empty (NaN).
+written before these columns existed are read with them empty (NaN). Rows of a transfer run
+(:mod:`stego_probe.transfer`) name the dataset the projection was fitted on and the one it was
+evaluated on (:data:`TRANSFER_COLUMNS`, empty text for every other row).
 
 Tables come back typed (:func:`read_results`, :func:`coerce_types`): ``crf`` bool (the one parser
 is :func:`as_bool`), :data:`INT_COLUMNS` int64 (float64 with NaN where a cell is empty),
@@ -49,6 +51,8 @@ RESULT_COLUMNS = [
     "kmeans_nredo",  # k-means restarts (the best final objective is kept)
     "kmeans_n_iter",  # k-means: iterations the chosen restart actually ran
     "stego_probe_version",
+    "fit_dataset",  # transfer rows: the dataset the projection was fitted on (else empty)
+    "eval_dataset",  # transfer rows: the dataset probed and scored (else empty)
 ]
 
 #: Columns that identify one measured number (every column except the value, the k-means
@@ -62,6 +66,14 @@ IDENTITY_COLUMNS = [
 #: The k-means protocol columns (numeric; empty for rows that involve no k-means fit). They were
 #: added after the first release: :func:`read_results` fills them with NaN in older tables.
 KMEANS_COLUMNS = ["kmeans_niter", "kmeans_tol", "kmeans_nredo", "kmeans_n_iter"]
+
+#: The transfer columns (text; empty for rows that are not transfer rows,
+#: :mod:`stego_probe.transfer`): ``fit_dataset`` names the dataset whose train store the
+#: projection was fitted on, ``eval_dataset`` the one whose stores were probed (its store's
+#: dataset type is the ``dataset`` column). They are the last columns (added after the package
+#: version, so the older columns keep their positions): :func:`read_results` fills them with
+#: ``""`` in older tables.
+TRANSFER_COLUMNS = ["fit_dataset", "eval_dataset"]
 
 #: Columns holding numbers: in row keys (:func:`row_key`) ``3``, ``3.0`` and ``"3"`` agree.
 NUMERIC_COLUMNS = ("dim", "seed", "value", *KMEANS_COLUMNS)
@@ -367,7 +379,8 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
 
     Args:
         path: a CSV written by :func:`append_csv` (or any CSV with :data:`RESULT_COLUMNS`;
-            the :data:`KMEANS_COLUMNS` may be absent, as in tables written before they existed).
+            the :data:`KMEANS_COLUMNS` and :data:`TRANSFER_COLUMNS` may be absent, as in
+            tables written before they existed).
 
     Returns:
         DataFrame with :data:`RESULT_COLUMNS` first (in order), then any extra columns, typed
@@ -397,12 +410,16 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
             f"{path}: not a readable stego_probe results table (expected a CSV with columns "
             f"{', '.join(RESULT_COLUMNS[:3])}, ...): {msg}"
         ) from e
-    missing = [c for c in RESULT_COLUMNS if c not in df.columns and c not in KMEANS_COLUMNS]
+    optional = (*KMEANS_COLUMNS, *TRANSFER_COLUMNS)
+    missing = [c for c in RESULT_COLUMNS if c not in df.columns and c not in optional]
     if missing:
         raise ValueError(f"{path}: not a stego_probe results table, missing columns {missing}")
     for c in KMEANS_COLUMNS:  # absent in tables written before they were added
         if c not in df.columns:
             df[c] = float("nan")
+    for c in TRANSFER_COLUMNS:  # absent in tables written before they were added
+        if c not in df.columns:
+            df[c] = ""
     df = coerce_types(df, name=str(path))
     return df[RESULT_COLUMNS + [c for c in df.columns if c not in RESULT_COLUMNS]]
 

@@ -47,7 +47,8 @@ def test_demo_cli_writes_results_figures_and_summary(demo_run):
     # --quick selected the QUICK overrides
     config = json.loads((out / "config.json").read_text())
     assert config["dims"] == demo.QUICK["dims"] and config["seeds"] == demo.QUICK["seeds"]
-    assert config["dataset_kwargs"] == demo.QUICK["dataset_kwargs"]
+    # the preset's world (nuisance 0.5), shrunk
+    assert config["dataset_kwargs"] == {"nuisance": 0.5, **demo.QUICK["dataset_kwargs"]}
     assert config["backbone"] == "descriptor"
     df = read_results(out / "results.csv")
     assert set(df["method"]) == {"dino", "pca", "rp", "stego"}

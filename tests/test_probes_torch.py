@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from sklearn.exceptions import NotFittedError
 
+import stego_probe.probes.linear as linear_mod
 from stego_probe.probes import ClusterLookupProbe, LinearProbe
 from stego_probe.probes.cluster_lookup import cluster_lookup_loss, minibatch_stream
-from stego_probe.probes.linear import linear_probe_loss
+from stego_probe.probes.linear import bilinear_weights, linear_probe_loss, upsample_matmul
 
 
 def direction_clusters(n_per=40, d=8, k=3, noise=0.05, seed=0):
@@ -209,7 +210,8 @@ def test_linear_probe_learns_separable_problem_pixel_and_token():
 def test_linear_predict_upsamples_code_first():
     rng = np.random.default_rng(0)
     codes = rng.normal(size=(2, 4, 3, 3)).astype(np.float32)
-    probe = LinearProbe(5, steps=2, batch_size=2).fit(codes, rng.integers(0, 5, (2, 3, 3)))
+    labels = rng.integers(0, 5, (2, 3, 3))
+    probe = LinearProbe(5, solver="adam", steps=2, batch_size=2).fit(codes, labels)
     up = F.interpolate(torch.from_numpy(codes), size=(6, 7), mode="bilinear", align_corners=False)
     logits = torch.einsum("bdhw,kd->bkhw", up, torch.from_numpy(probe.coef_))
     logits = logits + torch.from_numpy(probe.intercept_)[None, :, None, None]
@@ -232,7 +234,9 @@ def test_linear_probe_ignores_invalid_labels():
     # codes under ignored tokens do not influence the loss (token-grid labels); with the
     # default standardisation they do enter the (unsupervised) input statistics, so the
     # property is checked on the raw-input probe
-    raw = {"steps": 10, "batch_size": 2, "random_state": 4, "standardize": "none"}
+    # (Adam: the L-BFGS solver whitens with the statistics of all codes, labelled or not)
+    raw = {"solver": "adam", "steps": 10, "batch_size": 2, "random_state": 4}
+    raw["standardize"] = "none"
     moved = codes.copy()
     moved[:, :, 0, :] += 100.0
     a = LinearProbe(3, **raw).fit(codes, labels)
@@ -251,10 +255,11 @@ def test_linear_probe_seed_init_and_label_res():
     np.testing.assert_array_equal(a.coef_, conv.weight.detach().reshape(4, 6).numpy())
     np.testing.assert_array_equal(a.intercept_, conv.bias.detach().numpy())
     codes, _, pix = stripe_images(n=4, patch=4)  # labels 16x16
-    p1 = LinearProbe(3, steps=5, batch_size=2, label_res=8).fit(codes, pix)
-    p2 = LinearProbe(3, steps=5, batch_size=2).fit(codes, pix[:, ::2, ::2])
+    adam = {"solver": "adam", "steps": 5, "batch_size": 2}
+    p1 = LinearProbe(3, label_res=8, **adam).fit(codes, pix)
+    p2 = LinearProbe(3, **adam).fit(codes, pix[:, ::2, ::2])
     np.testing.assert_allclose(p1.coef_, p2.coef_, atol=1e-6)
-    p3 = LinearProbe(3, steps=5, batch_size=2, random_state=1).fit(codes, pix)
+    p3 = LinearProbe(3, random_state=1, **adam).fit(codes, pix)
     assert not np.allclose(p1.coef_, p3.coef_)
 
 
@@ -326,7 +331,7 @@ def small_scale_codes(seed: int = 0, n: int = 12, scale: float = 1.0):
 def test_linear_probe_is_invariant_to_a_per_channel_rescaling():
     codes, labels = small_scale_codes()
     per_channel = np.geomspace(1e-3, 1e2, codes.shape[1]).astype(np.float32)[None, :, None, None]
-    kw = {"steps": 60, "batch_size": 4, "random_state": 0}
+    kw = {"solver": "adam", "steps": 60, "batch_size": 4, "random_state": 0}
     base = LinearProbe(4, **kw).fit(codes, labels)
     acc = (base.predict(codes) == labels).mean()
     for x in (codes * 0.01, codes * per_channel, codes * 0.01 + 5.0):
@@ -359,13 +364,13 @@ def test_linear_probe_standardisation_round_trips_and_streams(tmp_path):
     np.testing.assert_array_equal(back.mean_, probe.mean_)
     np.testing.assert_array_equal(back.decision_function(codes), probe.decision_function(codes))
     # fit_scaler on chunks equals the statistics of the whole
-    streamed = LinearProbe(4).fit_scaler([codes[:5], codes[5:]])
+    streamed = LinearProbe(4, solver="adam").fit_scaler([codes[:5], codes[5:]])
     np.testing.assert_allclose(streamed.mean_, probe.mean_, rtol=1e-9)
     np.testing.assert_allclose(streamed.scale_, probe.scale_, rtol=1e-9)
     # a streamed partial_fit needs the statistics first (or the parity option)
     with pytest.raises(ValueError, match="fit_scaler"):
-        LinearProbe(4).partial_fit(codes[:4], labels[:4])
-    LinearProbe(4, standardize="none").partial_fit(codes[:4], labels[:4])
+        LinearProbe(4, solver="adam").partial_fit(codes[:4], labels[:4])
+    LinearProbe(4, solver="adam", standardize="none").partial_fit(codes[:4], labels[:4])
     streamed.partial_fit(codes[:4], labels[:4])
     with pytest.raises(ValueError, match="standardize"):
         LinearProbe(4, standardize="batch", steps=1).fit(codes, labels)
@@ -389,7 +394,7 @@ def test_linear_probe_files_from_before_standardisation_load_as_raw_input(tmp_pa
 
 def test_linear_probe_initialize_resets_the_statistics():
     codes, labels = small_scale_codes(4)
-    probe = LinearProbe(4, steps=2, batch_size=4).fit(codes, labels)
+    probe = LinearProbe(4, solver="adam", steps=2, batch_size=4).fit(codes, labels)
     probe.initialize(3)  # another width: the old statistics must not survive
     assert getattr(probe, "mean_", None) is None
     probe.fit_scaler(codes[:, :3]).partial_fit(codes[:, :3], labels)
@@ -403,7 +408,7 @@ def test_linear_probe_refuses_to_train_without_labelled_pixels():
     with pytest.raises(ValueError, match="no labelled pixel"):
         LinearProbe(3, steps=5, batch_size=2).fit(x, ignore)
     # a stream of all-ignore batches "trains" with zero loss; check_labelled refuses it
-    probe = LinearProbe(3, standardize="none")
+    probe = LinearProbe(3, solver="adam", standardize="none")
     for _ in range(3):
         probe.partial_fit(x[:2], ignore[:2])
     assert probe.n_labelled_ == 0
@@ -416,3 +421,112 @@ def test_linear_probe_refuses_to_train_without_labelled_pixels():
     probe.check_labelled()
     fitted = LinearProbe(3, steps=2, batch_size=2).fit(x, labels)
     assert fitted.n_labelled_ == 2
+
+
+# ------------------------------------------------------------------ L-BFGS solver, matmul upsampling
+
+
+@pytest.mark.parametrize(
+    "shape,size", [((2, 3, 8, 8), (64, 64)), ((1, 5, 3, 7), (10, 23)), ((2, 2, 4, 4), (4, 9))]
+)
+def test_upsample_matmul_equals_interpolate(shape, size):
+    x = torch.randn(shape, dtype=torch.float32, generator=torch.Generator().manual_seed(0))
+    x.requires_grad_(True)
+    ref = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    out = upsample_matmul(x, size)
+    assert out.shape == ref.shape and float((out - ref).abs().max()) <= 1e-5
+    g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1))
+    (g_ref,) = torch.autograd.grad(ref, x, g)
+    (g_out,) = torch.autograd.grad(out, x, g)
+    assert float((g_out - g_ref).abs().max()) <= 1e-4
+    assert upsample_matmul(x, shape[2:]) is x
+    np.testing.assert_allclose(bilinear_weights(shape[2], size[0]).sum(1).numpy(), 1.0)
+
+
+def test_lbfgs_is_the_default_converges_and_is_deterministic():
+    codes, _, pix = stripe_images(n=6, noise=0.3, seed=3)
+    probe = LinearProbe(3).fit(codes, pix)
+    assert probe.solver == "lbfgs" and probe.converged_ and probe.n_iter_ >= 1
+    assert probe.grad_max_ <= probe.tol and probe.n_passes_ == len(probe.loss_history_)
+    assert probe.loss_history_[-1] < probe.loss_history_[0]
+    assert (probe.predict(codes, size=pix.shape[1:]) == pix).mean() > 0.9
+    # zero start: no dependence on the seed, bit-identical reruns
+    other = LinearProbe(3, random_state=5).fit(codes, pix)
+    np.testing.assert_array_equal(other.coef_, probe.coef_)
+    # the optimum of the exact objective: its gradient vanishes (loss() is the pixel-level CE)
+    params = [probe.params_["weight"], probe.params_["bias"]]
+    grads = torch.autograd.grad(probe.loss(codes, pix), params)
+    assert max(float(g.abs().max()) for g in grads) < 1e-3
+    with pytest.raises(ValueError, match="partial_fit: one Adam mini-batch step needs solver"):
+        probe.partial_fit(codes, pix)
+    with pytest.raises(ValueError, match="solver: expected one of"):
+        LinearProbe(3, solver="sgd").fit(codes, pix)
+    with pytest.raises(ValueError, match="max_iter"):
+        LinearProbe(3, max_iter=0).fit(codes, pix)
+    with pytest.raises(ValueError, match="l2"):
+        LinearProbe(3, l2=-1.0).fit(codes, pix)
+
+
+def test_lbfgs_is_invariant_to_invertible_linear_maps_of_the_codes():
+    # the Adam trap of the demo (raw vs full-width PCA vs RP disagree) does not exist here: the
+    # objective, L2 term included, is invariant, and the solver reaches its optimum
+    codes, _, pix = stripe_images(n=8, noise=0.5, seed=6)
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(codes.shape[1], codes.shape[1])).astype(np.float32)
+    mixed = np.einsum("ed,ndhw->nehw", mix, codes) * 0.1 + 1.0
+    a = LinearProbe(3, tol=1e-6).fit(codes, pix)
+    b = LinearProbe(3, tol=1e-6, standardize="none").fit(mixed, pix)
+    assert a.converged_ and b.converged_ and a.loss_history_[-1] > 0.05
+    assert abs(a.loss_history_[-1] - b.loss_history_[-1]) < 1e-5
+    np.testing.assert_allclose(
+        a.decision_function(codes, size=(8, 8)), b.decision_function(mixed, size=(8, 8)), atol=1e-2
+    )
+    assert (a.predict(codes, size=(8, 8)) == b.predict(mixed, size=(8, 8))).mean() > 0.999
+
+
+def test_fit_passes_equals_fit_cached_or_streamed(monkeypatch):
+    codes, _, pix = stripe_images(n=8, noise=0.3, seed=4)
+    ref = LinearProbe(3, tol=1e-6).fit(codes, pix)
+    calls = []
+
+    def passes():
+        calls.append(1)
+        for i in range(0, 8, 3):
+            yield codes[i : i + 3], pix[i : i + 3]
+
+    cached = LinearProbe(3, tol=1e-6).fit_passes(passes)
+    assert len(calls) == 2  # statistics, then one read kept in memory
+    np.testing.assert_allclose(cached.coef_, ref.coef_, rtol=1e-3, atol=1e-3)
+    monkeypatch.setattr(linear_mod, "PASS_CACHE_BYTES", 0)
+    calls.clear()
+    seen = []
+    streamed = LinearProbe(3, tol=1e-6).fit_scaler(codes)
+    streamed.fit_passes(passes, on_pass=lambda i, v: seen.append(i))
+    assert len(calls) == 1 + streamed.n_passes_ and seen == list(range(1, streamed.n_passes_ + 1))
+    np.testing.assert_array_equal(streamed.coef_, cached.coef_)  # the same chunks
+    with pytest.raises(ValueError, match="fit_passes: trains with solver='lbfgs'"):
+        LinearProbe(3, solver="adam").fit_passes(passes)
+    with pytest.raises(ValueError, match="passes: the linear probe was trained without one"):
+        LinearProbe(3).fit_passes(lambda: [(codes, np.full_like(pix, 255))])
+
+
+def test_lbfgs_probe_saves_its_solver_and_old_files_load_as_adam(tmp_path):
+    codes, _, pix = stripe_images(n=4, noise=0.3, seed=5)
+    probe = LinearProbe(3, l2=1e-3).fit(codes, pix)
+    back = LinearProbe.load(probe.save(tmp_path / "lbfgs.npz"))
+    assert back.get_params() == probe.get_params() and back.solver == "lbfgs"
+    for k in ("n_iter_", "n_passes_", "converged_", "grad_max_", "n_labelled_"):
+        assert getattr(back, k) == getattr(probe, k), k
+    np.testing.assert_array_equal(back.predict(codes), probe.predict(codes))
+    adam = LinearProbe(3, solver="adam", steps=3, batch_size=2).fit(codes, pix)
+    path = adam.save(tmp_path / "old.npz")
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["__meta__"]))
+    for k in ("solver", "max_iter", "tol", "l2"):
+        del meta["params"][k]
+    arrays["__meta__"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+    old = LinearProbe.load(path)
+    assert old.solver == "adam"
+    np.testing.assert_array_equal(old.predict(codes), adam.predict(codes))

@@ -40,7 +40,9 @@ def without_option(path, option: str) -> None:
 
 
 def config_with(**dataset_kwargs):
-    return tiny_config(dataset_kwargs={**TINY["dataset_kwargs"], **dataset_kwargs})
+    """The tiny sweep config; ``nuisance`` 0 unless given (the packaged preset sets 0.5)."""
+    kwargs = {**TINY["dataset_kwargs"], "nuisance": 0, **dataset_kwargs}
+    return tiny_config(dataset_kwargs=kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +57,11 @@ def old_stores(tmp_path_factory) -> Path:
 
 def test_old_store_without_an_option_is_compared_with_its_default(old_stores):
     """A store that records no ``nuisance`` was extracted with the default (0): it matches a
-    config with nuisance 0 or unset, and is refused, naming option, values and store, for 0.5."""
+    config with nuisance 0 (or 0.0), and is refused, naming option, values and store, for 0.5."""
     assert dataset_defaults("synthetic")["nuisance"] == 0
     train = sweep.store_path(config_with(), old_stores, "train")
     assert "nuisance" not in FeatureStore.open(train).provenance["dataset_args"]
-    for cfg in (config_with(), config_with(nuisance=0), config_with(nuisance=0.0)):
+    for cfg in (config_with(nuisance=0), config_with(nuisance=0.0)):
         sweep.ensure_stores(cfg, old_stores, progress=False)  # reused, not refused
     with pytest.raises(ValueError) as info:
         sweep.ensure_stores(config_with(nuisance=0.5), old_stores, progress=False)

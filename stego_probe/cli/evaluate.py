@@ -176,7 +176,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a single seed (same as --seeds N)",
     )
     p.add_argument(
-        "--steps", type=positive_int, default=7000, help="cluster/linear training batches (7000)"
+        "--steps",
+        type=positive_int,
+        default=7000,
+        help="training batches of the cluster probe and of an Adam linear probe (7000)",
+    )
+    p.add_argument(
+        "--linear-solver",
+        choices=["lbfgs", "adam"],
+        default="lbfgs",
+        help="linear probe solver: lbfgs (default; full-batch L-BFGS to convergence on passes "
+        "over the train store) or adam (the reference's --steps x --train-batch-size "
+        "mini-batches, parity mode)",
     )
     p.add_argument(
         "--train-batch-size", type=positive_int, default=32, help="training images per batch (32)"
@@ -282,6 +293,7 @@ SETTINGS_FLAGS = {
     "n_clusters": "--n-clusters",
     "steps": "--steps",
     "train_batch_size": "--train-batch-size",
+    "linear_solver": "--linear-solver",
     "stats_tokens": "--n-tokens (the linear probe's input statistics)",
 }
 SETTINGS_SUFFIX = ".settings.json"
@@ -353,8 +365,14 @@ def _probe_settings(args, probes: list[str], train, val) -> dict[str, dict]:
         },
         "linear": {
             **common,
-            "steps": args.steps,
-            "train_batch_size": args.train_batch_size,
+            # L-BFGS does not use the stream's steps / batch size (a record without a solver is
+            # an Adam one: it conflicts with an L-BFGS rerun)
+            "linear_solver": args.linear_solver,
+            **(
+                {"steps": args.steps, "train_batch_size": args.train_batch_size}
+                if args.linear_solver == "adam"
+                else {}
+            ),
             "stats_tokens": stats,
         },
     }
@@ -522,7 +540,11 @@ def _evaluate_locked(args: argparse.Namespace) -> int:
             steps=args.steps,
             train_batch_size=args.train_batch_size,
             n_tokens=args.n_tokens,
-            probe_kwargs={"kmeans": kmeans_kw, "cluster": cluster_kw},
+            probe_kwargs={
+                "kmeans": kmeans_kw,
+                "cluster": cluster_kw,
+                "linear": {"solver": args.linear_solver},
+            },
             batch_size=args.batch_size,
             images=images,
             crf_workers=args.crf_workers,
@@ -535,6 +557,14 @@ def _evaluate_locked(args: argparse.Namespace) -> int:
         if args.save_probes is not None:
             info = {"seed": seed, "train_store": str(train.path), "val_store": str(val.path)}
             save_probes(fitted, os.path.join(args.save_probes, f"seed{seed}"), info)
+        lin = fitted.get("linear")
+        if lin is not None and getattr(lin, "solver", "adam") == "lbfgs":
+            print(
+                f"seed {seed}: linear L-BFGS stopped after {lin.n_iter_} of max_iter="
+                f"{lin.max_iter} iterations, {lin.n_passes_} passes over the train store "
+                f"({'converged' if lin.converged_ else 'budget reached'}; tol={lin.tol}, "
+                f"max |grad| {lin.grad_max_:.2g})"
+            )
         if "kmeans" in fitted:
             km = fitted["kmeans"]
             print(

@@ -64,6 +64,7 @@ from stego_probe.plots.dims import plot_distinctness_over_dims as plot_distinctn
 from stego_probe.plots.dims import plot_hnne_appendix as plot_hnne_appendix
 from stego_probe.plots.dims import plot_kmeans_convergence as plot_kmeans_convergence
 from stego_probe.plots.dims import plot_metric_over_dims as plot_metric_over_dims
+from stego_probe.plots.factors import plot_advantage_over_factor as plot_advantage_over_factor
 from stego_probe.plots.labels import DATASET_TITLES as DATASET_TITLES
 from stego_probe.plots.labels import METRIC_LABELS as METRIC_LABELS
 from stego_probe.plots.labels import PAPER_BACKBONES as PAPER_BACKBONES
@@ -84,6 +85,7 @@ from stego_probe.plots.style import SeriesStyle as SeriesStyle
 from stego_probe.plots.style import series_style as series_style
 from stego_probe.plots.tables import aggregate_seeds as aggregate_seeds
 from stego_probe.plots.tables import overlay_table, prepare_results
+from stego_probe.plots.transfer import plot_transfer as plot_transfer
 
 #: File stems written by :func:`plot_all` (the reference's names where the paper has the figure).
 FIGURE_FILES = {

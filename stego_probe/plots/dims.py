@@ -69,7 +69,9 @@ def dim_ticks(dims: Iterable[float]) -> np.ndarray:
     return 3 * 2 ** np.arange(kmin, kmax + 1, dtype=np.int64)
 
 
-def _format_dim_axis(axes: Iterable, dims: Iterable[float]) -> None:
+def format_dim_axis(axes: Iterable, dims: Iterable[float]) -> None:
+    """The D axis of every metric-over-D figure on each of ``axes``: log2 scale, ticks
+    :func:`dim_ticks` of ``dims``, plain integer labels."""
     ticks = dim_ticks(dims)
     for ax in axes:
         ax.set_xscale("log", base=2)
@@ -299,7 +301,7 @@ def plot_metric_over_dims(
                     ax.set_ylabel(_PROBE_YLABELS.get(probe, f"{probe} probe {{m}}").format(m=mname))
                 if r == nrows - 1:
                     ax.set_xlabel(_XLABEL)
-        _format_dim_axis(axs.ravel(), all_dims)
+        format_dim_axis(axs.ravel(), all_dims)
         ncol = 3 if width >= 9 else 2
         notes = errorbar_note(agg["n"], published=_published_drawn(legend))
         title = legend_title(d, notes, title_chars(width))
@@ -364,7 +366,7 @@ def plot_hnne_appendix(
             ax.set_ylabel(_PROBE_YLABELS[probe].format(m=METRIC_LABELS[metric]))
             if i >= 2:
                 ax.set_xlabel(_XLABEL)
-        _format_dim_axis(axs.ravel(), all_dims)
+        format_dim_axis(axs.ravel(), all_dims)
         fig.tight_layout(rect=[0, 0, 0.7192, 1], h_pad=1, w_pad=1)
         notes = errorbar_note(agg["n"], published=_published_drawn(legend))
         finish_legend(fig, legend, legend_title(d, notes, 33), loc="center right", ncol=1)
@@ -450,7 +452,7 @@ def _plot_metrics_grid(
                 ax.set_ylabel(title)
                 if r == nrows - 1:
                     ax.set_xlabel(_XLABEL)
-        _format_dim_axis(axs.ravel(), agg["dim"])
+        format_dim_axis(axs.ravel(), agg["dim"])
         ncol = min(4, max(1, len(legend)))
         title = legend_title(d, errorbar_note(agg["n"], own_std=own_std), title_chars(3.4 * ncols))
         bottom = legend_rect_bottom(len(legend) + ncol * (title.count("\n") + 1), ncol, height)

@@ -15,7 +15,8 @@ import pandas as pd
 
 from stego_probe.results import as_bool, coerce_types
 
-_AMBIGUITY_COLUMNS = ("backbone", "weights_sha256", "match", "split")
+#: provenance columns one series must not mix (``fit_dataset``: in-domain and transferred rows)
+_AMBIGUITY_COLUMNS = ("backbone", "weights_sha256", "match", "split", "fit_dataset")
 _NEEDED = ("dataset", "method", "dim", "seed", "probe", "crf", "mode", "metric", "value")
 
 
@@ -64,7 +65,8 @@ def aggregate_seeds(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
 
     Rows are grouped by ``by`` (e.g. dataset, probe, method, crf, mode, dim); within a group,
     rows with the same ``seed`` count once (the last wins). Groups whose rows disagree on
-    ``backbone``, ``weights_sha256``, ``match`` or ``split`` (those not in ``by``) are refused.
+    ``backbone``, ``weights_sha256``, ``match``, ``split`` or ``fit_dataset`` (those not in
+    ``by``) are refused.
 
     Args:
         df: results rows (at least ``by``, ``seed`` and ``value`` columns).

@@ -19,7 +19,7 @@ from stego_probe.threads import uses_threads
 DISTINCTNESS_KMEANS = {"niter": 50, "tol": 1e-4}
 
 
-def _probe_kwargs(config: SweepConfig) -> dict:
+def probe_kwargs_for(config: SweepConfig) -> dict:
     """Per-probe kwargs with the sweep's device for the torch-trained probes."""
     out = {k: dict(v) for k, v in config.probe_kwargs.items()}
     for name in ("cluster", "linear"):
@@ -49,7 +49,7 @@ def run_point(
         mode=config.mode,
         flip=config.flip,
         seed=point.seed,
-        probe_kwargs=_probe_kwargs(config),
+        probe_kwargs=probe_kwargs_for(config),
         batch_size=config.batch_size,
         progress=False,
     )
