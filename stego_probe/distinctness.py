@@ -205,6 +205,8 @@ def cluster_statistics(
     * **silhouette** (``sklearn.metrics.silhouette_score`` with ``metric``, default cosine;
       ``O(n^2 D)``): computed on a stratified per-cluster subsample of about ``n_tokens``
       tokens (:func:`stratified_subsample`) for every seed; mean and population std over seeds.
+      When ``n_tokens >= M`` the sample is all tokens for every seed, so the silhouette is
+      computed once (``silhouette_std`` is 0).
       In ``[-1, 1]``, higher = more distinct.
     * **Davies–Bouldin** (lower = more distinct) and **Calinski–Harabasz** (higher = more
       distinct) from scikit-learn on all tokens (``O(M D)``), Euclidean on the normalised codes.
@@ -241,10 +243,14 @@ def cluster_statistics(
             f"cluster_ids: need 2 <= number of clusters < number of tokens, got {n_clusters} "
             f"clusters for {x.shape[0]} tokens"
         )
-    sil = []
-    for seed in seeds:
-        idx = stratified_subsample(ids, int(n_tokens), seed)
-        sil.append(float(silhouette_score(x[idx], ids[idx], metric=metric)))
+    if int(n_tokens) >= x.shape[0]:
+        # the "subsample" is every token whatever the seed: one silhouette serves all seeds
+        sil = [float(silhouette_score(x, ids, metric=metric))] * len(seeds)
+    else:
+        sil = []
+        for seed in seeds:
+            idx = stratified_subsample(ids, int(n_tokens), seed)
+            sil.append(float(silhouette_score(x[idx], ids[idx], metric=metric)))
     return {
         "silhouette": float(np.mean(sil)),
         "silhouette_std": float(np.std(sil)),

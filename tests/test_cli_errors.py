@@ -365,3 +365,37 @@ def test_rerun_dedupe_uses_the_results_row_keys(stores, tmp_path, capsys, monkey
     assert (_point_counts(df) == 1).all() and set(df["seed"]) == {0, 1}
     keys = [row_key(r, cli_evaluate.ROW_COLUMNS) for r in df.to_dict("records")]
     assert len(keys) == len(set(keys))
+
+
+_LIGHT_CHECK = """
+import contextlib, io, sys
+from stego_probe.cli.main import build_parser, main
+build_parser()
+for argv in {argvs!r}:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        main(argv)
+heavy = [m for m in ("torch", "sklearn", "faiss") if m in sys.modules]
+print("HEAVY", heavy)
+"""
+
+
+@pytest.mark.parametrize(
+    "argvs",
+    [[["--help"]], [["--version"]], [["evaluate", "--help"], ["sweep", "--help"]], "info"],
+)
+def test_help_version_and_info_import_neither_torch_nor_sklearn(argvs, tmp_path):
+    """Building the parser, ``--help`` (also of the subcommands), ``--version`` and
+    ``info STORE`` start without torch, scikit-learn or FAISS (issue 13)."""
+    import subprocess
+
+    if argvs == "info":
+        codes, _, pix = onehot_data(n=4)
+        argvs = [["info", str(make_store(tmp_path / "s", codes, pix).path)]]
+    out = subprocess.run(
+        [sys.executable, "-c", _LIGHT_CHECK.format(argvs=argvs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "HEAVY []" in out.stdout, out.stdout + out.stderr

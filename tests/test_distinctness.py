@@ -57,6 +57,35 @@ def test_cluster_statistics_equal_sklearn_on_full_sample():
     )
 
 
+def test_full_sample_silhouette_computed_once_with_the_old_outputs(monkeypatch):
+    """n_tokens >= M: every seed's sample is all tokens, so one silhouette call serves them all
+    and the outputs are exactly those of one call per seed (the previous code)."""
+    import stego_probe.distinctness as dist
+    from stego_probe.codes import l2_normalize
+
+    x, y = _blobs(spread=2.0)
+    seeds = (0, 1, 2)
+    xn = l2_normalize(x)
+    old = [
+        float(silhouette_score(xn[i], y[i], metric="cosine"))
+        for i in (stratified_subsample(y, 10_000, s) for s in seeds)
+    ]
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return silhouette_score(*args, **kwargs)
+
+    monkeypatch.setattr(dist, "silhouette_score", counted)
+    stats = cluster_statistics(x, y, n_tokens=10_000, seeds=seeds)
+    assert len(calls) == 1
+    assert stats["silhouette_per_seed"] == old
+    assert stats["silhouette"] == float(np.mean(old)) and stats["silhouette_std"] == 0.0
+    calls.clear()
+    cluster_statistics(x, y, n_tokens=100, seeds=seeds)  # a real subsample: one call per seed
+    assert len(calls) == len(seeds)
+
+
 def test_silhouette_subsample_is_stratified_and_varies_with_seed():
     rng = np.random.default_rng(0)
     y = np.concatenate([np.zeros(900, int), np.ones(90, int), np.full(10, 2)])

@@ -714,3 +714,36 @@ def test_nan_tokens_in_either_store_name_the_store_and_the_image(stores, tmp_pat
         evaluate_stores(train, bad_flip, probes="kmeans", flip=True, **kw)
     # the same stores without the bad values evaluate (the checks see only real damage)
     evaluate_stores(train, val, probes="kmeans", flip=True, **kw)
+
+
+def test_kmeans_only_never_reads_the_whole_train_store(tmp_path, monkeypatch):
+    """probes="kmeans" fits on a token sample: the train store is never preloaded (nor read
+    as a whole batch stream); with a trained probe the preload happens (issue 13)."""
+    import stego_probe.evaluate as ev
+    from stego_probe.store import FeatureStore
+
+    codes, _, pix = onehot_data(n=8)
+    vcodes, _, vpix = onehot_data(n=6, seed=1)
+    train = make_store(tmp_path / "train", codes, pix)
+    val = make_store(tmp_path / "val", vcodes, vpix, split="val")
+    calls = []
+
+    def no_preload(store, *args, **kwargs):
+        calls.append(store.path)
+        raise AssertionError("the train store was preloaded")
+
+    monkeypatch.setattr(ev, "preloaded", no_preload)
+    whole = []
+    real_tokens = FeatureStore.tokens
+
+    def tokens(self, idx, *args, **kwargs):
+        if self.path == train.path and not isinstance(idx, slice | int):
+            whole.append(len(np.atleast_1d(idx)))  # a mini-batch read of the train store
+        return real_tokens(self, idx, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureStore, "tokens", tokens)
+    kw = {"kmeans": {"niter": 5, "nredo": 1}}
+    df = ev.evaluate_stores(train, val, probes="kmeans", probe_kwargs=kw, progress=False)
+    assert set(df["probe"]) == {"kmeans"} and not calls and not whole
+    with pytest.raises(AssertionError, match="preloaded"):  # the check itself bites
+        ev.evaluate_stores(train, val, probes=("kmeans", "cluster"), steps=2, progress=False)

@@ -185,6 +185,86 @@ def test_correspondence_loss_combines_terms_and_is_seeded():
     assert again.item() == total.item()
 
 
+class _PerPairNormalizedLoss(CorrespondenceLoss):
+    """The loss as it was before issue 13: both grids normalised inside every pair term."""
+
+    def __call__(self, f, s, f_pos, s_pos, generator=None):
+        b, n = s.shape[0], self.feature_samples
+        u1 = torch.rand(b, n, n, 2, generator=generator) * 2 - 1
+        u2 = torch.rand(b, n, n, 2, generator=generator) * 2 - 1
+        fa, sa = sample(f, u1), sample(s, u1)
+        kw = dict(pointwise=self.pointwise, zero_clamp=self.zero_clamp, stabilize=self.stabilize)
+        l_self, cd_self = pair_loss(fa, fa, sa, sa, self.pos_intra_shift, **kw)
+        l_knn, cd_knn = pair_loss(
+            fa, sample(f_pos, u2), sa, sample(s_pos, u2), self.pos_inter_shift, **kw
+        )
+        index = derangement if self.neg_index == "derangement" else super_perm
+        rand = []
+        for _ in range(self.neg_samples):
+            p = index(b, None, generator)
+            rand.append(
+                pair_loss(fa, sample(f[p], u2), sa, sample(s[p], u2), self.neg_inter_shift, **kw)
+            )
+        l_rand = torch.stack([r[0] for r in rand]).mean()
+        total = self.correspondence_weight * (
+            self.pos_inter_weight * l_knn
+            + self.pos_intra_weight * l_self
+            + self.neg_inter_weight * l_rand
+        )
+        parts = dict(self=l_self, knn=l_knn, rand=l_rand, cd_self=cd_self, cd_knn=cd_knn)
+        return total, {**parts, "cd_rand": torch.cat([r[1] for r in rand])}
+
+
+@pytest.mark.parametrize("neg_index", ["derangement", "super_perm"])
+def test_grids_normalised_once_give_the_per_pair_loss(neg_index, monkeypatch):
+    """Each sampled grid is normalised once per step (issue 13): the same losses, correlations
+    and gradients as normalising inside every pair term, with far fewer F.normalize calls."""
+    torch.manual_seed(0)
+    f, fp = torch.randn(4, 6, 5, 5), torch.randn(4, 6, 5, 5)
+    out = {}
+    for name, cls in (("old", _PerPairNormalizedLoss), ("new", CorrespondenceLoss)):
+        s = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(2)).requires_grad_()
+        sp = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(3)).requires_grad_()
+        calls = []
+
+        def counted(*a, real=torch.nn.functional.normalize, calls=calls, **k):
+            calls.append(1)
+            return real(*a, **k)
+
+        real = torch.nn.functional.normalize
+        monkeypatch.setattr(torch.nn.functional, "normalize", counted)
+        total, parts = cls(feature_samples=4, neg_index=neg_index)(
+            f, s, fp, sp, generator=torch.Generator().manual_seed(1)
+        )
+        monkeypatch.setattr(torch.nn.functional, "normalize", real)
+        total.backward()
+        out[name] = (total, parts, s.grad, sp.grad, len(calls))
+    (t0, p0, g0, gp0, n0), (t1, p1, g1, gp1, n1) = out["old"], out["new"]
+    assert abs(t0.item() - t1.item()) <= 1e-6
+    for k in p0:
+        torch.testing.assert_close(p1[k], p0[k], atol=1e-6, rtol=0)
+    torch.testing.assert_close(g1, g0, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(gp1, gp0, atol=1e-6, rtol=1e-5)
+    assert (n0, n1) == (4 * (2 + 5), 2 * (2 + 5))  # neg_samples = 5
+
+
+def test_training_losses_unchanged_by_normalising_once(toy, monkeypatch):
+    """A fixed-seed training run: the per-step losses of the shipped loss and of the per-pair
+    normalised one agree to 1e-6."""
+    from stego_probe.projections.stego import train as train_mod
+    from stego_probe.projections.stego.train import train_stego
+
+    train = toy[0]
+    cfg = {**get_preset("synthetic").to_dict(), "steps": 8, "batch_size": 6, "knn_k": 8}
+    new = train_stego(train, cfg, n_classes=3, progress=False)["history"]
+    monkeypatch.setattr(train_mod, "CorrespondenceLoss", _PerPairNormalizedLoss)
+    old = train_stego(train, cfg, n_classes=3, progress=False)["history"]
+    assert len(new) == len(old) == 8
+    for a, b in zip(old, new, strict=True):
+        for k in (k for k in a if k.startswith(("loss", "corr"))):
+            assert abs(a[k] - b[k]) <= 1e-6, (a["step"], k, a[k], b[k])
+
+
 # ------------------------------------------------------------------ head
 def test_head_dropout_masks_independent_and_eval_deterministic():
     torch.manual_seed(0)
@@ -609,6 +689,25 @@ def test_stego_head_builds_one_config():
         StegoHead().transform(np.zeros((2, 6), np.float32))
     with pytest.raises(NotFittedError):
         StegoHead().probes()
+
+
+def test_train_stego_preload_budget_counts_the_labels():
+    """train_stego's preload_bytes covers tokens (float32) and labels (int64): with a budget
+    the tokens fit in but not the labels, the store is streamed (read every step)."""
+    from stego_probe.projections.stego.train import train_stego
+
+    t, labels = clustered_tokens(12, label_scale=4, seed=0)
+    tokens_bytes, labels_bytes = t.size * 4, labels.size * 8
+    assert labels_bytes > tokens_bytes
+    cfg = {**get_preset("synthetic").to_dict(), "steps": 3, "batch_size": 4, "knn_k": 4}
+    knn = np.stack([np.roll(np.arange(12), -r) for r in range(1, 9)], axis=1)
+    reads = {}
+    for budget in (labels_bytes, tokens_bytes + labels_bytes):
+        store = TinyStore(t, labels, 3)
+        train_stego(store, cfg, n_classes=3, knn=knn, progress=False, preload_bytes=budget)
+        reads[budget] = store.reads
+    assert reads[tokens_bytes + labels_bytes] == 1  # preloaded: one read of the whole store
+    assert reads[labels_bytes] == 2 * 3  # streamed: anchors and positives, every step
 
 
 def test_get_set_params_and_clone():

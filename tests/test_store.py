@@ -351,6 +351,24 @@ def test_preloaded_copies_small_stores_once_and_checks_them(tmp_path):
         preloaded(broken, limit_bytes=2**20)
 
 
+def test_preloaded_counts_the_int64_labels_in_the_budget(tmp_path):
+    """The budget covers the labels as int64, pixel grid or token grid (issue 13): a store
+    whose tokens fit but whose labels alone exceed the budget is streamed."""
+    tokens, labels, ids = _data()
+    disk = _write(tmp_path / "s", tokens.astype(np.float16), labels, ids)
+    token_bytes = N * H * W * C * 4
+    pixel_labels, token_labels = N * LH * LW * 8, N * H * W * 8
+    assert pixel_labels > token_bytes  # the labels alone exceed a budget the tokens fit in
+    assert preloaded(disk, limit_bytes=token_bytes) is disk
+    assert preloaded(disk, limit_bytes=pixel_labels) is disk  # labels alone: still too much
+    assert preloaded(disk, limit_bytes=token_bytes + pixel_labels - 1) is disk
+    assert isinstance(preloaded(disk, limit_bytes=token_bytes + pixel_labels), ArrayStore)
+    # pooled to the token grid the labels are smaller, and counted at that size
+    assert preloaded(disk, limit_bytes=token_bytes + token_labels - 1, token_labels=True) is disk
+    pooled = preloaded(disk, limit_bytes=token_bytes + token_labels, token_labels=True)
+    assert isinstance(pooled, ArrayStore)
+
+
 def test_check_store_pair_lists_every_difference():
     t = np.zeros((2, 1, 1, 3), np.float32)
     prov = {"backbone": "vit", "weights_sha256": "a", "dataset": "d", "n_classes": 3}

@@ -70,7 +70,10 @@ def add_kmeans_arguments(p: argparse.ArgumentParser, defaults: bool = True) -> N
         defaults: use the probe's defaults (``evaluate``); with False, unset options are absent
             from the namespace so that a preset's values stay in force (``sweep``).
     """
-    from stego_probe.probes.kmeans import DEFAULT_NITER, DEFAULT_NREDO, DEFAULT_TOL
+    # the light defaults module: building the parser imports neither sklearn nor torch
+    from stego_probe.probes.defaults import KMEANS_NITER as DEFAULT_NITER
+    from stego_probe.probes.defaults import KMEANS_NREDO as DEFAULT_NREDO
+    from stego_probe.probes.defaults import KMEANS_TOL as DEFAULT_TOL
 
     def default(value):
         return value if defaults else argparse.SUPPRESS

@@ -46,6 +46,7 @@ from stego_probe.codes import (
     upsample_codes,
 )
 from stego_probe.persist import read_estimator, write_estimator
+from stego_probe.probes.defaults import KMEANS_NITER, KMEANS_NREDO, KMEANS_TOL
 
 if TYPE_CHECKING:
     import torch
@@ -54,10 +55,11 @@ METRICS = ("cosine", "euclidean")
 INITS = ("k-means++", "random")
 #: k-means++ seeding reads at most this many tokens per cluster (see ``_seed_centroids``).
 SEEDING_POINTS_PER_CLUSTER = 1000
-#: Default stopping rule: Lloyd iterations until a fixed point, at most ``DEFAULT_NITER``.
-DEFAULT_TOL = 0.0
-DEFAULT_NITER = 500
-DEFAULT_NREDO = 3
+#: Default stopping rule: Lloyd iterations until a fixed point, at most ``DEFAULT_NITER``
+#: (defined in the light :mod:`stego_probe.probes.defaults`, which ``--help`` reads).
+DEFAULT_TOL = KMEANS_TOL
+DEFAULT_NITER = KMEANS_NITER
+DEFAULT_NREDO = KMEANS_NREDO
 #: The three stopping rules selected by ``tol`` (see :func:`stopping_rule`).
 STOPPING_RULES = ("niter", "fixed_point", "tol")
 

@@ -55,6 +55,11 @@ def derangement(n: int, device=None, generator: torch.Generator | None = None) -
             return perm.to(device)
 
 
+def _unit(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (B, C, S, S) with unit-L2 channel vectors (eps 1e-10, as the reference)."""
+    return F.normalize(t, dim=1, eps=1e-10)
+
+
 def pair_loss(
     f1: torch.Tensor,
     f2: torch.Tensor,
@@ -70,18 +75,31 @@ def pair_loss(
     Returns the scalar loss ``mean(-clamp(Σ) * (F' - shift))`` and the code correlation
     ``Σ`` (B, S, S, S, S) (for the correlation histograms of PROTOCOL §9 item 7).
     """
+    return _normalized_pair_loss(
+        _unit(f1), _unit(f2), _unit(s1), _unit(s2), shift, pointwise, zero_clamp, stabilize
+    )
+
+
+def _normalized_pair_loss(
+    f1: torch.Tensor,
+    f2: torch.Tensor,
+    s1: torch.Tensor,
+    s2: torch.Tensor,
+    shift: float,
+    pointwise: bool,
+    zero_clamp: bool,
+    stabilize: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pair_loss` of grids already normalised by :func:`_unit` (each grid of a step is
+    normalised once and shared by the self, KNN and negative pairs)."""
     with torch.no_grad():  # the feature correlation is the (fixed) teacher signal
-        fd = torch.einsum(
-            "nchw,ncij->nhwij", F.normalize(f1, dim=1, eps=1e-10), F.normalize(f2, dim=1, eps=1e-10)
-        )
+        fd = torch.einsum("nchw,ncij->nhwij", f1, f2)
         if pointwise:
             # Centre each query point's row over the partner's points, keep the global mean level.
             old_mean = fd.mean()
             fd = fd - fd.mean(dim=(3, 4), keepdim=True)
             fd = fd - fd.mean() + old_mean
-    cd = torch.einsum(
-        "nchw,ncij->nhwij", F.normalize(s1, dim=1, eps=1e-10), F.normalize(s2, dim=1, eps=1e-10)
-    )
+    cd = torch.einsum("nchw,ncij->nhwij", s1, s2)
     # zero_clamp: below 0 the code correlation gets no gradient, so negatives stop at orthogonal.
     lo = 0.0 if zero_clamp else -9999.0
     cd_c = cd.clamp(lo, 0.8) if stabilize else cd.clamp(lo)
@@ -133,11 +151,16 @@ class CorrespondenceLoss:
         # Drawn in the reference's order: anchors' grid first, then the partner grid.
         u1 = (torch.rand(b, n, n, 2, generator=generator) * 2 - 1).to(dev, s.dtype)
         u2 = (torch.rand(b, n, n, 2, generator=generator) * 2 - 1).to(dev, s.dtype)
-        fa, sa = sample(f, u1), sample(s, u1)
+        # Every sampled grid is normalised once: the anchors' grids serve all 2 + neg_samples
+        # pairs (the teacher grids without gradient, as the teacher correlation).
+        with torch.no_grad():
+            fa = _unit(sample(f, u1))
+            fk = _unit(sample(f_pos, u2))
+        sa = _unit(sample(s, u1))
         pair = dict(pointwise=self.pointwise, zero_clamp=self.zero_clamp, stabilize=self.stabilize)
-        l_self, cd_self = pair_loss(fa, fa, sa, sa, self.pos_intra_shift, **pair)
-        l_knn, cd_knn = pair_loss(
-            fa, sample(f_pos, u2), sa, sample(s_pos, u2), self.pos_inter_shift, **pair
+        l_self, cd_self = _normalized_pair_loss(fa, fa, sa, sa, self.pos_intra_shift, **pair)
+        l_knn, cd_knn = _normalized_pair_loss(
+            fa, fk, sa, _unit(sample(s_pos, u2)), self.pos_inter_shift, **pair
         )
         # Negatives: other images of the same batch, no extra forward pass. All draws have the
         # same size, so the mean of the concatenation is the mean of the per-draw means.
@@ -145,8 +168,10 @@ class CorrespondenceLoss:
         l_rand, cds = [], []
         for _ in range(self.neg_samples):
             p = index(b, dev, generator)
-            loss, cd = pair_loss(
-                fa, sample(f[p], u2), sa, sample(s[p], u2), self.neg_inter_shift, **pair
+            with torch.no_grad():
+                fn = _unit(sample(f[p], u2))
+            loss, cd = _normalized_pair_loss(
+                fa, fn, sa, _unit(sample(s[p], u2)), self.neg_inter_shift, **pair
             )
             l_rand.append(loss)
             cds.append(cd)

@@ -1,0 +1,13 @@
+"""Probe defaults the command line shows in ``--help``, importable without numpy, scikit-learn,
+FAISS or torch (``stego-probe --help`` builds every subcommand's parser).
+
+:mod:`stego_probe.probes.kmeans` takes its defaults from here (and re-exports them).
+"""
+
+from __future__ import annotations
+
+#: k-means default stopping rule: Lloyd iterations until a fixed point (``tol = 0``), at most
+#: ``KMEANS_NITER`` per restart, ``KMEANS_NREDO`` restarts (the best objective is kept).
+KMEANS_TOL = 0.0
+KMEANS_NITER = 500
+KMEANS_NREDO = 3
