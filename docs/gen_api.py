@@ -48,6 +48,7 @@ MODULES = [
     "stego_probe.projections.stego",
     "stego_probe.distinctness",
     "stego_probe.sweep",
+    "stego_probe.compare",
     "stego_probe.transfer",
     "stego_probe.threads",
     "stego_probe.results",

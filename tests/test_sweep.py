@@ -360,8 +360,8 @@ def test_stego_point_selected_best_by_val(tiny_run):
     "module, caller, name",
     [
         (sweep_executors, "run_local", "run_point"),
-        (sweep_run, "_run_sweep_locked", "ensure_stores"),
-        (sweep_run, "_run_sweep_locked", "pca_spectrum_rows"),
+        (sweep_run, "_run_backbone", "ensure_stores"),
+        (sweep_run, "_run_backbone", "pca_spectrum_rows"),
         (sweep_run, "run_sweep", "check_dependencies"),
         (sweep_measure, "run_point", "val_code_sample"),
     ],

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "store",
     "evaluate",
     "sweep",
+    "compare",
     "checkpoint",
     "figures",
 ]
@@ -36,6 +37,7 @@ RESUME_HINTS = {
     "extract": "finished blocks are kept; rerun the same command to resume",
     "prepare-crops": "finished crops are kept; rerun the same command to resume",
     "sweep": "finished points are kept in OUT/results.csv; rerun the same command to resume",
+    "compare": "finished points are kept in OUT/results.csv; rerun the same command to resume",
     "evaluate": "rows already appended to --out are kept; rerun the same command to compute "
     "only the missing ones",
     "demo": "finished steps are kept; rerun the same command to resume",

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -22,6 +23,7 @@ from stego_probe.plots.labels import (
     DATASET_TITLES,
     METRIC_LABELS,
     SeriesLabeller,
+    backbone_method_label,
     dataset_order,
     dataset_title,
     errorbar_note,
@@ -84,6 +86,42 @@ def format_dim_axis(axes: Iterable, dims: Iterable[float]) -> None:
         ax.tick_params(axis="x", labelsize=9)
 
 
+_FRACTION_XLABEL = "\n" + r"$D$ / backbone width $C$"
+
+
+def format_fraction_axis(axes: Iterable, fractions: Iterable[float]) -> None:
+    """The D / C axis of a ``x="fraction"`` figure: log2 scale, ticks ``2**-k`` covering
+    ``fractions`` (labelled ``1/8``, ..., ``1``)."""
+    f = np.asarray([float(v) for v in fractions if np.isfinite(v) and v > 0])
+    kmax = max(0, math.ceil(-math.log2(f.min()))) if f.size else 8
+    ticks = [2.0**-k for k in range(kmax, -1, -1)]
+    labels = ["1" if k == 0 else f"1/{2**k}" for k in range(kmax, -1, -1)]
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks)
+        ax.set_xticklabels(labels)
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
+        ax.tick_params(axis="x", labelsize=9)
+
+
+def _with_fraction(agg: pd.DataFrame, d_all: pd.DataFrame, widths) -> pd.DataFrame:
+    """``agg`` with ``x = dim / C`` (C of each row's backbone: ``widths`` or the rows')."""
+    from stego_probe.compare import backbone_widths
+
+    known = {**backbone_widths(d_all), **dict(widths or {})}
+    missing = sorted(set(agg["backbone"]) - set(known)) if "backbone" in agg.columns else []
+    if "backbone" not in agg.columns:  # one backbone (aggregate_seeds checked): the rows'
+        one = sorted(set(d_all["backbone"]) - {""})
+        if len(one) != 1 or one[0] not in known:
+            raise ValueError("x='fraction': the rows name no backbone width; pass widths=")
+        c = pd.Series(float(known[one[0]]), index=agg.index)
+    else:
+        if missing:
+            raise ValueError(f"x='fraction': no width for backbones {missing}; pass widths=")
+        c = agg["backbone"].map(lambda b: float(known[b]))
+    return agg.assign(x=agg["dim"].to_numpy(float) / c.to_numpy(float))
+
+
 _PUBLISHED_LABELS = {True: "published (digitised)", False: "published (reported)"}
 
 
@@ -141,8 +179,10 @@ def _figure4_table(
     methods: Sequence[str] | None,
     where: Mapping | None,
     figure_provenance: str,
+    hue: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Prepared rows and their seed aggregate for the metric-over-D figures."""
+    """Prepared rows and their seed aggregate for the metric-over-D figures (``hue``: a
+    column, ``"backbone"``, that splits every series and joins the grouping)."""
     if figure_provenance not in _PROVENANCE:
         raise ValueError(
             f"figure_provenance: expected one of {_PROVENANCE}, got {figure_provenance!r}"
@@ -175,26 +215,63 @@ def _figure4_table(
                 )
             keep &= ~d.index.isin(g.index[g["mode"] != want])
         d = d[keep]
-    agg = aggregate_seeds(d, ["dataset", "probe", "metric", "method", "crf", "mode", "dim"])
+    by = ["dataset", "probe", "metric", "method", "crf", "mode", "dim"]
+    agg = aggregate_seeds(d, by + ([hue] if hue else []))
     return d_all, d, agg
 
 
-def _draw_metric_panel(ax, agg: pd.DataFrame, palette, legend: dict, labeller: SeriesLabeller):
-    """Draw every (method, crf, mode) series of one panel; register legend handles."""
+#: Marker and line style of each method in a ``hue="backbone"`` figure (colour = backbone).
+HUE_METHOD_STYLES = {
+    "stego": ("o", "-"),
+    "pca": ("s", "--"),
+    "rp": ("^", "-."),
+    "rp_sparse": ("v", ":"),
+    "umap": ("D", ":"),
+    "hnne": ("P", ":"),
+}
+
+#: Line colours of the backbones of a ``hue="backbone"`` figure, in backbone order.
+BACKBONE_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
+
+
+def _draw_metric_panel(
+    ax,
+    agg: pd.DataFrame,
+    palette,
+    legend: dict,
+    labeller: SeriesLabeller,
+    backbones: Sequence[str] | None = None,
+):
+    """Draw every (method, crf, mode) series of one panel; register legend handles. With
+    ``backbones`` (a ``hue="backbone"`` figure) every backbone has its own series, coloured
+    by backbone (marker and line style by method), labelled :func:`backbone_method_label`;
+    the x values are the ``x`` column when ``agg`` has one (else ``dim``)."""
     series = []
-    for (method, crf, mode), g in agg.groupby(["method", "crf", "mode"], sort=True):
+    keys = ["method", "crf", "mode"] + (["backbone"] if backbones is not None else [])
+    for key, g in agg.groupby(keys, sort=True):
+        method, crf, mode = key[:3]
         style = series_style(method, crf)
-        series.append((style.order, mode != style.paper_mode, method, crf, mode, style, g))
+        if backbones is not None:
+            i = list(backbones).index(key[3])
+            color = BACKBONE_COLORS[i % len(BACKBONE_COLORS)]
+            label = (
+                backbone_method_label(key[3], method)
+                + labeller(method, crf, mode)[len(labeller.names.get(method, method)) :]
+            )
+            order = 100.0 * i + style.order
+            marker, line = HUE_METHOD_STYLES.get(method, (style.marker, style.linestyle))
+            style = dataclasses.replace(style, marker=marker, linestyle=line)
+        else:
+            color, label, order = palette[style.color], labeller(method, crf, mode), style.order
+        series.append((order, mode != style.paper_mode, method, crf, mode, style, g, color, label))
     series.sort(key=lambda s: s[:5])
-    for order, off_mode, _method, _crf, mode, style, g in series:
+    for order, off_mode, _method, _crf, _mode, style, g, color, label in series:
         g = g.sort_values("dim")
-        x = g["dim"].to_numpy(float)
+        x = g["x" if "x" in g.columns else "dim"].to_numpy(float)
         y = g["mean"].to_numpy(float)
         multi = bool((g["n"] > 1).any())
         yerr = np.nan_to_num(g["std"].to_numpy(float), nan=0.0) if multi else None
         linestyle = ":" if (off_mode and style.linestyle) else style.linestyle
-        label = labeller(_method, _crf, mode)
-        color = palette[style.color]
         cont = ax.errorbar(
             x,
             y,
@@ -221,6 +298,9 @@ def plot_metric_over_dims(
     methods: Sequence[str] | None = None,
     datasets: Sequence[str] | None = None,
     where: Mapping | None = None,
+    hue: str | None = None,
+    x: str = "dim",
+    widths: Mapping[str, int] | None = None,
 ) -> Figure:
     """Figure 4 (``metric="miou"``) / Appendix Figure 1 (``"accuracy"``): metric versus D.
 
@@ -251,16 +331,33 @@ def plot_metric_over_dims(
         methods: restrict to these methods (default: all in the table).
         datasets: restrict to these datasets (default: all in the table).
         where: column -> value (or list of values) filters applied first.
+        hue: ``"backbone"``: draw the rows of several backbones (a multi-backbone sweep, or
+            tables concatenated) in one figure, one series per (method, backbone), coloured
+            by backbone and labelled ``"<backbone>: <method>"``
+            (:func:`~stego_probe.plots.labels.backbone_method_label`); ``by`` is accepted as
+            its alias. None (default): a table of several backbones is refused.
+        x: ``"dim"`` (D, default) or ``"fraction"``: D / C with C the width of each row's
+            backbone (``widths``, else :func:`stego_probe.compare.backbone_widths`), so that
+            backbones of other widths line up.
+        widths: backbone -> width C for ``x="fraction"`` (default: from the rows).
 
     Returns:
         Figure with a ``len(probes) × len(datasets)`` grid and a shared legend at lower centre.
 
     Raises:
-        ValueError: no rows to plot, bad ``figure_provenance``, or an ambiguous series.
+        ValueError: no rows to plot, bad ``figure_provenance`` / ``hue`` / ``x``, or an
+            ambiguous series.
     """
     if isinstance(probe_rows, str) or not len(probe_rows):
         raise ValueError(f"probe_rows: expected a non-empty sequence of probes, got {probe_rows!r}")
-    d_all, d, agg = _figure4_table(df, [metric], probe_rows, methods, where, figure_provenance)
+    if hue not in (None, "backbone"):
+        raise ValueError(f"hue: expected None or 'backbone', got {hue!r}")
+    if x not in ("dim", "fraction"):
+        raise ValueError(f"x: expected 'dim' or 'fraction', got {x!r}")
+    d_all, d, agg = _figure4_table(df, [metric], probe_rows, methods, where, figure_provenance, hue)
+    backbones = sorted(set(agg["backbone"])) if hue else None
+    if x == "fraction":
+        agg = _with_fraction(agg, d_all, widths)
     probes = [p for p in probe_rows if (agg["probe"] == p).any()]
     ds_list = dataset_order(agg["dataset"].unique())
     if datasets is not None:
@@ -285,23 +382,28 @@ def plot_metric_over_dims(
             for c, ds in enumerate(ds_list):
                 ax = axs[r, c]
                 sub = agg[(agg["dataset"] == ds) & (agg["probe"] == probe)]
-                _draw_metric_panel(ax, sub, palette, legend, labeller)
-                if pub is not None:
+                _draw_metric_panel(ax, sub, palette, legend, labeller, backbones)
+                if pub is not None and x == "dim":
                     pts = pub[
                         (pub["dataset"] == ds) & (pub["probe"] == probe) & (pub["metric"] == metric)
                     ]
                     _draw_published(ax, pts, palette, legend)
                     all_dims += list(pts["dim"])
                 letter = f"({chr(ord('a') + r * ncols + c)})"
-                if r == 0:
+                if r == 0 and hue:
+                    ax.set_title(DATASET_TITLES.get(ds, ds) + "\n\n" + letter)
+                elif r == 0:
                     ax.set_title(dataset_title(ds, d_all) + "\n\n" + letter)
                 else:
                     ax.set_title(letter)
                 if c == 0:
                     ax.set_ylabel(_PROBE_YLABELS.get(probe, f"{probe} probe {{m}}").format(m=mname))
                 if r == nrows - 1:
-                    ax.set_xlabel(_XLABEL)
-        format_dim_axis(axs.ravel(), all_dims)
+                    ax.set_xlabel(_XLABEL if x == "dim" else _FRACTION_XLABEL)
+        if x == "dim":
+            format_dim_axis(axs.ravel(), all_dims)
+        else:
+            format_fraction_axis(axs.ravel(), list(agg["x"]))
         ncol = 3 if width >= 9 else 2
         notes = errorbar_note(agg["n"], published=_published_drawn(legend))
         title = legend_title(d, notes, title_chars(width))

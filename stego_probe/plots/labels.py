@@ -74,14 +74,24 @@ def is_vit_backbone(backbone: str) -> bool:
     return b.startswith(("dino_", "dinov2_")) or "vit" in b
 
 
+#: ``timm:vit_<size>_patch<p>_<res>`` (plain timm ViTs; other timm models keep their name)
+_TIMM_VIT_NAME = re.compile(r"^timm:vit_(tiny|small|base|large|huge|giant)_patch(\d+)_\d+$")
+_TIMM_VIT_SIZES = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H", "giant": "g"}
+
+
 def backbone_label(backbone: str) -> str:
     """Readable name of a backbone registry name.
 
     ``dino_vits8`` -> ``"DINO ViT-S/8"``, ``dinov2_vitb14_reg`` -> ``"DINOv2 ViT-B/14 (reg)"``,
-    ``dino_vits8_timm`` -> ``"DINO ViT-S/8 (timm)"``; any other name (``descriptor``,
+    ``dino_vits8_timm`` -> ``"DINO ViT-S/8 (timm)"``, a timm ViT
+    ``timm:vit_small_patch16_224`` -> ``"ViT-S/16 (timm)"``; any other name (``descriptor``,
     ``timm:resnet50``, a user backbone) is returned unchanged.
     """
     name = str(backbone)
+    t = _TIMM_VIT_NAME.match(name)
+    if t:
+        size, patch = t.groups()
+        return f"ViT-{_TIMM_VIT_SIZES[size]}/{patch} (timm)"
     m = _VIT_NAME.match(name)
     if not m:
         return name
@@ -89,6 +99,14 @@ def backbone_label(backbone: str) -> str:
     out = f"{'DINOv2' if family == 'dinov2' else 'DINO'} ViT-{size.upper()}/{patch}"
     extras = [x for x in ("reg" if reg else "", variant or "") if x]
     return out + (f" ({', '.join(extras)})" if extras else "")
+
+
+def backbone_method_label(backbone: str, method: str) -> str:
+    """Label of a method's series in a figure or table of several backbones: the backbone
+    (:func:`backbone_label`), then the method (:func:`method_label`; the raw features are
+    ``"raw"``), e.g. ``"descriptor: PCA"``, ``"ViT-S/16 (timm): raw"``."""
+    name = "raw" if str(method) in RAW_METHODS else method_label(method)
+    return f"{backbone_label(backbone)}: {name}"
 
 
 def _raw_name(backbone: str) -> str:

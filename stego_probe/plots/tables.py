@@ -66,7 +66,8 @@ def aggregate_seeds(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     Rows are grouped by ``by`` (e.g. dataset, probe, method, crf, mode, dim); within a group,
     rows with the same ``seed`` count once (the last wins). Groups whose rows disagree on
     ``backbone``, ``weights_sha256``, ``match``, ``split`` or ``fit_dataset`` (those not in
-    ``by``) are refused.
+    ``by``) are refused; with ``backbone`` in ``by`` (a ``hue="backbone"`` figure, a
+    ranking) each backbone is its own group and ``weights_sha256`` may differ between them.
 
     Args:
         df: results rows (at least ``by``, ``seed`` and ``value`` columns).
@@ -92,9 +93,15 @@ def aggregate_seeds(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
             for c, k in zip(by, key_t):
                 mask &= (df[c] == k).to_numpy() | (pd.isna(df[c]).to_numpy() & pd.isna(k))
             vals = sorted(map(str, df.loc[mask, col].unique()))
+            hint = (
+                "; or draw one series per backbone: hue='backbone'"
+                if col in ("backbone", "weights_sha256")
+                else ""
+            )
             raise ValueError(
                 f"results table mixes {col} values {vals} in one series "
-                f"({dict(zip(by, key_t))}); filter the table first, e.g. where={{{col!r}: ...}}"
+                f"({dict(zip(by, key_t))}); filter the table first, e.g. where={{{col!r}: "
+                f"...}}{hint}"
             )
     d = df.drop_duplicates(by + ["seed"], keep="last")
     g = d.groupby(by, dropna=False, sort=True)["value"]

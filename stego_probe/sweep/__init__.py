@@ -37,7 +37,9 @@ The package's modules, each one concept (each imports only the ones above it):
 * :mod:`stego_probe.sweep.progress` — the bar and cost-weighted ETA: :class:`SweepProgress`.
 * :mod:`stego_probe.sweep.executors` — where points run: the local loop or Ray tasks.
 * :mod:`stego_probe.sweep.run` — the whole sweep: :func:`run_sweep`, :class:`SweepError`, the
-  resume checks (:data:`RESUMABLE_FIELDS`, ...) and :func:`check_dependencies`.
+  resume checks (:data:`RESUMABLE_FIELDS`, ...), :func:`check_dependencies` and
+  :func:`projections_dir`. A config listing ``backbones`` runs every backbone in turn, with
+  its own stores, projections and resume set (``docs/compare.md``).
 * :mod:`stego_probe.sweep.summary` — :func:`summary_table`.
 
 Every name in ``__all__`` is importable from ``stego_probe.sweep`` itself.
@@ -48,11 +50,13 @@ from stego_probe.sweep.config import (
     WIDTH_METHODS,
     StoreSpec,
     SweepConfig,
+    backbone_tag,
     check_distinctness_tokens,
     config_n_classes,
     list_presets,
     load_config,
     merge_dicts,
+    normalize_backbones,
 )
 from stego_probe.sweep.fingerprint import projection_inputs, store_fingerprint
 from stego_probe.sweep.fit import check_projection_finite, fit_projection, pca_spectrum_rows
@@ -67,11 +71,13 @@ from stego_probe.sweep.points import (
 )
 from stego_probe.sweep.progress import SweepProgress
 from stego_probe.sweep.run import (
+    BACKBONE_FIELDS,
     PROJECTION_FIELDS,
     RESUMABLE_FIELDS,
     STORE_FIELDS,
     SweepError,
     check_dependencies,
+    projections_dir,
     required_extras,
     run_sweep,
     set_num_threads,
@@ -99,11 +105,13 @@ __all__ = [
     "WIDTH_METHODS",
     "StoreSpec",
     "SweepConfig",
+    "backbone_tag",
     "check_distinctness_tokens",
     "config_n_classes",
     "list_presets",
     "load_config",
     "merge_dicts",
+    "normalize_backbones",
     # points
     "STEGO_STEP_COST",
     "Point",
@@ -138,11 +146,13 @@ __all__ = [
     # progress
     "SweepProgress",
     # run
+    "BACKBONE_FIELDS",
     "PROJECTION_FIELDS",
     "RESUMABLE_FIELDS",
     "STORE_FIELDS",
     "SweepError",
     "check_dependencies",
+    "projections_dir",
     "required_extras",
     "run_sweep",
     "set_num_threads",

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -44,7 +45,12 @@ class SweepConfig:
     Attributes:
         name: preset name (used for store and output folder names).
         dataset, data_root, dataset_kwargs: passed to :func:`stego_probe.data.get_dataset`.
-        backbone, weights, backbone_kwargs: passed to :func:`stego_probe.backbones.get_backbone`.
+        backbone, weights, backbone_kwargs: passed to :func:`stego_probe.backbones.get_backbone`
+            (a single-backbone sweep).
+        backbones: instead of ``backbone``, a list of backbones to compare in one sweep, each
+            a registry name or ``{name, weights, kwargs}`` (normalised to that mapping); every
+            backbone gets its own stores, projections (``<out>/projections/<tag>/``,
+            :func:`backbone_tag`) and rows (``backbone`` column). See ``docs/compare.md``.
         train, val: :class:`StoreSpec` of the train (fit) and val (evaluation) stores.
         methods: subset of ``dino``, ``pca``, ``rp``, ``rp_sparse``, ``umap``, ``hnne``, ``stego``.
         dims: embedding dimensions D (values above the backbone width are skipped).
@@ -65,11 +71,12 @@ class SweepConfig:
 
     name: str
     dataset: str
-    backbone: str
+    backbone: str | None = None
     data_root: str | None = None
     dataset_kwargs: dict = field(default_factory=dict)
     weights: str | None = None
     backbone_kwargs: dict = field(default_factory=dict)
+    backbones: list | None = None
     train: StoreSpec = field(default_factory=StoreSpec)
     val: StoreSpec = field(default_factory=lambda: StoreSpec(split="val", res=320))
     methods: list[str] = field(default_factory=lambda: ["dino", "pca", "rp", "stego"])
@@ -96,7 +103,40 @@ class SweepConfig:
                         f"{sorted(StoreSpec.__dataclass_fields__)}"
                     )
                 setattr(self, key, StoreSpec(**spec))
+        if self.backbones is not None:
+            self.backbones = normalize_backbones(self.backbones)
         self.validate()
+
+    @property
+    def multi_backbone(self) -> bool:
+        """Whether the config lists its backbones in ``backbones`` (the comparison layout:
+        per-backbone projections and resume), rather than the single ``backbone``."""
+        return self.backbones is not None
+
+    def backbone_entries(self) -> list[dict]:
+        """The sweep's backbones as ``[{name, weights, kwargs}]`` (one for a single-backbone
+        config)."""
+        if self.backbones is None:
+            return [
+                {"name": self.backbone, "weights": self.weights, "kwargs": self.backbone_kwargs}
+            ]
+        return copy.deepcopy(self.backbones)
+
+    def backbone_configs(self) -> list[SweepConfig]:
+        """One single-backbone config per backbone, in order (``[self]`` for a single-backbone
+        config); each is what that backbone's stores, points and rows are made with."""
+        if self.backbones is None:
+            return [self]
+        return [
+            dataclasses.replace(
+                self,
+                backbone=e["name"],
+                weights=e["weights"],
+                backbone_kwargs=copy.deepcopy(e["kwargs"]),
+                backbones=None,
+            )
+            for e in self.backbones
+        ]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,6 +169,20 @@ class SweepConfig:
         ``distinctness.n_tokens`` must exceed the number of classes ``K`` (when ``K`` is known
         from the config: ``dataset_kwargs.n_classes`` or the dataset's fixed class count).
         """
+        if self.backbones is None:
+            if not isinstance(self.backbone, str) or not self.backbone:
+                raise ValueError(
+                    f"sweep backbone must be a backbone name (or give a list in 'backbones'), "
+                    f"got {self.backbone!r}"
+                )
+        else:
+            if self.backbone is not None or self.weights is not None or self.backbone_kwargs:
+                raise ValueError(
+                    "sweep: give either 'backbone' (with 'weights' / 'backbone_kwargs') or "
+                    f"'backbones', not both (backbone={self.backbone!r}, "
+                    f"backbones={[e['name'] for e in self.backbones]})"
+                )
+            normalize_backbones(self.backbones)
         known = {"dino", *WIDTH_METHODS}
         bad = [m for m in self.methods if m not in known]
         if bad:
@@ -177,6 +231,71 @@ class SweepConfig:
         if dist.get("enabled", True) and k is not None:
             check_distinctness_tokens(self, k)
         return self
+
+
+#: Keys of one ``backbones`` entry.
+BACKBONE_ENTRY_KEYS = ("name", "weights", "kwargs")
+
+
+def backbone_tag(name: str) -> str:
+    """A backbone name as a folder name: ``timm:vit_small_patch16_224`` ->
+    ``timm-vit_small_patch16_224`` (characters other than letters, digits, ``._-`` become
+    ``-``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).strip("-") or "backbone"
+
+
+def normalize_backbones(entries) -> list[dict]:
+    """``backbones`` as ``[{name, weights, kwargs}]``: a name is ``{name, weights: None,
+    kwargs: {}}``; a mapping may omit ``weights`` / ``kwargs``.
+
+    Raises:
+        ValueError: not a non-empty list, an entry that is neither a name nor such a mapping
+            (unknown keys are named), or two entries with the same name or folder tag
+            (:func:`backbone_tag`): rows are told apart by their ``backbone`` name.
+    """
+    if not isinstance(entries, list | tuple) or not entries:
+        raise ValueError(f"sweep backbones must be a non-empty list of backbones, got {entries!r}")
+    out = []
+    for i, e in enumerate(entries):
+        if isinstance(e, str):
+            e = {"name": e}
+        if not isinstance(e, dict):
+            raise ValueError(
+                f"sweep backbones[{i}]: expected a backbone name or a mapping of "
+                f"{list(BACKBONE_ENTRY_KEYS)}, got {e!r}"
+            )
+        unknown = sorted(set(e) - set(BACKBONE_ENTRY_KEYS))
+        if unknown:
+            raise ValueError(
+                f"sweep backbones[{i}]: unknown keys {unknown}; expected {list(BACKBONE_ENTRY_KEYS)}"
+            )
+        name, weights, kwargs = e.get("name"), e.get("weights"), e.get("kwargs") or {}
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"sweep backbones[{i}]: 'name' must be a backbone name, got {name!r}")
+        if weights is not None and not isinstance(weights, str | os.PathLike):
+            raise ValueError(f"sweep backbones[{i}] ({name}): 'weights' must be a path or null")
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"sweep backbones[{i}] ({name}): 'kwargs' must be a mapping")
+        out.append(
+            {
+                "name": name,
+                "weights": None if weights is None else str(weights),
+                "kwargs": copy.deepcopy(kwargs),
+            }
+        )
+    for key, what in ((lambda e: e["name"], "name"), (lambda e: backbone_tag(e["name"]), "tag")):
+        seen: dict = {}
+        for e in out:
+            k = key(e)
+            if k in seen:
+                raise ValueError(
+                    f"sweep backbones: {seen[k]!r} and {e['name']!r} have the same {what} "
+                    f"{k!r}; each backbone must appear once (rows are told apart by the backbone "
+                    "name: compare two weights of one backbone in two sweeps, or register the "
+                    "second under another name)"
+                )
+            seen[k] = e["name"]
+    return out
 
 
 #: Default ``distinctness.n_tokens``: val tokens sampled for the distinctness measures.
@@ -238,6 +357,9 @@ def load_config(preset: str | os.PathLike, overrides: dict | None = None) -> Swe
             :class:`SweepConfig`.
         overrides: field -> value, applied on top (``None`` values are ignored); nested dicts
             ``train`` / ``val`` / ``probe_kwargs`` / ``method_kwargs`` are merged key by key.
+            An override ``backbones`` replaces the preset's single ``backbone`` (and its
+            ``weights`` / ``backbone_kwargs``); an override ``backbone`` a preset's
+            ``backbones``.
 
     Returns:
         a validated :class:`SweepConfig`.
@@ -260,6 +382,12 @@ def load_config(preset: str | os.PathLike, overrides: dict | None = None) -> Swe
     over = renamed_config_kwargs(
         {k: v for k, v in (overrides or {}).items() if v is not None}, "sweep overrides"
     )
+    if over.get("backbones") is not None:  # the list replaces the preset's single backbone
+        for key in ("backbone", "weights", "backbone_kwargs"):
+            if key not in over:
+                data.pop(key, None)
+    elif over.get("backbone") is not None:  # and a single backbone replaces a preset's list
+        data.pop("backbones", None)
     data = merge_dicts(data, over)
     fields = set(SweepConfig.__dataclass_fields__)
     unknown = set(data) - fields

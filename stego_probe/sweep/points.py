@@ -9,7 +9,7 @@ columns of its result rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from stego_probe.results import mode_column
 from stego_probe.sweep.config import SweepConfig
@@ -17,11 +17,17 @@ from stego_probe.sweep.config import SweepConfig
 
 @dataclass(frozen=True)
 class Point:
-    """One sweep point: a method at a width with a seed."""
+    """One sweep point: a method at a width with a seed.
+
+    ``backbone`` names the backbone of a multi-backbone sweep's point (None otherwise); it is
+    shown by :func:`point_label` but not compared: points are told apart within one backbone
+    (:func:`stego_probe.sweep.table.done_points` filters the rows by backbone).
+    """
 
     method: str
     dim: int
     seed: int
+    backbone: str | None = field(default=None, compare=False)
 
 
 def sweep_points(config: SweepConfig, feature_dim: int) -> list[Point]:
@@ -66,8 +72,10 @@ STEGO_STEP_COST = 5.5
 
 
 def point_label(point: Point) -> str:
-    """How progress bars and errors name a point: ``"(method, D=dim, seed=seed)"``."""
-    return f"({point.method}, D={point.dim}, seed={point.seed})"
+    """How progress bars and errors name a point: ``"(method, D=dim, seed=seed)"``, with the
+    backbone first in a multi-backbone sweep (``"(descriptor, pca, D=3, seed=0)"``)."""
+    head = f"{point.backbone}, " if point.backbone else ""
+    return f"({head}{point.method}, D={point.dim}, seed={point.seed})"
 
 
 def run_order(points: list[Point]) -> list[Point]:

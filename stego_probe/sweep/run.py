@@ -9,6 +9,7 @@ stores, runs the points not yet in ``results.csv`` with an executor and raises
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -22,7 +23,13 @@ import pandas as pd
 from stego_probe.fileio import atomic_write, to_jsonable
 from stego_probe.results import IDENTITY_COLUMNS, RESULT_COLUMNS, append_csv, read_results
 from stego_probe.store import check_store_pair
-from stego_probe.sweep.config import SweepConfig, check_distinctness_tokens, renamed_config_kwargs
+from stego_probe.sweep.config import (
+    SweepConfig,
+    backbone_tag,
+    check_distinctness_tokens,
+    normalize_backbones,
+    renamed_config_kwargs,
+)
 from stego_probe.sweep.executors import run_local, run_ray
 from stego_probe.sweep.fit import fit_projection, pca_spectrum_rows
 from stego_probe.sweep.points import Point, point_label, point_weights, run_order, sweep_points
@@ -91,23 +98,61 @@ def run_sweep(
 
 
 def _run_sweep_locked(config, out: Path, executor, progress, train_store, val_store):
+    if config.multi_backbone and (train_store is not None or val_store is not None):
+        raise ValueError(
+            f"sweep {config.name}: train_store / val_store name the stores of one backbone; a "
+            f"sweep of several backbones ({', '.join(e['name'] for e in config.backbones)}) "
+            "extracts its own (omit them, or sweep that backbone alone)"
+        )
     _check_resume(config, out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "config.json", json.dumps(to_jsonable(config.to_dict()), indent=2))
     results = out / "results.csv"
-    cache_dir = out / "projections"
+    failures, n_points = [], 0
+    for sub in config.backbone_configs():
+        tag = backbone_tag(sub.backbone) if config.multi_backbone else None
+        cache_dir = projections_dir(config, out, sub.backbone)
+        f, n = _run_backbone(sub, out, cache_dir, executor, progress, train_store, val_store, tag)
+        failures += f
+        n_points += n
+    df = read_results(results) if results.exists() else pd.DataFrame(columns=RESULT_COLUMNS)
+    _report_failures(config, out, failures, n_points, df)
+    return df
+
+
+def projections_dir(config: SweepConfig, out_dir: str | os.PathLike, backbone: str) -> Path:
+    """Where a sweep caches the fitted projections of ``backbone``: ``<out>/projections/`` for
+    a single-backbone config, ``<out>/projections/<tag>/`` (:func:`backbone_tag`) for one that
+    lists ``backbones``."""
+    root = Path(out_dir) / "projections"
+    return root / backbone_tag(backbone) if config.multi_backbone else root
+
+
+def _run_backbone(config, out: Path, cache_dir, executor, progress, train_store, val_store, tag):
+    """Run the missing points of one backbone (``config``: its single-backbone config; ``tag``:
+    its folder tag in a multi-backbone sweep, else None; fits cached in ``cache_dir``).
+    Returns ``(failures, n_points)``."""
+    results = out / "results.csv"
     train_store, val_store = ensure_stores(
-        config, out, progress=progress, train_store=train_store, val_store=val_store
+        config,
+        out,
+        progress=progress,
+        train_store=train_store,
+        val_store=val_store,
+        record_key=tag,
     )
     check_store_pair(train_store, val_store)
     if (config.distinctness or {}).get("enabled", True) and val_store.n_classes:
         check_distinctness_tokens(config, int(val_store.n_classes))
 
-    done = done_points(results)
+    backbone = config.backbone if tag else None  # rows of other backbones are not this one's
+    done = done_points(results, backbone)
     todo = run_order([p for p in sweep_points(config, train_store.dim) if p not in done])
+    if tag:
+        todo = [dataclasses.replace(p, backbone=config.backbone) for p in todo]
     # The PCA fits made here read the train store like a sweep point does: same thread policy.
     with limit("auto", store_workload(train_store)):
-        if "pca" in config.methods and not _has_spectrum(results):
+        if "pca" in config.methods and not _has_spectrum(results, backbone):
             append_csv(
                 pca_spectrum_rows(config, train_store, cache_dir), results, unique=IDENTITY_COLUMNS
             )
@@ -116,10 +161,11 @@ def _run_sweep_locked(config, out: Path, executor, progress, train_store, val_st
             # to fit and save the same file.
             for seed in sorted({p.seed for p in todo if p.method == "pca"}):
                 fit_projection(config, Point("pca", train_store.dim, seed), train_store, cache_dir)
+    desc = f"sweep {config.name}" + (f" [{config.backbone}]" if tag else "")
     tracker = SweepProgress(
         todo,
         point_weights(config, todo),
-        desc=f"sweep {config.name}" + (" (ray)" if executor == "ray" else ""),
+        desc=desc + (" (ray)" if executor == "ray" else ""),
         disable=not progress,
     )
     with tracker:
@@ -127,9 +173,7 @@ def _run_sweep_locked(config, out: Path, executor, progress, train_store, val_st
             run_local(config, todo, train_store, val_store, cache_dir, results, tracker)
         else:
             run_ray(config, todo, train_store.path, val_store.path, cache_dir, results, tracker)
-    df = read_results(results) if results.exists() else pd.DataFrame(columns=RESULT_COLUMNS)
-    _report_failures(config, out, tracker.failures, len(todo), df)
-    return df
+    return list(tracker.failures), len(todo)
 
 
 class SweepError(RuntimeError):
@@ -201,6 +245,29 @@ PROJECTION_FIELDS = (
 STORE_FIELDS = ("dataset_kwargs", "weights", "backbone_kwargs")
 
 
+#: Fields that say which backbones a sweep has; a multi-backbone sweep compares them per
+#: backbone (:func:`_check_resume`).
+BACKBONE_FIELDS = ("backbone", "weights", "backbone_kwargs", "backbones")
+
+
+def _old_entries(old: dict) -> dict[str, dict]:
+    """name -> ``{name, weights, kwargs}`` of the backbones of a ``config.json``."""
+    try:
+        if old.get("backbones") is not None:
+            entries = normalize_backbones(old["backbones"])
+        else:
+            entries = [
+                {
+                    "name": old.get("backbone"),
+                    "weights": old.get("weights"),
+                    "kwargs": old.get("backbone_kwargs") or {},
+                }
+            ]
+    except ValueError:
+        return {}
+    return {e["name"]: to_jsonable(e) for e in entries if isinstance(e["name"], str)}
+
+
 def _check_resume(config: SweepConfig, out: Path) -> None:
     """Refuse to resume into ``out`` a sweep whose result-defining fields differ.
 
@@ -209,44 +276,87 @@ def _check_resume(config: SweepConfig, out: Path) -> None:
     under other settings and this run would reuse is removed first: ``projections/`` if a field
     of :data:`PROJECTION_FIELDS` differs, and the store at this sweep's store path if a field of
     :data:`STORE_FIELDS` differs (or ``flip`` is now on, for the val store).
+
+    A config that lists ``backbones`` is compared per backbone: a backbone may be added (only
+    its points run) or dropped (its rows stay); a backbone whose ``weights`` / ``kwargs``
+    changed is refused if the table has rows of it, else its stale stores and fits are removed.
     """
     path = out / "config.json"
     if not path.exists():
         return
     old = renamed_config_kwargs(json.loads(path.read_text()), str(path), warn=False)
     new = to_jsonable(config.to_dict())
-    changed = [k for k, v in new.items() if k not in RESUMABLE_FIELDS and old.get(k) != v]
-    if not changed:
+    skip = RESUMABLE_FIELDS + (BACKBONE_FIELDS if config.multi_backbone else ())
+    changed = [k for k, v in new.items() if k not in skip and old.get(k) != v]
+    changed_bb = []  # (single-backbone config, old entry) of the backbones whose settings changed
+    if config.multi_backbone:
+        before = _old_entries(old)
+        for sub, entry in zip(config.backbone_configs(), config.backbone_entries()):
+            prior = before.get(entry["name"])
+            if prior is not None and prior != to_jsonable(entry):
+                changed_bb.append((sub, prior))
+    if not changed and not changed_bb:
         return
-    if has_results(out / "results.csv"):
-        diffs = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed]
-        raise ValueError(
-            f"{out} holds a sweep with another configuration ({'; '.join(diffs)}); resuming "
-            "would mix their results. Use another output folder, or delete this one"
-        )
+    results = out / "results.csv"
+    if has_results(results):
+        if changed:
+            diffs = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed]
+            raise ValueError(
+                f"{out} holds a sweep with another configuration ({'; '.join(diffs)}); resuming "
+                "would mix their results. Use another output folder, or delete this one"
+            )
+        from stego_probe.results import done_keys
+
+        with_rows = {k[0] for k in done_keys(results, ["backbone"])}
+        refused = [(sub, prior) for sub, prior in changed_bb if sub.backbone in with_rows]
+        if refused:
+            diffs = [
+                f"{sub.backbone}: weights {prior['weights']!r} -> {sub.weights!r}, kwargs "
+                f"{prior['kwargs']!r} -> {to_jsonable(sub.backbone_kwargs)!r}"
+                for sub, prior in refused
+            ]
+            raise ValueError(
+                f"{out} holds results of backbone(s) {[s.backbone for s, _ in refused]} with other "
+                f"settings ({'; '.join(diffs)}); resuming would mix their results. Use another "
+                "output folder, or give the changed backbone another name"
+            )
     stale = []
+    subs = config.backbone_configs()
     if set(changed) & set(PROJECTION_FIELDS):
         stale.append(out / "projections")
-    for which in ("train", "val"):
-        if set(changed) & set(STORE_FIELDS) or (
-            which == "val" and "flip" in changed and config.flip
-        ):
-            stale.append(Path(store_path(config, out, which)))
-    for p in stale:
+    for sub in subs:
+        for which in ("train", "val"):
+            if set(changed) & set(STORE_FIELDS) or (
+                which == "val" and "flip" in changed and config.flip
+            ):
+                stale.append(Path(store_path(sub, out, which)))
+    for sub, _prior in changed_bb:
+        stale += [Path(store_path(sub, out, w)) for w in ("train", "val")]
+        stale.append(projections_dir(config, out, sub.backbone))
+    what = ", ".join(changed + [f"backbone {sub.backbone}" for sub, _ in changed_bb])
+    for p in dict.fromkeys(stale):
         if p.exists():
             warnings.warn(
                 f"{out} has no results yet, so this is not a resume; removing {p}, left by an "
-                f"earlier run with other settings ({', '.join(changed)})",
+                f"earlier run with other settings ({what})"
+                if not changed_bb or changed
+                else f"{out}: removing {p}, left by an earlier run of that backbone with other "
+                f"settings ({what}; the table has no rows of it)",
                 RuntimeWarning,
                 stacklevel=3,
             )
             shutil.rmtree(p)
 
 
-def _has_spectrum(results: Path) -> bool:
-    return (
-        results.exists() and (read_results(results)["metric"] == "explained_variance_ratio").any()
-    )
+def _has_spectrum(results: Path, backbone: str | None = None) -> bool:
+    """Whether ``results`` holds the PCA spectrum rows (of ``backbone``, when given)."""
+    if not results.exists():
+        return False
+    df = read_results(results)
+    rows = df["metric"] == "explained_variance_ratio"
+    if backbone:
+        rows &= df["backbone"].astype(str) == backbone
+    return bool(rows.any())
 
 
 #: Optional extras a sweep can need: extra -> (what needs it, module to import, package).

@@ -382,6 +382,8 @@ def ensure_stores(
     progress: bool = True,
     train_store: str | os.PathLike | None = None,
     val_store: str | os.PathLike | None = None,
+    *,
+    record_key: str | None = None,
 ):
     """Open the sweep's train and val stores, extracting whichever is missing or incomplete.
 
@@ -392,6 +394,8 @@ def ensure_stores(
         train_store, val_store: paths of existing complete stores to use instead of
             ``<out>/stores/...`` (checked by :func:`open_existing_store`; nothing is extracted
             or copied for them).
+        record_key: in a multi-backbone sweep, the backbone's tag: its paths are recorded
+            under this key of ``stores.json`` (and compared with that entry only).
 
     The paths used are recorded in ``<out>/stores.json``; a resume (a folder with results) with
     other stores is refused, since its rows and cached projections came from the recorded ones.
@@ -411,8 +415,9 @@ def ensure_stores(
         for w in paths
     }
     record = Path(out_dir) / STORES_FILE
+    everything = json.loads(record.read_text()) if record.exists() else {}
     if record.exists() and has_results(Path(out_dir) / "results.csv"):
-        old = json.loads(record.read_text())
+        old = everything if record_key is None else everything.get(record_key) or recorded
         diffs = [
             f"{w}: {old.get(w)!r} -> {recorded[w]!r}" for w in paths if old.get(w) != recorded[w]
         ]
@@ -436,5 +441,7 @@ def ensure_stores(
         for which in ("train", "val")
     )
     Path(out_dir).mkdir(parents=True, exist_ok=True)
+    if record_key is not None:
+        recorded = {**everything, record_key: recorded}
     atomic_write(record, json.dumps(recorded, indent=2))
     return stores

@@ -12,7 +12,8 @@ def summary_table(df: pd.DataFrame, metric: str = "miou") -> pd.DataFrame:
     Methods are shown by their display name (:func:`stego_probe.plots.method_label`: the raw
     features after their backbone, ``"DINO"`` only for a DINO); when the rows include CRF rows,
     a method that has them is split into ``"... with CRF"`` / ``"... w/o CRF"``; when they
-    include several evaluation modes, the mode is appended (``"STEGO [pixel]"``). Rows repeated
+    include several evaluation modes, the mode is appended (``"STEGO [pixel]"``); when they
+    include several backbones, each label starts with its backbone (:func:`stego_probe.plots.labels.backbone_method_label`: ``"descriptor: PCA"``). Rows repeated
     with the same seed count once (the last wins), as in the figures.
 
     Args:
@@ -28,6 +29,7 @@ def summary_table(df: pd.DataFrame, metric: str = "miou") -> pd.DataFrame:
         there are no such rows.
     """
     from stego_probe.plots import method_label
+    from stego_probe.plots.labels import backbone_method_label
     from stego_probe.results import as_bool
 
     sel = df[(df["metric"] == metric) & (df["probe"] != "none")].copy()
@@ -40,19 +42,26 @@ def summary_table(df: pd.DataFrame, metric: str = "miou") -> pd.DataFrame:
     if "mode" not in sel.columns:
         sel["mode"] = ""
     sel["mode"] = sel["mode"].fillna("").astype(str)
-    keys = ["method", "crf", "mode", "dim", "probe"]
+    if "backbone" not in sel.columns:
+        sel["backbone"] = ""
+    sel["backbone"] = sel["backbone"].fillna("").astype(str)
+    several_backbones = sel["backbone"].nunique() > 1
+    keys = ["backbone", "method", "crf", "mode", "dim", "probe"]
     sel = sel.drop_duplicates(keys + ["seed"], keep="last")
     g = sel.groupby(keys)["value"].agg(["mean", "std", "count"]).reset_index()
     crf_methods = set(sel.loc[sel["crf"], "method"])
     several_modes = sel["mode"].nunique() > 1
 
-    def label(method, crf, mode) -> str:
-        out = method_label(method, sel)
+    def label(backbone, method, crf, mode) -> str:
+        if several_backbones:
+            out = backbone_method_label(backbone, method)
+        else:
+            out = method_label(method, sel)
         if method in crf_methods:
             out += " with CRF" if crf else " w/o CRF"
         return out + (f" [{mode}]" if several_modes and mode else "")
 
-    g["label"] = [label(*k) for k in zip(g["method"], g["crf"], g["mode"])]
+    g["label"] = [label(*k) for k in zip(g["backbone"], g["method"], g["crf"], g["mode"])]
     g["cell"] = [
         f"{m:5.1f} ± {s:4.1f} (n={n})" if n > 1 else f"{m:5.1f} (n=1)"
         for m, s, n in zip(g["mean"], g["std"], g["count"])

@@ -18,15 +18,17 @@ from stego_probe.results import IDENTITY_COLUMNS, append_csv
 from stego_probe.sweep.points import Point, point_label
 
 
-def done_points(results_path: str | os.PathLike) -> set[Point]:
+def done_points(results_path: str | os.PathLike, backbone: str | None = None) -> set[Point]:
     """Points that already have rows in a results CSV (the resume set; a missing file has none):
     :func:`stego_probe.results.done_keys` over ``method, dim, seed``, without the PCA spectrum
-    rows (``metric == "explained_variance_ratio"``)."""
+    rows (``metric == "explained_variance_ratio"``); with ``backbone``, only that backbone's
+    rows (a multi-backbone sweep)."""
     from stego_probe.results import done_keys
 
     keys = ["method", "dim", "seed"]
     exclude = {"metric": "explained_variance_ratio"}
-    return {Point(*k) for k in done_keys(results_path, keys, exclude=exclude)}
+    where = {"backbone": backbone} if backbone else None
+    return {Point(*k) for k in done_keys(results_path, keys, where=where, exclude=exclude)}
 
 
 def has_results(results_path: str | os.PathLike) -> bool:
@@ -63,7 +65,8 @@ def check_rows_finite(rows: list[dict], what: str) -> None:
 def append_point(point: Point, rows: list[dict], results: Path) -> bool:
     """Append one point's rows to ``results`` unless the point is already there.
 
-    Idempotent: a point whose rows ``results`` holds already (:func:`done_points`) is skipped
+    Idempotent: a point whose rows ``results`` holds already (:func:`done_points`, of the
+    point's ``backbone`` when it names one) is skipped
     with a warning, so a rerun, or a second writer that slipped past the folder lock, never
     duplicates rows. Rows are checked with :func:`check_rows_finite` first.
 
@@ -71,7 +74,7 @@ def append_point(point: Point, rows: list[dict], results: Path) -> bool:
         True if the rows were appended, False if the point was already in ``results``.
     """
     check_rows_finite(rows, f"sweep point {point_label(point)}")
-    if point in done_points(results):
+    if point in done_points(results, point.backbone):
         warnings.warn(
             f"sweep point {point_label(point)} is already in {results}; its new rows are not "
             "appended again",
