@@ -55,7 +55,7 @@ from stego_probe.sweep import (
     point_label,
     sweep_points,
 )
-from stego_probe.sweep.measure import probe_kwargs_for
+from stego_probe.sweep.measure import evaluate_kwargs
 from stego_probe.threads import limit, store_workload
 
 #: Columns identifying one transfer measurement for the resume check (with ``metric`` implied:
@@ -252,16 +252,9 @@ def _evaluate(configs, fit, ev, point, proj, eval_stores, probes, have, results:
         evaluate_stores(
             train,
             val,
-            probes=probes,
-            skip=have,
             projection=projection,
-            method=point.method,
-            mode=cfg.mode,
-            flip=cfg.flip,
-            seed=point.seed,
-            probe_kwargs=probe_kwargs_for(cfg),
-            batch_size=cfg.batch_size,
-            progress=False,
+            **{**evaluate_kwargs(cfg, point), "probes": probes},
+            skip=have,
             on_rows=append,
             transfer=fit != ev,
         )

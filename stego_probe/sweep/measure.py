@@ -27,6 +27,22 @@ def probe_kwargs_for(config: SweepConfig) -> dict:
     return out
 
 
+def evaluate_kwargs(config: SweepConfig, point: Point) -> dict:
+    """The :func:`~stego_probe.evaluate.evaluate_stores` arguments of one sweep point, other
+    than the stores and the projection: the config's probes, mode, flip, probe kwargs
+    (:func:`probe_kwargs_for`) and batch size, the point's method and seed, no progress bar."""
+    return {
+        "probes": config.probes,
+        "method": point.method,
+        "mode": config.mode,
+        "flip": config.flip,
+        "seed": point.seed,
+        "probe_kwargs": probe_kwargs_for(config),
+        "batch_size": config.batch_size,
+        "progress": False,
+    }
+
+
 @uses_threads(store="train_store")
 def run_point(
     config: SweepConfig, point: Point, train_store, val_store, cache_dir, *, threads="auto"
@@ -43,15 +59,8 @@ def run_point(
     df = evaluate_stores(
         train_store,
         val_store,
-        probes=config.probes,
         projection=None if point.method == "dino" else proj,
-        method=point.method,
-        mode=config.mode,
-        flip=config.flip,
-        seed=point.seed,
-        probe_kwargs=probe_kwargs_for(config),
-        batch_size=config.batch_size,
-        progress=False,
+        **evaluate_kwargs(config, point),
     )
     df["dim"] = point.dim
     rows = df.to_dict("records")
