@@ -18,12 +18,12 @@ training codes by default (:class:`~stego_probe.probes.linear.LinearProbe` ``sta
 on, so its result does not depend on the scale of the features. Validation then runs in one of three modes (the ``mode``
 column of the results):
 
-* ``"val"``: one pass; the code is bilinearly upsampled (``align_corners=False``) to label
-  resolution and each probe predicts every pixel (the reference's training-time validation and
-  every point of the paper's Figure 4);
-* ``"eval"`` (``flip=True``): the code is the average of the code of the image and the
-  flipped-back code of the flipped image, ``c = (code(x) + flip(code(flip(x)))) / 2``, then as
-  ``"val"`` (the reference's final evaluation);
+* ``"pixel"`` (``mode="pixel"``; the reference's "val" pass): one pass; the code is bilinearly
+  upsampled (``align_corners=False``) to label resolution and each probe predicts every pixel
+  (the reference's training-time validation and every point of the paper's Figure 4);
+* ``"pixel_flip"`` (``mode="pixel", flip=True``; the reference's final "eval" pass): the code
+  is the average of the code of the image and the flipped-back code of the flipped image,
+  ``c = (code(x) + flip(code(flip(x)))) / 2``, then as ``"pixel"``;
 * ``"token"``: a fast approximation for sweeps: codes stay on the token grid and the labels are
   pooled to it by majority (:func:`stego_probe.store.pool_labels`); the linear probe is trained on
   the pooled labels as well.

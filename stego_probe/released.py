@@ -157,7 +157,7 @@ def evaluate_released(
 
     Yields:
         ``(method, seed, frame)``: the tidy results rows of that evaluation
-        (:func:`stego_probe.evaluate.evaluate_stores`; ``mode == "eval"``), as soon as it is done.
+        (:func:`stego_probe.evaluate.evaluate_stores`; ``mode == "pixel_flip"``, the reference's "eval" pass), as soon as it is done.
 
     Raises:
         ValueError: an unknown method, or ``stego_released`` without ``head``.

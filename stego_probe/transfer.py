@@ -55,6 +55,7 @@ from stego_probe.sweep import (
     point_label,
     sweep_points,
 )
+from stego_probe.sweep.config import recorded_config
 from stego_probe.sweep.measure import evaluate_kwargs
 from stego_probe.threads import limit, store_workload
 
@@ -139,6 +140,7 @@ def _check_recorded_configs(out: Path, configs: Mapping[str, SweepConfig], resul
         old = recorded.get(name)
         if old is None or name not in with_rows:
             continue
+        old = recorded_config(old, f"{path}: {name}")
         changed = [k for k, v in cfg.items() if k not in RESUMABLE_FIELDS and old.get(k) != v]
         if changed:
             diffs = "; ".join(f"{k}: {old.get(k)!r} -> {cfg[k]!r}" for k in changed)

@@ -338,6 +338,42 @@ def test_cli_evaluate_linear_solver_flag_and_settings(stores, tmp_path, capsys):
     assert "L-BFGS" not in capsys.readouterr().out
 
 
+def test_cli_evaluate_reads_the_settings_records_of_older_versions(stores, tmp_path, capsys):
+    """An --out written before 0.3.0 (modes val / eval, --n-train, Adam linear probes without a
+    solver in the record) keeps its meaning: an L-BFGS rerun is refused, the same Adam settings
+    resume without recomputing, and the renamed --n-tokens is compared as --n-train was."""
+    train, val, _ = stores
+    out = tmp_path / "old.csv"
+    argv = ["evaluate", "--train-store", str(train.path), "--val-store", str(val.path),
+            "--probe", "kmeans,linear", "--no-progress", "--seeds", "0", "--niter", "5",
+            "--nredo", "1", "--n-tokens", "3000", "--out", str(out)]  # fmt: skip
+    adam = ["--linear-solver", "adam", "--steps", "20", "--train-batch-size", "4"]
+    assert main(argv + adam) == 0
+    capsys.readouterr()
+    # rewrite --out and its record as 0.2.0 wrote them
+    table = out.read_text().replace(",pixel,", ",val,")
+    out.write_text(table)
+    path = tmp_path / "old.csv.settings.json"
+    data = json.loads(path.read_text())
+    points = {}
+    for key, value in data["points"].items():
+        fields = json.loads(key)
+        fields = ["val" if f == "pixel" else f for f in fields]
+        rec = dict(value["settings"])
+        rec.pop("linear_solver", None)
+        if "n_tokens" in rec:
+            rec["n_train"] = rec.pop("n_tokens")
+        points[json.dumps(fields)] = {**value, "settings": rec}
+    path.write_text(json.dumps({**data, "points": points}))
+    before = out.read_bytes()
+    assert main(argv) == 1  # today's default solver: other numbers
+    assert "--linear-solver 'adam' there, 'lbfgs' now" in capsys.readouterr().err
+    assert main(argv[:-4] + ["--n-tokens", "4000", "--out", str(out)] + adam) == 1
+    assert "--n-tokens 3000 there, 4000 now" in capsys.readouterr().err
+    assert main(argv + adam) == 0  # the same settings: nothing recomputed
+    assert "already in" in capsys.readouterr().out and out.read_bytes() == before
+
+
 def _snapshot(path):
     """{relative path: bytes} of every file under ``path`` (to check nothing was touched)."""
     return {q.relative_to(path): q.read_bytes() for q in sorted(path.rglob("*")) if q.is_file()}

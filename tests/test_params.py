@@ -73,3 +73,28 @@ def test_sweep_config_with_old_names_loads_renamed(tmp_path):
     preset.write_text("name: old\n" + text)
     with pytest.warns(FutureWarning, match="old.yaml"):
         assert load_config(preset).probe_kwargs["kmeans"] == {"n_tokens": 9}
+
+
+def test_a_recorded_config_without_a_linear_solver_means_adam(tmp_path):
+    """A sweep folder written before solvers existed holds Adam linear rows: resuming it with
+    today's default (L-BFGS) is refused instead of mixing the two; with solver adam it resumes."""
+    import json
+
+    from stego_probe.sweep import load_config
+    from stego_probe.sweep.config import recorded_config
+    from stego_probe.sweep.run import _check_resume
+
+    config = load_config("synthetic")
+    assert config.probe_kwargs["linear"]["solver"] == "lbfgs"  # recorded in config.json
+    old = config.to_dict()
+    old["probe_kwargs"] = {**old["probe_kwargs"], "linear": {"steps": 200, "batch_size": 16}}
+    old["probe_kwargs"]["kmeans"] = {"n_train": 100000, "niter": 500, "nredo": 3, "tol": 0}
+    assert recorded_config(old, "x")["probe_kwargs"]["linear"]["solver"] == "adam"
+    assert recorded_config(old, "x")["probe_kwargs"]["kmeans"]["n_tokens"] == 100000
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    (tmp_path / "results.csv").write_text("dataset,metric,value\nsynthetic,miou,1.0\n")
+    with pytest.raises(ValueError, match=r"'solver': 'adam'.*'solver': 'lbfgs'"):
+        _check_resume(config, tmp_path)
+    adam = load_config("synthetic", {"probe_kwargs": {"linear": {"solver": "adam", "steps": 200,
+                                                                  "batch_size": 16}}})  # fmt: skip
+    _check_resume(adam, tmp_path)  # the same rows: resumes

@@ -17,6 +17,7 @@ import os
 from stego_probe.cli.argtypes import nonneg_int, positive_int
 from stego_probe.params import renamed_kwargs
 from stego_probe.probes import PROBE_NAMES as PROBES
+from stego_probe.probes.defaults import LEGACY_LINEAR_SOLVER
 from stego_probe.threads import add_threads_argument
 
 #: Seeds of ``stego-probe evaluate`` by default: three, so the spread over seeds is reported.
@@ -332,10 +333,15 @@ def _read_settings(out) -> dict:
             data = json.load(f)
         # keys normalised again: a record written with another spelling of the same values
         # (5.0 for 5) still matches
-        return {
-            point_key(dict(zip(POINT_COLUMNS, json.loads(k), strict=True))): v
-            for k, v in data["points"].items()
-        }
+        from stego_probe.results import LEGACY_MODE_VALUES
+
+        out_points = {}
+        for k, v in data["points"].items():
+            point = dict(zip(POINT_COLUMNS, json.loads(k), strict=True))
+            # records of versions before 0.3.0 name the modes val / eval
+            point["mode"] = LEGACY_MODE_VALUES.get(point["mode"], point["mode"])
+            out_points[point_key(point)] = v
+        return out_points
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(
             f"{path}: not a readable settings record of {out} ({e}); delete it to treat the "
@@ -479,6 +485,8 @@ def _evaluate_locked(args: argparse.Namespace) -> int:
                     unknown.append(probe)
                     continue
                 old = renamed_kwargs(old, _settings_path(out), warn=False)  # older records
+                if probe == "linear" and "linear_solver" not in old:
+                    old = {**old, "linear_solver": LEGACY_LINEAR_SOLVER}  # before 0.3.0: Adam
                 diff = [
                     f"{SETTINGS_FLAGS.get(n, n)} {old.get(n)!r} there, {v!r} now"
                     for n, v in settings[probe].items()

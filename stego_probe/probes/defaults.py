@@ -11,3 +11,10 @@ from __future__ import annotations
 KMEANS_TOL = 0.0
 KMEANS_NITER = 500
 KMEANS_NREDO = 3
+
+#: The linear probe's default solver (:class:`~stego_probe.probes.LinearProbe`): the converged
+#: full-batch L-BFGS; ``"adam"`` is the reference's mini-batch schedule (the only solver before
+#: stego_probe 0.3.0, so a recorded setting without a solver means ``"adam"``).
+LINEAR_SOLVER = "lbfgs"
+#: The solver of linear probes recorded before the ``solver`` setting existed.
+LEGACY_LINEAR_SOLVER = "adam"

@@ -64,6 +64,7 @@ import torch.nn.functional as F
 from stego_probe.codes import as_code_tensor, check_size, to_numpy, upsample
 from stego_probe.labels import IGNORE, IGNORE_VALUES, check_labels
 from stego_probe.probes.cluster_lookup import DEFAULT_BATCH_SIZE, DEFAULT_STEPS, MinibatchProbe
+from stego_probe.probes.defaults import LINEAR_SOLVER
 from stego_probe.projections.base import StreamingMoments, guard_scale
 
 #: Input standardisation modes of :class:`LinearProbe`: ``"train"`` (default) z-scores the codes
@@ -313,7 +314,7 @@ class LinearProbe(MinibatchProbe):
         self,
         n_classes: int,
         *,
-        solver: str = "lbfgs",
+        solver: str = LINEAR_SOLVER,
         max_iter: int = DEFAULT_MAX_ITER,
         tol: float = DEFAULT_TOL,
         l2: float = DEFAULT_L2,

@@ -23,6 +23,7 @@ import yaml
 
 from stego_probe.params import renamed_kwargs
 from stego_probe.probes import PROBE_NAMES
+from stego_probe.probes.defaults import LEGACY_LINEAR_SOLVER, LINEAR_SOLVER
 
 #: Methods whose projection has a width parameter (``dino`` is the identity at full width).
 WIDTH_METHODS = ("pca", "rp", "rp_sparse", "umap", "hnne", "stego")
@@ -149,7 +150,7 @@ class SweepConfig:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"sweep config: unknown keys {sorted(unknown)}")
-        return cls(**copy.deepcopy(data))
+        return cls(**copy.deepcopy(recorded_config(data, "sweep config")))
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> SweepConfig:
@@ -230,6 +231,11 @@ class SweepConfig:
         k = config_n_classes(self)
         if dist.get("enabled", True) and k is not None:
             check_distinctness_tokens(self, k)
+        if "linear" in self.probes:
+            # the solver is recorded (config.json), so that a resume under another one — or of
+            # a table written before solvers existed (recorded_config) — is refused
+            linear = {"solver": LINEAR_SOLVER, **(self.probe_kwargs.get("linear") or {})}
+            self.probe_kwargs = {**self.probe_kwargs, "linear": linear}
         return self
 
 
@@ -428,6 +434,20 @@ def renamed_config_kwargs(data: dict, where: str, *, warn: bool = True) -> dict:
                 else kw
                 for name, kw in out[key].items()
             }
+    return out
+
+
+def recorded_config(data: dict, where: str) -> dict:
+    """A config as recorded by an earlier run (``OUT/config.json``), in today's terms: old
+    parameter names renamed (:func:`renamed_config_kwargs`) and, for a run with the linear
+    probe that recorded no ``solver`` (written before stego_probe 0.3.0, when the linear probe
+    was Adam's mini-batch schedule), ``solver: "adam"``; compare it with
+    ``SweepConfig.to_dict()`` to decide whether a resume may mix rows."""
+    out = renamed_config_kwargs(data, where, warn=False)
+    if "linear" in (out.get("probes") or []):
+        kwargs = dict(out.get("probe_kwargs") or {})
+        kwargs["linear"] = {"solver": LEGACY_LINEAR_SOLVER, **(kwargs.get("linear") or {})}
+        out["probe_kwargs"] = kwargs
     return out
 
 

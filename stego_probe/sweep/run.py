@@ -28,7 +28,7 @@ from stego_probe.sweep.config import (
     backbone_tag,
     check_distinctness_tokens,
     normalize_backbones,
-    renamed_config_kwargs,
+    recorded_config,
 )
 from stego_probe.sweep.executors import run_local, run_ray
 from stego_probe.sweep.fit import fit_projection, pca_spectrum_rows
@@ -284,7 +284,7 @@ def _check_resume(config: SweepConfig, out: Path) -> None:
     path = out / "config.json"
     if not path.exists():
         return
-    old = renamed_config_kwargs(json.loads(path.read_text()), str(path), warn=False)
+    old = recorded_config(json.loads(path.read_text()), str(path))
     new = to_jsonable(config.to_dict())
     skip = RESUMABLE_FIELDS + (BACKBONE_FIELDS if config.multi_backbone else ())
     changed = [k for k, v in new.items() if k not in skip and old.get(k) != v]
