@@ -151,3 +151,21 @@ def test_limited_store_with_another_limit_is_detected(tmp_path):
     )
     with pytest.raises(ValueError, match=r"dataset_kwargs.seed: store 0, config 1"):
         sweep.check_store_matches(cfg, "val", store, what="s", strict=True)
+
+
+def test_resume_of_a_config_written_before_an_option_existed(tmp_path):
+    """A run recorded without ``nuisance`` (the default, 0) resumes under ``nuisance: 0``
+    spelled out, and is refused under ``nuisance: 0.5``."""
+    import json
+
+    from stego_probe.sweep.run import _check_resume
+
+    zero = config_with(nuisance=0)
+    old = zero.to_dict()
+    old["dataset_kwargs"] = {k: v for k, v in old["dataset_kwargs"].items() if k != "nuisance"}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    (tmp_path / "results.csv").write_text("dataset,metric,value\nsynthetic,miou,1.0\n")
+    _check_resume(zero, tmp_path)
+    _check_resume(config_with(nuisance=0.0), tmp_path)
+    with pytest.raises(ValueError, match="dataset_kwargs"):
+        _check_resume(config_with(nuisance=0.5), tmp_path)

@@ -27,6 +27,7 @@ from stego_probe.sweep.config import (
     SweepConfig,
     backbone_tag,
     check_distinctness_tokens,
+    dataset_factory_defaults,
     normalize_backbones,
     recorded_config,
 )
@@ -288,6 +289,15 @@ def _check_resume(config: SweepConfig, out: Path) -> None:
     new = to_jsonable(config.to_dict())
     skip = RESUMABLE_FIELDS + (BACKBONE_FIELDS if config.multi_backbone else ())
     changed = [k for k, v in new.items() if k not in skip and old.get(k) != v]
+    if "dataset_kwargs" in changed and old.get("dataset") == new.get("dataset"):
+        # an option spelled out at its default names the same data as one left out
+        # (e.g. ``nuisance: 0`` and a config written before the option existed)
+        defaults = to_jsonable(dataset_factory_defaults(str(new.get("dataset"))))
+        if {**defaults, **(old.get("dataset_kwargs") or {})} == {
+            **defaults,
+            **(new.get("dataset_kwargs") or {}),
+        }:
+            changed.remove("dataset_kwargs")
     changed_bb = []  # (single-backbone config, old entry) of the backbones whose settings changed
     if config.multi_backbone:
         before = _old_entries(old)
