@@ -71,7 +71,7 @@ PROBE_REGISTRY.register(
     ("stego_probe.probes.linear", "LinearProbe"),
     size="n_classes",
     supervised=True,
-    description="1x1 convolution, cross-entropy (PROTOCOL §4.3)",
+    description="1x1 convolution, cross-entropy (PROTOCOL §4.3); converged L-BFGS by default",
 )
 
 __all__ = sorted(
