@@ -431,6 +431,29 @@ def _projector(projection) -> Callable[[np.ndarray], np.ndarray]:
     return project
 
 
+#: Rows per block when a token sample is projected (:func:`_project_sample`).
+SAMPLE_BLOCK = 65536
+
+
+def _project_sample(project, tokens: np.ndarray) -> np.ndarray:
+    """Project an ``(n, C)`` token sample into one ``(n, D)`` float32 array, block by block.
+
+    A projection of the whole sample at once holds its intermediates (a centred ``(n, C)``
+    copy, a float64 product) for all ``n`` tokens; block by block, memory stays at the sample,
+    the output and one block.
+    """
+    if len(tokens) <= SAMPLE_BLOCK:
+        return project(tokens)
+    first = project(tokens[:SAMPLE_BLOCK])
+    if np.shares_memory(first, tokens):  # no projection: the sample is the code
+        return project(tokens)
+    out = np.empty((len(tokens), first.shape[1]), dtype=np.float32)
+    out[:SAMPLE_BLOCK] = first
+    for start in range(SAMPLE_BLOCK, len(tokens), SAMPLE_BLOCK):
+        out[start : start + SAMPLE_BLOCK] = project(tokens[start : start + SAMPLE_BLOCK])
+    return out
+
+
 def dataset_for_store(store, root: str | os.PathLike | None = None, **kwargs):
     """Rebuild the dataset split a store was extracted from, from the store's provenance.
 
@@ -763,13 +786,16 @@ def evaluate_stores(
             n_sample = min(int(n_tokens), STATS_TOKENS)
         tokens = train_store.sample_tokens(int(n_sample), seed=seed)
         check_store_sample(train_store, tokens)  # names the image of a NaN token
-        sample = check_finite(project(tokens), f"train store {train_store.path} codes")
-    if fit_kmeans:
-        kw = {"n_tokens": int(n_tokens), **kwargs["kmeans"]}
-        fitted["kmeans"] = get_probe("kmeans", n_classes, **{"random_state": seed, **kw})
-        fitted["kmeans"].fit(sample)
+        sample = _project_sample(project, tokens)
+        del tokens  # (the same array when there is no projection)
+        sample = check_finite(sample, f"train store {train_store.path} codes")
     for probe in needs_stats:
         probe.fit_scaler(sample)
+    if fit_kmeans:
+        # the sample is ours: k-means may normalise it in place (after the input statistics)
+        kw = {"n_tokens": int(n_tokens), "copy_x": False, **kwargs["kmeans"]}
+        fitted["kmeans"] = get_probe("kmeans", n_classes, **{"random_state": seed, **kw})
+        fitted["kmeans"].fit(sample)
     del sample
 
     # -- validate, phase by phase ---------------------------------------------------------------

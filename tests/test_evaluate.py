@@ -783,3 +783,38 @@ def test_kmeans_only_never_reads_the_whole_train_store(tmp_path, monkeypatch):
     assert set(df["probe"]) == {"kmeans"} and not calls and not whole
     with pytest.raises(AssertionError, match="preloaded"):  # the check itself bites
         ev.evaluate_stores(train, val, probes=("kmeans", "cluster"), steps=2, progress=False)
+
+
+def test_kmeans_sample_is_projected_by_blocks_and_statistics_see_it_raw(tmp_path, monkeypatch):
+    """The token sample is projected block by block (same values as at once), the linear
+    probe's input statistics see it before k-means normalises it in place, and k-means
+    clusters it without copying."""
+    import stego_probe.evaluate as ev
+
+    codes, _, pix = onehot_data(n=8, d=5, noise=0.3)
+    codes *= 3.0  # norms far from 1: a normalised sample would show
+    store = make_store(tmp_path / "s", codes, pix)
+    monkeypatch.setattr(ev, "SAMPLE_BLOCK", 10)  # 128 tokens -> 13 blocks
+
+    class Scale:
+        def transform(self, x):
+            return np.asarray(x) * 2.0 + 1.0
+
+    seen = {}
+    fit_scaler = LinearProbe.fit_scaler
+    monkeypatch.setattr(
+        LinearProbe,
+        "fit_scaler",
+        lambda self, x: (seen.setdefault("stats", np.array(x)), fit_scaler(self, x))[1],
+    )
+    kfit = KMeansProbe.fit
+    monkeypatch.setattr(
+        KMeansProbe, "fit", lambda self, x, y=None: (seen.setdefault("km", x), kfit(self, x))[1]
+    )
+    evaluate_stores(store, store, probes="kmeans,linear", projection=Scale(),
+                    probe_kwargs=FAST, seed=0, mode="token")  # fmt: skip
+    expected = store.sample_tokens(1_000_000, seed=0) * 2.0 + 1.0
+    np.testing.assert_allclose(seen["stats"], expected, rtol=1e-6)
+    # k-means got that very array (no copy) and normalised it in place, after the statistics
+    np.testing.assert_allclose(np.linalg.norm(seen["km"], axis=1), 1.0, rtol=1e-5)
+    assert not np.allclose(np.linalg.norm(seen["stats"], axis=1), 1.0)

@@ -86,11 +86,13 @@ def test_recovers_well_separated_blobs():
         assert adjusted_rand_score(y, probe.predict(x)) == 1.0
 
 
-def test_faiss_does_not_subsample():
+def test_faiss_does_not_subsample():  # the FAISS engine (GPUs, algorithm="faiss")
     k = 4
     x, _ = blobs(1, n=2 * 256 * k + 37, d=8, k=k, scale=0.5)
     n = len(x)
-    probe = KMeansProbe(k, niter=15, nredo=1, metric="euclidean", random_state=0).fit(x)
+    probe = KMeansProbe(
+        k, niter=15, nredo=1, metric="euclidean", random_state=0, algorithm="faiss"
+    ).fit(x)
     assert probe.n_tokens_used_ == n == probe.n_tokens_seen_
     assert probe.max_points_per_centroid_ == math.ceil(n / k)
     assert probe.max_points_per_centroid_ * k >= n > 256 * k

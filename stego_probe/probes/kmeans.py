@@ -1,7 +1,9 @@
-"""k-means probe on frozen codes with FAISS (stego_probe's own protocol, PROTOCOL §4.2).
+"""k-means probe on frozen codes (stego_probe's own protocol, PROTOCOL §4.2).
 
 Unlike the reference's ``ClusterLookup`` (online spherical k-means by Adam, §4.1), this probe runs
-Lloyd iterations with FAISS on a seeded uniform subsample of training tokens:
+Lloyd iterations on a seeded uniform subsample of training tokens, on the CPU with Hamerly's
+bounds (:mod:`stego_probe.probes.lloyd`, the default there) or with FAISS (on GPUs, or
+``algorithm="faiss"``):
 
 * cosine metric: tokens are L2-normalised *before* clustering and ``spherical=True`` renormalises
   the centroids after each update (FAISS does not normalise inputs, quirk Q43);
@@ -53,6 +55,10 @@ if TYPE_CHECKING:
 
 METRICS = ("cosine", "euclidean")
 INITS = ("k-means++", "random")
+#: Lloyd engines (``algorithm``): ``"hamerly"`` (exact Lloyd with Hamerly's bounds on the CPU,
+#: :func:`stego_probe.probes.lloyd.lloyd`), ``"faiss"`` (FAISS ``Kmeans``, on the GPU if
+#: ``gpu`` gives one), ``"auto"`` (FAISS on GPUs, else Hamerly).
+ALGORITHMS = ("auto", "hamerly", "faiss")
 #: k-means++ seeding reads at most this many tokens per cluster (see ``_seed_centroids``).
 SEEDING_POINTS_PER_CLUSTER = 1000
 #: Default stopping rule: Lloyd iterations until a fixed point, at most ``DEFAULT_NITER``
@@ -248,7 +254,8 @@ def _last_rel_change(objective) -> float:
 
 
 class KMeansProbe(BaseEstimator):
-    """FAISS k-means probe: ``fit`` on training codes, ``predict`` cluster ids.
+    """k-means probe (exact Lloyd: Hamerly on the CPU, FAISS on GPUs): ``fit`` on training
+    codes, ``predict`` cluster ids.
 
     Args:
         n_clusters: ``K'`` (``K`` in the paper's protocol, ``E = 0``).
@@ -257,7 +264,7 @@ class KMeansProbe(BaseEstimator):
         nredo: number of restarts; the best final objective wins.
         metric: ``"cosine"`` (normalised tokens, spherical k-means, inner-product assignment)
             or ``"euclidean"`` (raw tokens, squared-L2 k-means).
-        random_state: int / None / numpy random state; seeds both the subsample and FAISS.
+        random_state: int / None / numpy random state; seeds the subsample and the restarts.
         gpu: ``"auto"`` (use all GPUs if the FAISS build has them), ``False``, ``True`` / -1
             (all GPUs, error if none) or a number of GPUs.
         chunk_size: tokens per block when reading and predicting.
@@ -274,6 +281,15 @@ class KMeansProbe(BaseEstimator):
             training points). Random seeding often puts two centroids into one well-separated
             group, from which Lloyd iterations cannot recover.
         verbose: FAISS progress output.
+        algorithm: the Lloyd engine (:data:`ALGORITHMS`). ``"auto"`` (default): FAISS when
+            ``gpu`` resolves to GPUs or ``init="random"``, else ``"hamerly"``: exact Lloyd
+            iterations that skip the distances Hamerly's bounds rule out
+            (:func:`stego_probe.probes.lloyd.lloyd`; the same iterates as plain Lloyd up to
+            float rounding, several times faster near convergence). ``"faiss"``: FAISS
+            ``Kmeans`` on the CPU or GPU. Both follow the same stopping rule (``tol``).
+        copy_x: ``False`` lets :meth:`fit` cluster a ``(M, D)`` float32 C-contiguous array of
+            at most ``n_tokens`` rows in place (normalised in place for cosine) instead of
+            copying it: one copy of the sample less in memory (as scikit-learn's ``copy_x``).
 
     Attributes (after ``fit``):
         cluster_centers_: ``(K', D)`` float32 (unit norm for cosine).
@@ -291,7 +307,8 @@ class KMeansProbe(BaseEstimator):
         stopping_rule_: :func:`stopping_rule` of ``tol``.
         n_tokens_used_: tokens actually clustered; n_tokens_seen_: tokens the sample came from.
         max_points_per_centroid_: the value passed to FAISS (``ceil(n_tokens_used_ / K')``).
-        n_features_in_: ``D``. gpu_: the resolved GPU setting.
+        n_features_in_: ``D``. gpu_: the resolved GPU setting. algorithm_: the engine that
+            ran (``"hamerly"`` or ``"faiss"``).
 
     Examples:
         >>> rng = np.random.default_rng(0)
@@ -315,6 +332,8 @@ class KMeansProbe(BaseEstimator):
         tol: float | None = DEFAULT_TOL,
         init: str = "k-means++",
         verbose: bool = False,
+        algorithm: str = "auto",
+        copy_x: bool = True,
     ):
         self.n_clusters = n_clusters
         self.n_tokens = n_tokens
@@ -327,6 +346,8 @@ class KMeansProbe(BaseEstimator):
         self.tol = tol
         self.init = init
         self.verbose = verbose
+        self.algorithm = algorithm
+        self.copy_x = copy_x
 
     # ------------------------------------------------------------------ fitting
     def _check_params(self) -> None:
@@ -339,6 +360,13 @@ class KMeansProbe(BaseEstimator):
         check_tol(self.tol)
         if self.init not in INITS:
             raise ValueError(f"init: expected one of {INITS}, got {self.init!r}")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm: expected one of {ALGORITHMS}, got {self.algorithm!r}")
+        if self.algorithm == "hamerly" and self.init != "k-means++":
+            raise ValueError(
+                "init: algorithm='hamerly' seeds with 'k-means++' only ('random' is FAISS's own "
+                "seeding: use algorithm='faiss')"
+            )
 
     def _subsample(self, codes, seed: int) -> tuple[np.ndarray, int]:
         """Uniform sample without replacement of ``n_tokens`` tokens from an array or a stream.
@@ -346,28 +374,56 @@ class KMeansProbe(BaseEstimator):
         Every token gets an i.i.d. uniform key and the ``n_tokens`` smallest keys are kept, so
         the sample is the same whether the tokens arrive as one array or in chunks; the kept
         tokens are returned in their original order.
+
+        Memory: one buffer of at most ``n_tokens`` rows plus the block being read. When a block
+        does not fit, the ``n_tokens``-th smallest key of the buffer and the block is the new
+        threshold; buffer rows above it are compacted away in place (order kept) and the
+        block's rows below it are appended.
         """
         rng = np.random.default_rng(seed)
-        xs: list[np.ndarray] = []
+        cap = int(self.n_tokens)
+        if (
+            not self.copy_x
+            and isinstance(codes, np.ndarray)
+            and codes.ndim == 2
+            and codes.dtype == np.float32
+            and codes.flags.c_contiguous
+            and 0 < len(codes) <= cap
+        ):
+            for _ in iter_code_chunks(codes, self.chunk_size, "codes"):
+                pass  # the same checks (finite, width) without a copy
+            return codes, len(codes)
+        buf: np.ndarray | None = None
         keys = np.empty(0)
-        index = np.empty(0, dtype=np.int64)
-        seen = 0
+        filled = seen = 0
         for chunk in iter_code_chunks(codes, self.chunk_size, "codes"):
             m = len(chunk)
-            xs.append(chunk)
-            keys = np.concatenate([keys, rng.random(m)])
-            index = np.concatenate([index, np.arange(seen, seen + m)])
+            ck = rng.random(m)
             seen += m
-            if len(keys) > self.n_tokens:
-                x = np.concatenate(xs)
-                keep = np.sort(np.argpartition(keys, self.n_tokens - 1)[: self.n_tokens])
-                xs, keys, index = [x[keep]], keys[keep], index[keep]
+            if filled + m > cap:
+                tau = np.partition(np.concatenate([keys[:filled], ck]), cap - 1)[cap - 1]
+                keep = np.flatnonzero(keys[:filled] <= tau)
+                for a in range(0, len(keep), 65536):  # forward compaction: keep[j] >= j
+                    b = min(a + 65536, len(keep))
+                    buf[a:b] = buf[keep[a:b]]
+                keys[: len(keep)] = keys[keep]
+                filled = len(keep)
+                take = np.flatnonzero(ck <= tau)
+                chunk, ck = chunk[take], ck[take]
+            if buf is None or filled + len(chunk) > len(buf):
+                size = min(cap, max(2 * (filled + len(chunk)), 4096))
+                grown = np.empty((size, chunk.shape[1]), dtype=np.float32)
+                new_keys = np.empty(size)
+                if buf is not None:
+                    grown[:filled], new_keys[:filled] = buf[:filled], keys[:filled]
+                buf, keys = grown, new_keys
+            buf[filled : filled + len(chunk)] = chunk
+            keys[filled : filled + len(chunk)] = ck
+            filled += len(chunk)
         if seen == 0:
             raise ValueError("codes: no tokens to fit on (empty array or empty iterable)")
-        # ``index`` stays increasing (chunks arrive in order, ``keep`` is sorted), so the sample
-        # is already in token order; concatenate always copies, so the caller's array is never
-        # normalised in place later.
-        return np.concatenate(xs), seen
+        # the buffer is a fresh array, so the caller's array is never normalised in place later
+        return buf[:filled], seen
 
     def fit(self, codes, labels=None) -> KMeansProbe:
         """Cluster a uniform subsample of the training tokens.
@@ -382,7 +438,6 @@ class KMeansProbe(BaseEstimator):
         """
         self._check_params()
         tol = check_tol(self.tol)
-        faiss = _faiss()
         seeds = _seeds(self.random_state, self.nredo + 1)
         x, seen = self._subsample(codes, seeds[0])
         n, d = x.shape
@@ -392,35 +447,16 @@ class KMeansProbe(BaseEstimator):
         if self.metric == "cosine":
             x = l2_normalize(x, copy=False)
         self.gpu_ = _resolve_gpu(self.gpu)
+        self.algorithm_ = self._engine()
         self.max_points_per_centroid_ = math.ceil(n / k)
         spherical = self.metric == "cosine"
-        objectives, centers = [], []
+        run = self._run_hamerly if self.algorithm_ == "hamerly" else self._run_faiss
+        objectives, centers, inertias = [], [], []
         for r in range(int(self.nredo)):
-            km = faiss.Kmeans(
-                d,
-                k,
-                niter=int(self.niter),
-                nredo=1,
-                seed=seeds[r + 1],
-                spherical=spherical,
-                max_points_per_centroid=self.max_points_per_centroid_,
-                min_points_per_centroid=1,
-                verbose=bool(self.verbose),
-                gpu=self.gpu_,
-            )
-            if not hasattr(km.cp, "early_stop_threshold"):  # pragma: no cover - old FAISS
-                raise ImportError(
-                    "this FAISS build has no ClusteringParameters.early_stop_threshold (added "
-                    "in FAISS 1.8); the k-means stopping rule needs it: pip install -U faiss-cpu"
-                )
-            # FAISS stops when |obj_i - obj_{i-1}| <= threshold * |obj_{i-1}|; -1 never stops.
-            km.cp.early_stop_threshold = -1.0 if tol is None else tol
-            if self.init == "k-means++":
-                km.train(x, init_centroids=self._seed_centroids(x, k, seeds[r + 1]))
-            else:
-                km.train(x)
-            objectives.append(np.asarray(km.obj, dtype=np.float64).copy())
-            centers.append(np.array(km.centroids, dtype=np.float32))
+            objective, center, inertia = run(x, k, seeds[r + 1], tol, spherical)
+            objectives.append(objective)
+            centers.append(center)
+            inertias.append(inertia)
         finals = np.array([o[-1] for o in objectives])
         self.best_redo_ = int(np.argmax(finals) if spherical else np.argmin(finals))
         c = centers[self.best_redo_]
@@ -439,9 +475,59 @@ class KMeansProbe(BaseEstimator):
         self.n_tokens_used_ = n
         self.n_tokens_seen_ = seen
         self.n_features_in_ = d
-        score, _ = self._search(x)
-        self.inertia_ = float(score.sum(dtype=np.float64))
+        self.inertia_ = inertias[self.best_redo_]
+        if self.inertia_ is None:
+            score, _ = self._search(x)
+            self.inertia_ = float(score.sum(dtype=np.float64))
         return self
+
+    def _engine(self) -> str:
+        """The Lloyd engine ``algorithm`` resolves to on this machine (``gpu_`` resolved)."""
+        if self.algorithm == "auto":
+            return "faiss" if self.gpu_ or self.init != "k-means++" else "hamerly"
+        if self.algorithm == "hamerly" and self.gpu_ and self.gpu != "auto":
+            raise ValueError(f"algorithm='hamerly' runs on the CPU; gpu={self.gpu!r} needs 'faiss'")
+        return self.algorithm
+
+    def _run_hamerly(self, x, k, seed, tol, spherical):
+        """One restart with :func:`~stego_probe.probes.lloyd.lloyd`: (objective, centers,
+        inertia)."""
+        from stego_probe.probes.lloyd import lloyd
+
+        res = lloyd(
+            x, self._seed_centroids(x, k, seed), niter=int(self.niter), tol=tol,
+            spherical=spherical,
+        )  # fmt: skip
+        return res.objective, res.centroids, res.inertia
+
+    def _run_faiss(self, x, k, seed, tol, spherical):
+        """One restart with FAISS ``Kmeans``: (objective, centers, None); the inertia is
+        measured afterwards by a FAISS search."""
+        faiss = _faiss()
+        km = faiss.Kmeans(
+            x.shape[1],
+            k,
+            niter=int(self.niter),
+            nredo=1,
+            seed=seed,
+            spherical=spherical,
+            max_points_per_centroid=self.max_points_per_centroid_,
+            min_points_per_centroid=1,
+            verbose=bool(self.verbose),
+            gpu=self.gpu_,
+        )
+        if not hasattr(km.cp, "early_stop_threshold"):  # pragma: no cover - old FAISS
+            raise ImportError(
+                "this FAISS build has no ClusteringParameters.early_stop_threshold (added "
+                "in FAISS 1.8); the k-means stopping rule needs it: pip install -U faiss-cpu"
+            )
+        # FAISS stops when |obj_i - obj_{i-1}| <= threshold * |obj_{i-1}|; -1 never stops.
+        km.cp.early_stop_threshold = -1.0 if tol is None else tol
+        if self.init == "k-means++":
+            km.train(x, init_centroids=self._seed_centroids(x, k, seed))
+        else:
+            km.train(x)
+        return np.asarray(km.obj, dtype=np.float64).copy(), np.array(km.centroids, np.float32), None
 
     def _set_convergence(self) -> None:
         """Derive the iteration bookkeeping from ``objective_per_redo_`` / ``best_redo_``."""
@@ -639,6 +725,7 @@ class KMeansProbe(BaseEstimator):
             "n_features_in_": self.n_features_in_,
             "max_points_per_centroid_": self.max_points_per_centroid_,
             "inertia_": self.inertia_,
+            "algorithm_": self.algorithm_,
         }
         arrays = {f"objective_redo_{i}": o for i, o in enumerate(self.objective_per_redo_)}
         return write_estimator(
@@ -667,6 +754,7 @@ class KMeansProbe(BaseEstimator):
         probe.cluster_centers_ = np.ascontiguousarray(arrays["cluster_centers_"], np.float32)
         n_redo = sum(1 for key in arrays if key.startswith("objective_redo_"))
         probe.objective_per_redo_ = [arrays[f"objective_redo_{i}"] for i in range(n_redo)]
+        probe.algorithm_ = "faiss"  # files written before the Hamerly engine existed
         for key, value in saved.state.items():
             setattr(probe, key, value)
         probe.objective_ = probe.objective_per_redo_[probe.best_redo_]
