@@ -18,7 +18,7 @@ Workloads (each is timed on its own):
   demo-like store pair (synthetic scenes, descriptor backbone, 60 train / 20 val images at
   64 px, C = 64) with the ``synthetic`` preset's probes (k-means, linear, 200 steps x 16
   images) and distinctness;
-* ``kmeans``: the k-means probe (FAISS) on 100,000 x 24 codes, K = 6, 50 iterations x 2 redos
+* ``kmeans``: the k-means probe (its CPU default engine) on 100,000 x 24 codes, K = 6, 50 iterations x 2 redos
   (the sweep point's probe), and ``kmeans_large`` on 100,000 x 384 tokens, K = 27, 10 x 1;
 * ``linear``: :func:`stego_probe.evaluate.evaluate_stores` with the linear probe, 20 steps x 4
   images, on a ViT-S/8-sized random store (16 images, 28 x 28 x 384 tokens, 224 px labels,

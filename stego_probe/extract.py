@@ -13,7 +13,9 @@ The extraction is resumable and refuses to mix inputs:
   provenance always describes the data that is in it;
 * a complete store is returned as is (``overwrite=True`` re-extracts);
 * non-finite backbone output is refused before its block is written;
-* a local store is locked (``.<name>.lock`` next to it) while it is written.
+* a local store is locked (``.<name>.lock`` next to it) while it is written;
+* several processes (``torchrun``, ``rank`` / ``world_size``) can write one store: each
+  extracts a disjoint share of its blocks, so a killed rank loses only its unfinished blocks.
 
 Writing happens in a background thread, overlapping with the next blocks' forward passes.
 """
@@ -31,6 +33,7 @@ import torch
 
 from stego_probe.data.base import Sample, SegDataset
 from stego_probe.device import resolve_device
+from stego_probe.distributed import Ranks
 from stego_probe.fileio import to_jsonable
 from stego_probe.labels import IGNORE, canonicalize
 from stego_probe.lock import FolderLockedError
@@ -447,6 +450,8 @@ def extract(
     token_dtype: str = "float16",
     overwrite: bool = False,
     threads: int | str | None = "auto",
+    rank: int | None = None,
+    world_size: int | None = None,
 ) -> FeatureStore:
     """Extract the backbone's patch tokens of every image of ``dataset`` into a store.
 
@@ -477,6 +482,14 @@ def extract(
         threads: CPU threads of the backbone forward (restored after): ``"auto"`` (all
             cores, or an enclosing :func:`stego_probe.threads.limit`'s explicit count),
             ``"all"``, an int or None (library defaults); see :mod:`stego_probe.threads`.
+        rank, world_size: run as rank ``rank`` of ``world_size`` processes writing the one
+            store (default: the ``RANK`` / ``WORLD_SIZE`` variables ``torchrun`` sets, else a
+            single process). Rank 0 locks, validates or creates the store; the ranks then
+            extract disjoint shares of the pending blocks (:meth:`Ranks.mine
+            <stego_probe.distributed.Ranks.mine>`) and rank 0 marks the store complete once
+            all are written. The process group is joined if not initialised (``gloo`` on CPU,
+            ``nccl`` on CUDA, ``env://``); ``device="cuda"`` / ``"auto"`` means
+            ``cuda:LOCAL_RANK``. The store is byte-identical to a single-process extraction.
 
     Returns:
         the complete store, opened read-only.
@@ -490,6 +503,8 @@ def extract(
             per-sample failures are re-raised as ``FileNotFoundError`` / ``KeyError`` /
             ``RuntimeError`` naming the sample.
         FolderLockedError: another process is writing the (local) store.
+        RuntimeError: (``world_size > 1``) another rank failed; the blocks the ranks finished
+            are kept and a re-run, with any number of ranks, extracts the others.
     """
     if crop not in CROPS:
         raise ValueError(f"crop: expected one of {list(CROPS)}, got {crop!r}")
@@ -547,52 +562,95 @@ def extract(
     grid = tuple(prov["grid"])
     dim = prov["dim"]
 
-    with _store_lock(path):
-        store = None
+    ranks = Ranks.resolve(rank, world_size)
+    if ranks.distributed and dev.type == "cuda" and str(device) in ("auto", "cuda", "None"):
+        dev = torch.device("cuda", ranks.local_rank)  # one GPU per rank of a machine
+    if dev.type == "cuda" and ranks.distributed:
+        torch.cuda.set_device(dev)
+
+    def open_store() -> tuple[FeatureStore, bool]:
+        """Rank 0 (the only rank of a single-process run): the store to write, and whether
+        it is complete already."""
+        nonlocal overwrite
         if FeatureStore.exists(path) and not overwrite:
             existing = FeatureStore.open(path, mode="r", allow_incomplete=True)
             if existing.complete or existing.done_blocks().any():
                 check_store_compatible(existing.provenance, prov, path)
                 if existing.complete:
-                    return existing
+                    return existing, True
                 _remove_partial_files(path)
-                store = FeatureStore.open(path, mode="r+")
-            else:
-                # No block holds data yet (the first run failed early): start again from
-                # these inputs, so that the provenance describes what will be written.
-                overwrite = True
-        if store is None:
-            store = FeatureStore.create(
-                path,
-                n_images=n_images,
-                grid=grid,
-                dim=dim,
-                label_shape=(int(res), int(res)),
-                provenance=prov,
-                chunk_images=chunk_images,
-                shard_images=shard_images,
-                flipped=flipped,
-                token_dtype=token_dtype,
-                overwrite=overwrite,
-            )
+                return FeatureStore.open(path, mode="r+"), False
+            # No block holds data yet (the first run failed early): start again from these
+            # inputs, so that the provenance describes what will be written.
+            overwrite = True
+        store = FeatureStore.create(
+            path,
+            n_images=n_images,
+            grid=grid,
+            dim=dim,
+            label_shape=(int(res), int(res)),
+            provenance=prov,
+            chunk_images=chunk_images,
+            shard_images=shard_images,
+            flipped=flipped,
+            token_dtype=token_dtype,
+            overwrite=overwrite,
+        )
+        return store, False
 
-        pending = [int(b) for b in np.flatnonzero(~store.done_blocks())]
-        if pending:
-            _run(
-                store,
-                dataset,
-                backbone,
-                transform,
-                pending,
-                crop,
-                int(res),
-                batch_size,
-                dev,
-                flipped,
-                num_workers,
-                progress,
+    with ranks.group(dev.type), contextlib.ExitStack() as stack:
+        # Rank 0 locks the store for the whole run (the other ranks write under its lock),
+        # validates or creates it, and tells the others what to do.
+        store, state, error = None, None, None
+        if ranks.is_main:
+            try:
+                stack.enter_context(_store_lock(path))
+                store, complete = open_store()
+                state = "complete" if complete else np.flatnonzero(~store.done_blocks()).tolist()
+            except Exception as e:  # noqa: BLE001 - re-raised below, after telling the others
+                error = e
+        shared = ranks.broadcast(state if error is None else f"{type(error).__name__}: {error}")
+        if error is not None:
+            raise error
+        if isinstance(shared, str):
+            if shared != "complete":
+                raise RuntimeError(f"extraction rank 0 could not open the store {path}: {shared}")
+            ranks.gather(None)
+            return store if store is not None else FeatureStore.open(path, mode="r")
+        if store is None:
+            store = FeatureStore.open(path, mode="r+")
+        mine = ranks.mine(shared)
+        try:
+            if mine:
+                _run(
+                    store,
+                    dataset,
+                    backbone,
+                    transform,
+                    mine,
+                    crop,
+                    int(res),
+                    batch_size,
+                    dev,
+                    flipped,
+                    num_workers,
+                    progress and ranks.is_main,
+                )
+        except BaseException as e:
+            # the other ranks learn of it (and keep the blocks they finished) before it rises
+            ranks.gather(f"{type(e).__name__}: {e}")
+            raise
+        failed = [(r, msg) for r, msg in enumerate(ranks.gather(None)) if msg is not None]
+        if failed:
+            what = "; ".join(f"rank {r}: {msg}" for r, msg in failed)
+            raise RuntimeError(
+                f"extraction into {path} failed on {len(failed)} of {ranks.world_size} ranks "
+                f"({what}); the blocks the ranks finished are kept: run the same command again "
+                "(with any number of ranks) to extract the rest"
             )
-        store.mark_complete()
+        if ranks.is_main:
+            FeatureStore.open(path, mode="r+").mark_complete()
+        ranks.gather(None)  # no rank returns before the store is marked complete
         return FeatureStore.open(path, mode="r")
 
 

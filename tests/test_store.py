@@ -212,9 +212,16 @@ def test_sample_tokens(tmp_path, monkeypatch):
     only = store.sample_tokens(5, seed=0, images=[5, 9])
     assert set(np.unique(only[:, 0]).astype(int)) <= {5, 9}
 
-    # only the chunks holding drawn tokens are read
-    reads = []
-    real_arr = FeatureStore._arr
+    # only the chunks holding drawn tokens are read: mapped chunk files of a local store,
+    # zarr reads of a memory:// one
+    mem = _write(_mem_url(), tokens, labels, ids, chunk_images=4)
+    mapped, reads = [], []
+    real_map, real_arr = FeatureStore._map_chunk, FeatureStore._arr
+    monkeypatch.setattr(
+        FeatureStore,
+        "_map_chunk",
+        lambda self, name, k: mapped.append((name, k)) or real_map(self, name, k),
+    )
 
     class Spy:
         def __init__(self, arr):
@@ -231,7 +238,9 @@ def test_sample_tokens(tmp_path, monkeypatch):
     monkeypatch.setattr(FeatureStore, "_arr", spy_arr)
     got = store.sample_tokens(6, seed=0, images=[5])
     assert set(got[:, 0].astype(int)) == {5}
-    assert reads and all(k.start >= 4 and k.stop <= 8 for k in reads)  # chunk 1 = images 4..7
+    assert mapped == [("tokens", 1)] and not reads  # chunk 1 = images 4..7
+    np.testing.assert_array_equal(mem.sample_tokens(6, seed=0, images=[5]), got)
+    assert reads and all(k.start >= 4 and k.stop <= 8 for k in reads)
 
 
 def test_incomplete_store(tmp_path):

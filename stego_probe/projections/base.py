@@ -49,6 +49,7 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import NotFittedError
 
+from stego_probe.codes import all_finite
 from stego_probe.fileio import to_jsonable
 from stego_probe.persist import LEGACY_PROJECTION_FORMAT, read_estimator, write_estimator
 from stego_probe.provenance import package_info
@@ -122,7 +123,7 @@ def check_finite(x: np.ndarray | torch.Tensor, what: str, hint: str = "") -> Non
         count, row = int(bad.sum()), int(bad.any(dim=1).nonzero()[0, 0])
     else:
         x = np.asarray(x)
-        if not np.issubdtype(x.dtype, np.floating) or np.isfinite(x).all():
+        if not np.issubdtype(x.dtype, np.floating) or all_finite(x):
             return
         bad = ~np.isfinite(x.reshape(x.shape[0], -1))
         count, row = int(bad.sum()), int(np.flatnonzero(bad.any(axis=1))[0])
@@ -335,7 +336,7 @@ def check_store_sample(store: Any, sample: np.ndarray, images: Any = None) -> No
     if isinstance(sample, torch.Tensor):
         sample = sample.detach().cpu().numpy()
     sample = np.asarray(sample)
-    if not np.issubdtype(sample.dtype, np.floating) or np.isfinite(sample).all():
+    if not np.issubdtype(sample.dtype, np.floating) or all_finite(sample):
         return
     idx = np.arange(int(store.n_images)) if images is None else np.asarray(images)
     step = max(1, int(getattr(store, "chunk_images", 32) or 32))

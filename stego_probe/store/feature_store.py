@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,11 +23,14 @@ from stego_probe.store.format import (
     read_meta,
 )
 from stego_probe.store.paths import normalize_path, url_to_fs
-from stego_probe.store.tokens import Index, draw_tokens, pool_labels, to_float32
+from stego_probe.store.tokens import Index, cast_into, draw_tokens, pool_labels, to_float32
 from stego_probe.store.writer import StoreWriter
 
 # paths of format-1 stores already warned about (one warning per process and store)
 _WARNED_UNVERIFIABLE: set[str] = set()
+
+# the codec chain of an array whose chunk files hold its raw little-endian values
+_RAW_CODECS = ({"name": "bytes", "configuration": {"endian": "little"}},)
 
 
 class FeatureStore(StoreWriter):
@@ -55,6 +59,8 @@ class FeatureStore(StoreWriter):
     def __init__(self, group, path: str, mode: str) -> None:
         super().__init__(group, path, mode)
         self._ids_cache: list[str] | None = None
+        # per array: (chunk shape, dtype, chunk file of chunk k) when its chunks are raw files
+        self._raw: dict[str, tuple | None] = {}
 
     # ------------------------------------------------------------------ opening
     @staticmethod
@@ -142,6 +148,111 @@ class FeatureStore(StoreWriter):
             f"dim={self._dim}, backbone={p.get('backbone')!r}, complete={self.complete})"
         )
 
+    # ------------------------------------------------------------------ raw chunk files
+    def _raw_layout(self, name: str) -> tuple | None:
+        """``(chunk shape, dtype, file_of(k))`` when every chunk of array ``name`` is a plain file of its
+        raw values: a local store, tokens neither compressed nor sharded (the defaults), a
+        little-endian machine. Such chunks are read by mapping their file (:meth:`_map_chunk`)
+        instead of through zarr: the same bytes, without zarr's copies. None: read through
+        zarr."""
+        if name in self._raw:
+            return self._raw[name]
+        layout = None
+        fs, root = url_to_fs(self.path)
+        protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+        if "file" in protocols and sys.byteorder == "little":
+            meta = self._arr(name).metadata
+            d = meta.to_dict()
+            dtype = np.dtype(str(self._arr(name).dtype))
+            if (
+                tuple(d.get("codecs", ())) == _RAW_CODECS
+                and not d.get("storage_transformers")
+                and d.get("chunk_grid", {}).get("name") == "regular"
+                and dtype in (np.float16, np.float32)
+            ):
+                shape = tuple(int(x) for x in meta.chunks)
+                rest = (0,) * (len(shape) - 1)
+
+                def file_of(k: int, meta=meta, prefix=f"{root}/{name}/", rest=rest) -> str:
+                    return prefix + meta.encode_chunk_key((k, *rest))
+
+                layout = (shape, dtype, file_of)
+        self._raw[name] = layout
+        return layout
+
+    def _map_chunk(self, name: str, k: int) -> np.ndarray | None:
+        """Chunk ``k`` of a raw array ``name`` (:meth:`_raw_layout`) as a copy-on-write memory
+        map ``(chunk_images, ...)``, its block verified first (once per handle, as every read).
+        None when the chunk file is missing or not of the chunk's size (a block never written,
+        or damage): the caller reads it through zarr, which fills it or names the damage.
+
+        zarr replaces chunk files by renaming, so a mapped file is never truncated under the
+        map; the map is released with the last view of it."""
+        shape, dtype, file_of = self._raw[name]
+        file = file_of(k)
+        try:
+            size = os.stat(file).st_size
+        except OSError:
+            return None
+        if size != math.prod(shape) * dtype.itemsize:
+            return None
+        try:
+            mapped = np.memmap(file, dtype=dtype, mode="c", shape=shape)
+        except (OSError, ValueError):
+            return None
+        if self._unverified(name, k, k):  # unsharded: block k is chunk k
+            s, t = self.block_range(k)
+            self._verify(name, k, mapped[: t - s])
+        return mapped
+
+    def _read_tokens_range(self, name: str, lo: int, hi: int) -> np.ndarray:
+        """Images ``[lo, hi)`` of token array ``name`` as float32 ``(hi - lo, h, w, C)``,
+        verified like every read; raw chunks are converted straight from their file into the
+        output (one pass over the data)."""
+        if self._raw_layout(name) is None or hi <= lo:
+            return to_float32(self._read_range(name, lo, hi))
+        out = np.empty((hi - lo, *self._grid, self._dim), dtype=np.float32)
+        ci = self._chunk_images
+        for k in range(lo // ci, (hi - 1) // ci + 1):
+            s, e = max(lo, k * ci), min(hi, (k + 1) * ci)
+            self._cast_chunk_part(name, k, s, e, out[s - lo : e - lo])
+        return out
+
+    def _cast_chunk_part(self, name: str, k: int, s: int, e: int, dst: np.ndarray) -> None:
+        """Images ``[s, e)`` (inside chunk ``k``) of raw array ``name`` converted into
+        ``dst``."""
+        mapped = self._map_chunk(name, k)
+        if mapped is None:
+            cast_into(dst, self._read_range(name, s, e))
+        else:
+            base = k * self._chunk_images
+            cast_into(dst, mapped[s - base : e - base])
+
+    def _read_tokens_indices(self, name: str, ind: np.ndarray) -> np.ndarray:
+        """Images ``ind`` (int64, any order, repeats allowed) of raw token array ``name`` as
+        float32: runs of consecutive images of one chunk are converted straight from the
+        mapped chunk into the output; only the images asked for are read (and every block they
+        touch verified, once per handle)."""
+        out = np.empty((ind.size, *self._grid, self._dim), dtype=np.float32)
+        ci = self._chunk_images
+        chunk = ind // ci
+        starts = np.flatnonzero((np.diff(ind) != 1) | (np.diff(chunk) != 0)) + 1
+        bounds = np.concatenate([[0], starts, [ind.size]]).tolist()
+        maps: dict[int, np.ndarray | None] = {}
+        for k in np.unique(chunk).tolist():  # verify in block order, as the zarr path does
+            maps[k] = self._map_chunk(name, k)
+            if maps[k] is None:
+                self._verify_blocks(name, [k])  # read through zarr: fill values or damage
+        for j0, j1 in zip(bounds[:-1], bounds[1:], strict=True):
+            k, first = int(chunk[j0]), int(ind[j0])
+            mapped = maps[k]
+            if mapped is None:
+                cast_into(out[j0:j1], self._read_range(name, first, first + j1 - j0))
+            else:
+                local = first - k * ci
+                cast_into(out[j0:j1], mapped[local : local + j1 - j0])
+        return out
+
     # ------------------------------------------------------------------ reading
     def _resolve(self, idx: Index) -> tuple[slice | None, np.ndarray | None]:
         """Index -> (contiguous slice, None) or (None, int64 array of indices)."""
@@ -203,7 +314,17 @@ class FeatureStore(StoreWriter):
             float32 array (n, h, w, C); an int ``idx`` gives n = 1.
         """
         name = self._flipped_name() if flipped else TOKENS
-        return to_float32(self._read(name, idx))
+        if self._raw_layout(name) is None:
+            return to_float32(self._read(name, idx))
+        sl, ind = self._resolve(idx)
+        if sl is None and ind.size:
+            if np.array_equal(ind, np.arange(ind[0], ind[0] + ind.size)):
+                sl = slice(int(ind[0]), int(ind[0]) + ind.size)
+            else:
+                return self._read_tokens_indices(name, ind)
+        if sl is None:
+            return np.empty((0, *self._grid, self._dim), dtype=np.float32)
+        return self._read_tokens_range(name, sl.start, sl.stop)
 
     def _flipped_name(self) -> str:
         if not self._has_flipped:
@@ -236,7 +357,7 @@ class FeatureStore(StoreWriter):
 
         def read(r):
             # converted here, in the prefetch thread, overlapping with the consumer
-            t = to_float32(self._read_range(names[0], r[0], r[1]))
+            t = self._read_tokens_range(names[0], r[0], r[1])
             return [t] + [self._read_range(nm, r[0], r[1]).astype(np.int64) for nm in names[1:]]
 
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -351,8 +472,16 @@ class FeatureStore(StoreWriter):
             if pos.size == 0:
                 continue
             lo, hi = int(img[pos].min()), int(img[pos].max()) + 1
-            t = np.asarray(self._read_range(TOKENS, lo, hi)).reshape(hi - lo, hw, self._dim)
-            out[pos] = t[img[pos] - lo, cell[pos]]
+            mapped = None
+            if self._raw_layout(TOKENS) is not None:
+                mapped = self._map_chunk(TOKENS, int(chunk[pos[0]]))
+            if mapped is not None:  # gather the drawn tokens straight from the mapped chunk
+                base = int(chunk[pos[0]]) * ci
+                t = mapped.reshape(ci, hw, self._dim)
+                out[pos] = t[img[pos] - base, cell[pos]]
+            else:
+                t = np.asarray(self._read_range(TOKENS, lo, hi)).reshape(hi - lo, hw, self._dim)
+                out[pos] = t[img[pos] - lo, cell[pos]]
             if lab_out is not None:
                 tl = pool_labels(self._read_range(LABELS, lo, hi), self._grid, self.n_classes)
                 lab_out[pos] = tl.reshape(hi - lo, hw)[img[pos] - lo, cell[pos]]

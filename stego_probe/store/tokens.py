@@ -89,16 +89,52 @@ def pool_labels(
     return best.reshape(n, h, w)
 
 
+#: Arrays of at least this many float16 values are converted by torch (vectorised, on the
+#: intra-op threads of the thread policy); smaller ones by numpy (torch's per-call cost dominates).
+TORCH_CAST_MIN = 1 << 16
+
+
+def cast_into(dst: np.ndarray, src: np.ndarray) -> None:
+    """Write ``src`` converted to ``dst``'s dtype into ``dst`` (same shape), exactly as
+    :func:`to_float32` converts it.
+
+    float16 -> float32 (exact for every value) of a C-contiguous ``dst`` from
+    :data:`TORCH_CAST_MIN` values on runs through torch, about 2x numpy's conversion;
+    everything else through ``np.copyto``. ``src`` may be a read-only or memory-mapped array.
+
+    Args:
+        dst: the output array (n, ...), typically float32.
+        src: array of the same shape.
+    """
+    if src.shape != dst.shape:
+        raise ValueError(f"src: expected shape {dst.shape}, got {src.shape}")
+    if (
+        src.dtype == np.float16
+        and dst.dtype == np.float32
+        and src.size >= TORCH_CAST_MIN
+        and dst.flags.c_contiguous
+    ):
+        import torch
+
+        src = np.ascontiguousarray(src)
+        if not src.flags.writeable:  # torch warns about read-only arrays
+            src = src.copy()
+        torch.from_numpy(dst).copy_(torch.from_numpy(src))
+    else:
+        np.copyto(dst, src)
+
+
 def to_float32(a: np.ndarray) -> np.ndarray:
     """float16 -> float32 via torch's vectorised (and threaded) conversion, about 2x faster than
-    numpy's ``astype`` for large arrays; other dtypes use ``astype``."""
-    if a.dtype != np.float16 or a.size < 1 << 16:
-        return a.astype(np.float32)
-    import torch
+    numpy's ``astype`` for large arrays (:func:`cast_into`); other dtypes use ``astype``.
 
+    Examples:
+        >>> to_float32(np.array([1.5, -2.0], dtype=np.float16))
+        array([ 1.5, -2. ], dtype=float32)
+    """
+    a = np.asarray(a)
+    if a.dtype != np.float16 or a.size < TORCH_CAST_MIN:
+        return a.astype(np.float32)
     out = np.empty(a.shape, dtype=np.float32)
-    src = np.ascontiguousarray(a)
-    if not src.flags.writeable:
-        src = src.copy()
-    torch.from_numpy(out).copy_(torch.from_numpy(src))
+    cast_into(out, a)
     return out
