@@ -290,6 +290,7 @@ class KMeansProbe(BaseEstimator):
         copy_x: ``False`` lets :meth:`fit` cluster a ``(M, D)`` float32 C-contiguous array of
             at most ``n_tokens`` rows in place (normalised in place for cosine) instead of
             copying it: one copy of the sample less in memory (as scikit-learn's ``copy_x``).
+            The caller's array is then changed (its rows normalised, for cosine).
 
     Attributes (after ``fit``):
         cluster_centers_: ``(K', D)`` float32 (unit norm for cosine).

@@ -3,8 +3,11 @@
 :func:`lloyd` runs the same iterations as FAISS's ``Clustering`` (and scikit-learn's
 ``algorithm="lloyd"``): assign every token to its nearest centroid, record the objective, move
 each centroid to the mean of its tokens (renormalised for spherical k-means). It returns the same
-centroids and the same per-iteration objective trace as plain Lloyd from the same seeds, up to
-float rounding, but it skips most of the distance computations once the centroids move little.
+centroids and the same per-iteration objective trace as plain Lloyd from the same seeds (with
+``bounds=False``: bit for bit, as long as no token lies within float32 rounding of a tie between
+two centroids; at such a tie the two may pick different centroids, and the runs can then reach
+different local optima), but it skips most of the distance computations once the centroids
+move little.
 
 **Hamerly's bounds** (G. Hamerly, "Making k-means even faster", SDM 2010). Every token keeps an
 upper bound ``u`` on its distance to its own centroid and a lower bound ``l`` on its distance to
@@ -237,7 +240,10 @@ def lloyd(
             counts[j] += 1
             labels[p] = j
             upper[p], lower[p] = float("inf"), 0.0  # recomputed next iteration
-        return _centroids(sums, counts, spherical)
+        out = _centroids(sums, counts, spherical)
+        still = counts == 0  # no token left to give (K close to N, duplicates): keep the centroid
+        out[still] = c.double()[still]
+        return out
 
     objective: list[float] = []
     rows: list[int] = []
