@@ -175,6 +175,7 @@ def _stop_pool(pool: cf.ProcessPoolExecutor) -> None:
     # Python < 3.14 has no public way to stop running workers: take the process handles
     # before shutdown() drops them, then terminate (and if needed kill) each one.
     procs = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in procs:
         if proc.is_alive():
@@ -184,6 +185,12 @@ def _stop_pool(pool: cf.ProcessPoolExecutor) -> None:
         if proc.is_alive():
             proc.kill()
             proc.join(timeout=5)
+    # The pool's manager thread sees the workers die and joins them too; when it reaps a
+    # worker first, this thread's join() returns early and multiprocessing still lists the
+    # worker as a child until the manager has finished. Wait for it, so that no worker is
+    # left (alive or listed) when this returns.
+    if manager is not None and manager.is_alive():
+        manager.join(timeout=10)
 
 
 def batch_crf(
