@@ -1,14 +1,18 @@
-"""Benchmark: the linear probe's default L-BFGS solver vs the reference's Adam-7000 x 32.
+"""Benchmark: the linear probe's solvers (``tokens``, the default; ``lbfgs``) vs the
+reference's Adam-7000 x 32.
 
 On the demo's world (synthetic scenes, descriptor backbone, 64-d features; train / val stores
 extracted here at 64 px, as the ``synthetic`` preset does) and three codes of the same
 information (the raw features, a full-width PCA, a full-width Gaussian random projection, all
 invertible linear maps of each other), :func:`stego_probe.evaluate.evaluate_stores` fits the
 linear probe and scores it on val at pixel level (codes bilinearly upsampled to the labels),
-once with ``solver="lbfgs"`` (the default) and once with ``solver="adam"`` for ``STEPS x 32``
-images (the reference: 7000 x 32). It prints per code: val mIoU and wall time of both, their
-ratios, the L-BFGS iterations / passes, and then the agreement of raw, PCA-64 and RP-64 under
-each solver (a converged probe must score them alike). A second table times one Adam step of
+with ``solver="tokens"`` (the default: L-BFGS on the token sample with each token's class mass,
+in memory), ``solver="lbfgs"`` (L-BFGS on the exact pixel objective, one pass over the store
+per evaluation) and ``solver="adam"`` for ``STEPS x 32`` images (the reference: 7000 x 32). It
+prints per code and solver: val mIoU, its difference to Adam, wall time of the whole
+``evaluate_stores`` call (training and validation), the Adam time extrapolated to 7000 steps,
+the speed-up over it, the L-BFGS iterations / passes; then the agreement of raw, PCA-64 and
+RP-64 under each solver (a converged probe must score them alike). A second table times one Adam step of
 the probe (store path) against a plain-torch loop on the same batches (the per-step overhead),
 and ``upsample_matmul`` against ``F.interpolate`` (forward + backward).
 
@@ -124,28 +128,33 @@ def main() -> None:
             f"({steps * BATCH / train.n_images:.0f} epochs); threads (auto policy inside "
             f"evaluate_stores; outside: {get_threads()})"
         )
-        head = (
-            f"{'codes':8s} {'lbfgs mIoU':>10s} {'adam mIoU':>9s} {'d mIoU':>7s} "
-            f"{'lbfgs s':>8s} {'adam s':>8s} {'adam-7000 s':>11s} {'speed-up':>8s} "
-            f"{'iters':>5s} {'passes':>6s}"
+        solvers = ("tokens", "lbfgs", "adam")
+        print(
+            f"{'codes':8s} {'solver':7s} {'mIoU':>6s} {'d vs adam':>9s} {'s':>7s} "
+            f"{'adam-7000 s':>11s} {'speed-up':>8s} {'iters':>5s} {'passes':>6s}"
         )
-        print(head)
-        res = {}
+        res: dict[str, dict[str, float]] = {}
         for name, proj in codes.items():
-            m_l, t_l, probe = run(train, val, proj, "lbfgs", steps)
-            m_a, t_a, _ = run(train, val, proj, "adam", steps)
+            row = {s_: run(train, val, proj, s_, steps) for s_ in solvers}
+            m_a, t_a, _ = row["adam"]
             t_ref = t_a * REFERENCE_STEPS / steps
-            res[name] = (m_l, m_a)
+            res[name] = {s_: v[0] for s_, v in row.items()}
+            for s_ in solvers:
+                m, t, probe = row[s_]
+                if s_ == "adam":
+                    print(f"{name:8s} {s_:7s} {m:6.2f} {'':>9s} {t:7.2f} {t_ref:11.1f}")
+                    continue
+                print(
+                    f"{name:8s} {s_:7s} {m:6.2f} {m - m_a:+9.2f} {t:7.2f} {t_ref:11.1f} "
+                    f"{t_ref / t:7.1f}x {probe.n_iter_:5d} {probe.n_passes_:6d}"
+                    + ("" if probe.converged_ else "  (budget reached)")
+                )
+        for s_ in solvers:
+            vals = [v[s_] for v in res.values()]
+            label = f"adam-{steps}" if s_ == "adam" else s_
             print(
-                f"{name:8s} {m_l:10.2f} {m_a:9.2f} {m_l - m_a:+7.2f} {t_l:8.2f} {t_a:8.2f} "
-                f"{t_ref:11.1f} {t_ref / t_l:7.1f}x {probe.n_iter_:5d} {probe.n_passes_:6d}"
-                + ("" if probe.converged_ else "  (budget reached)")
-            )
-        for i, solver in enumerate(("lbfgs", f"adam-{steps}")):
-            vals = [v[i] for v in res.values()]
-            print(
-                f"agreement {solver}: "
-                + ", ".join(f"{n} {v[i]:.2f}" for n, v in res.items())
+                f"agreement {label}: "
+                + ", ".join(f"{n} {v[s_]:.2f}" for n, v in res.items())
                 + f"; max - min {max(vals) - min(vals):.3f} mIoU"
             )
         # per-step overhead of the Adam parity mode (same thread count as the runs above)

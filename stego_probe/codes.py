@@ -12,7 +12,7 @@ reaches FAISS is float32 and C-contiguous, which is what FAISS requires.
 
 Upsampling to label resolution is bilinear with ``align_corners=False`` (PROTOCOL §4.4: code
 first, then probe): :func:`upsample_codes` on arrays, :func:`upsample` on tensors, with
-:func:`check_size` validating the target size. Importing this module does not import torch
+:func:`check_size` validating the target size; :func:`bilinear_matrix` is its 1-D weight matrix. Importing this module does not import torch
 (the torch helpers import it on first use).
 """
 
@@ -241,6 +241,44 @@ def iter_code_chunks(source, chunk_size: int = 1_000_000, name: str = "codes") -
                     f"{label}: code width {chunk.shape[1]} differs from the first block's {width}"
                 )
             yield chunk
+
+
+def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """The ``(n_out, n_in)`` float64 matrix of 1-D bilinear interpolation, ``align_corners=False``.
+
+    Row ``i`` holds the weights of output sample ``i`` (at most two non-zeros, on adjacent
+    inputs, summing to one), computed as :func:`torch.nn.functional.interpolate` does for a
+    given output size: source coordinate ``max(0, (i + 0.5) * n_in / n_out - 0.5)``, clamped to
+    the last input sample. 2-D upsampling ``(h, w) -> (H, W)`` is ``A_h @ x @ A_w.T`` with
+    ``A_h = bilinear_matrix(h, H)``, ``A_w = bilinear_matrix(w, W)``. Numpy only (no torch).
+
+    Args:
+        n_in: input length (>= 1).
+        n_out: output length (>= 1); smaller than ``n_in`` for downsampling.
+
+    Returns:
+        float64 array (n_out, n_in).
+
+    Raises:
+        ValueError: a size below one.
+
+    Examples:
+        >>> bilinear_matrix(2, 4).tolist()
+        [[1.0, 0.0], [0.75, 0.25], [0.25, 0.75], [0.0, 1.0]]
+    """
+    n_in, n_out = int(n_in), int(n_out)
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"bilinear_matrix: expected positive sizes, got {n_in} -> {n_out}")
+    dst = np.arange(n_out, dtype=np.float64)
+    src = np.maximum((dst + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    frac = src - i0
+    a = np.zeros((n_out, n_in), dtype=np.float64)
+    rows = np.arange(n_out)
+    np.add.at(a, (rows, i0), 1.0 - frac)
+    np.add.at(a, (rows, i1), frac)
+    return a
 
 
 def upsample_codes(codes, size: tuple[int, int]):

@@ -39,6 +39,7 @@ prediction is kept in memory (quirk Q30); cluster probes are matched to classes 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 
@@ -553,8 +554,44 @@ def _batch_readers(store, token_mode: bool):
 
 def _uses_passes(probe) -> bool:
     """True for a probe trained by full passes over the training set (the linear probe's
-    default L-BFGS solver), False for one trained on a mini-batch stream (Adam)."""
-    return getattr(probe, "solver", "adam") != "adam" and hasattr(probe, "fit_passes")
+    pixel-level L-BFGS solver), False for one trained on a mini-batch stream (Adam)."""
+    return getattr(probe, "solver", "adam") == "lbfgs" and hasattr(probe, "fit_passes")
+
+
+def _fits_sample(probe) -> bool:
+    """True for a probe trained on the seeded token sample (the linear probe's default
+    ``solver="tokens"``: L-BFGS on the tokens and their class mass, in memory)."""
+    return getattr(probe, "solver", None) == "tokens" and hasattr(probe, "fit_targets")
+
+
+@contextlib.contextmanager
+def _pass_bar(progress: bool, desc: str):
+    """An ``on_pass(n_passes, loss)`` callback that advances a tqdm bar (None without
+    ``progress``); the bar is closed on exit."""
+    if not progress:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc=desc, unit="pass")
+    try:
+        yield lambda i, loss: bar.update(1)
+    finally:
+        bar.close()
+
+
+def _sample_targets(train_store, n_sample: int, seed: int, token_mode: bool):
+    """The seeded token sample of ``train_store`` with each token's class mass ``(n, K)``
+    float32: its bilinear footprint's valid pixels per class (pixel mode,
+    ``soft_labels=True``), or its pooled label one-hot (token mode; no valid pixel: zeros)."""
+    k = int(train_store.n_classes)
+    if not token_mode:
+        return train_store.sample_tokens(n_sample, seed=seed, soft_labels=True)
+    tokens, labels = train_store.sample_tokens(n_sample, seed=seed, with_labels=True)
+    targets = np.zeros((len(labels), k), dtype=np.float32)
+    valid = (labels >= 0) & (labels < k)
+    targets[np.flatnonzero(valid), labels[valid]] = 1.0
+    return tokens, targets
 
 
 def _train_pass_probe(probe, train_store, project, token_mode, progress):
@@ -577,16 +614,8 @@ def _train_pass_probe(probe, train_store, project, token_mode, progress):
             codes = check_finite(project(tokens_of(idx)), f"train store {train_store.path} codes")
             yield codes, labels_of(idx)
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(desc="train linear (L-BFGS)", unit="pass")
-    try:
-        probe.fit_passes(one_pass, on_pass=None if bar is None else lambda i, loss: bar.update(1))
-    finally:
-        if bar is not None:
-            bar.close()
+    with _pass_bar(progress, "train linear (L-BFGS)") as on_pass:
+        probe.fit_passes(one_pass, on_pass=on_pass)
     return probe
 
 
@@ -687,7 +716,9 @@ def evaluate_stores(
             them (its budget: ``max_iter`` passes over the train store).
         n_tokens: tokens sampled from the training store for the k-means probe; the linear
             probe's input statistics come from the same sample (from ``min(n_tokens,
-            STATS_TOKENS)`` tokens when k-means does not run).
+            STATS_TOKENS)`` tokens when k-means does not run), and a linear probe with
+            ``solver="tokens"`` is trained on it (``n_tokens`` tokens also without k-means),
+            each token with its class mass (``sample_tokens(..., soft_labels=True)``).
         probe_kwargs: ``{probe: {constructor kwargs}}`` overriding the above.
         batch_size: validation images per batch (reference: 8).
         images: ``(indices, ids) -> (B, H, W, 3) uint8`` evaluation images for the CRF (see
@@ -775,22 +806,45 @@ def evaluate_stores(
     stream = {
         n: get_probe(n, n_classes, **{"random_state": seed, **kwargs[n]}) for n in stream_names
     }
-    needs_stats = [p for p in stream.values() if getattr(p, "standardize", "none") != "none"]
-    sample = None
-    if fit_kmeans or needs_stats:
-        # One seeded token sample serves the k-means fit and the linear probe's input statistics
-        # (which alone need far fewer tokens than k-means: mean and std per channel).
+    on_sample = [n for n, p in stream.items() if _fits_sample(p)]
+    needs_stats = [
+        p
+        for n, p in stream.items()
+        if n not in on_sample and getattr(p, "standardize", "none") != "none"
+    ]
+    sample = targets = None
+    if fit_kmeans or needs_stats or on_sample:
+        # One seeded token sample serves the k-means fit, the linear probe's training (default
+        # solver "tokens") or its input statistics (which alone need far fewer tokens than
+        # k-means: mean and std per channel).
         if kmeans_sample:
             n_sample = int(kwargs.get("kmeans", {}).get("n_tokens", n_tokens))
+        elif on_sample:
+            n_sample = int(n_tokens)
         else:
             n_sample = min(int(n_tokens), STATS_TOKENS)
-        tokens = train_store.sample_tokens(int(n_sample), seed=seed)
+        if on_sample:
+            tokens, targets = _sample_targets(train_store, int(n_sample), seed, token_mode)
+        else:
+            tokens = train_store.sample_tokens(int(n_sample), seed=seed)
         check_store_sample(train_store, tokens)  # names the image of a NaN token
         sample = _project_sample(project, tokens)
         del tokens  # (the same array when there is no projection)
         sample = check_finite(sample, f"train store {train_store.path} codes")
     for probe in needs_stats:
         probe.fit_scaler(sample)
+    for name in on_sample:  # before k-means, which may normalise the sample in place
+        with _pass_bar(progress, f"train {name} (L-BFGS on tokens)") as on_pass:
+            try:
+                fitted[name] = stream.pop(name).fit_targets(sample, targets, on_pass=on_pass)
+            except ValueError as e:
+                if "no labelled pixel" not in str(e):
+                    raise
+                raise ValueError(
+                    f"train store {train_store.path}: the {n_sample:,} sampled tokens hold no "
+                    "labelled pixel; the linear probe cannot be trained on them"
+                ) from e
+    del targets
     if fit_kmeans:
         # the sample is ours: k-means may normalise it in place (after the input statistics)
         kw = {"n_tokens": int(n_tokens), "copy_x": False, **kwargs["kmeans"]}

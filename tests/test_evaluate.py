@@ -336,6 +336,14 @@ def test_cli_evaluate_linear_solver_flag_and_settings(stores, tmp_path, capsys):
     assert "--linear-solver 'lbfgs' there, 'adam' now" in capsys.readouterr().err
     assert main(argv[:-1] + [str(tmp_path / "adam.csv")] + adam) == 0
     assert "L-BFGS" not in capsys.readouterr().out
+    # the token-sample solver: no pass over the store, recorded with the sample size
+    tok = ["--linear-solver", "tokens", "--n-tokens", "500"]
+    assert main(argv[:-1] + [str(tmp_path / "tok.csv")] + tok) == 0
+    assert "passes over the token sample" in capsys.readouterr().out
+    settings = json.loads((tmp_path / "tok.csv.settings.json").read_text())["points"]
+    (record,) = settings.values()
+    assert record["settings"]["linear_solver"] == "tokens"
+    assert record["settings"]["stats_tokens"] == 500
 
 
 def test_cli_evaluate_reads_the_settings_records_of_older_versions(stores, tmp_path, capsys):

@@ -504,7 +504,7 @@ def test_fit_passes_equals_fit_cached_or_streamed(monkeypatch):
     streamed.fit_passes(passes, on_pass=lambda i, v: seen.append(i))
     assert len(calls) == 1 + streamed.n_passes_ and seen == list(range(1, streamed.n_passes_ + 1))
     np.testing.assert_array_equal(streamed.coef_, cached.coef_)  # the same chunks
-    with pytest.raises(ValueError, match="fit_passes: trains with solver='lbfgs'"):
+    with pytest.raises(ValueError, match="fit_passes: trains with solver='tokens' or 'lbfgs'"):
         LinearProbe(3, solver="adam").fit_passes(passes)
     with pytest.raises(ValueError, match="passes: the linear probe was trained without one"):
         LinearProbe(3).fit_passes(lambda: [(codes, np.full_like(pix, 255))])

@@ -187,10 +187,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--linear-solver",
-        choices=["lbfgs", "adam"],
+        choices=["lbfgs", "tokens", "adam"],
         default="lbfgs",
         help="linear probe solver: lbfgs (default; full-batch L-BFGS to convergence on passes "
-        "over the train store) or adam (the reference's --steps x --train-batch-size "
+        "over the train store), tokens (L-BFGS in memory on the --n-tokens token sample with "
+        "each token's class mass: no pass over the store, but a bound of the pixel objective; "
+        "see docs/evaluation.md) or adam (the reference's --steps x --train-batch-size "
         "mini-batches, parity mode)",
     )
     p.add_argument(
@@ -363,7 +365,10 @@ def _probe_settings(args, probes: list[str], train, val) -> dict[str, dict]:
     from stego_probe.evaluate import STATS_TOKENS
 
     common = {"train_store": str(train.path), "val_store": str(val.path)}
-    stats = args.n_tokens if "kmeans" in probes else min(args.n_tokens, STATS_TOKENS)
+    # the linear probe's statistics (and, solver "tokens", its training data) come from the
+    # k-means sample; without k-means from min(n_tokens, STATS_TOKENS) tokens ("tokens": n_tokens)
+    full = "kmeans" in probes or args.linear_solver == "tokens"
+    stats = args.n_tokens if full else min(args.n_tokens, STATS_TOKENS)
     return {
         "kmeans": {**common, "n_tokens": args.n_tokens, "n_clusters": args.n_clusters},
         "cluster": {
@@ -569,10 +574,11 @@ def _evaluate_locked(args: argparse.Namespace) -> int:
             info = {"seed": seed, "train_store": str(train.path), "val_store": str(val.path)}
             save_probes(fitted, os.path.join(args.save_probes, f"seed{seed}"), info)
         lin = fitted.get("linear")
-        if lin is not None and getattr(lin, "solver", "adam") == "lbfgs":
+        if lin is not None and getattr(lin, "solver", "adam") in ("lbfgs", "tokens"):
+            where = "the train store" if lin.solver == "lbfgs" else "the token sample"
             print(
-                f"seed {seed}: linear L-BFGS stopped after {lin.n_iter_} of max_iter="
-                f"{lin.max_iter} iterations, {lin.n_passes_} passes over the train store "
+                f"seed {seed}: linear L-BFGS stopped after {lin.n_iter_} of "
+                f"max_iter={lin.max_iter} iterations, {lin.n_passes_} passes over {where} "
                 f"({'converged' if lin.converged_ else 'budget reached'}; tol={lin.tol}, "
                 f"max |grad| {lin.grad_max_:.2g})"
             )

@@ -19,8 +19,9 @@ Submodules (import from ``stego_probe.store``; the names below are re-exported h
 * ``format`` — the on-disk format: :data:`FORMAT`, :data:`FORMAT_VERSION`, array names,
   :func:`block_checksum`, the ``zarr.json`` readers, :class:`StoreCorruptError`.
 * ``paths`` — :func:`normalize_path` and the fsspec filesystem of a path or URL.
-* ``tokens`` — :data:`Index`, :func:`pool_labels`, :func:`to_float32`, the seeded token draw
-  shared by every store class.
+* ``tokens`` — :data:`Index`, :func:`pool_labels` (hard token labels),
+  :func:`soft_token_labels` (the class mass under bilinear upsampling), :func:`to_float32`, the
+  seeded token draw shared by every store class.
 * ``feature_store`` — :class:`FeatureStore` (open, read, sample, summarise), built in layers:
   ``layout`` (attributes parsed and checked against the arrays), ``integrity`` (block
   checksums verified on read, ``check_block``), ``writer`` (create, write, invalidate, mark
@@ -53,7 +54,7 @@ from stego_probe.store.format import (
     block_checksum,
 )
 from stego_probe.store.paths import normalize_path
-from stego_probe.store.tokens import Index, pool_labels, to_float32
+from stego_probe.store.tokens import Index, pool_labels, soft_token_labels, to_float32
 
 __all__ = [
     "CHECKSUM_ALGORITHM",
@@ -73,6 +74,7 @@ __all__ = [
     "normalize_path",
     "pool_labels",
     "preloaded",
+    "soft_token_labels",
     "store_pair_differences",
     "to_float32",
 ]

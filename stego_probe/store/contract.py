@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from stego_probe.store.tokens import Index, draw_tokens, pool_labels
+from stego_probe.store.tokens import Index, draw_tokens, pool_labels, soft_label_rows
 
 
 @runtime_checkable
@@ -57,10 +57,18 @@ class TokenStore(Protocol):
         ...
 
     def sample_tokens(
-        self, n_tokens: int, seed: int = 0, with_labels: bool = False, images=None
-    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        self,
+        n_tokens: int,
+        seed: int = 0,
+        with_labels: bool = False,
+        images=None,
+        soft_labels: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, ...]:
         """A seeded uniform sample of ``n_tokens`` tokens, float32 (n, C) [, int64 token labels
-        (n,)]; all tokens, in random order, if there are fewer."""
+        (n,) if ``with_labels``] [, float32 soft token labels (n, K) if ``soft_labels``: each
+        token's row of :func:`~stego_probe.store.tokens.soft_token_labels`]; all tokens, in
+        random order, if there are fewer. A tuple whenever either flag is set; the flags do
+        not change which tokens are drawn."""
         ...
 
 
@@ -169,19 +177,49 @@ class ArrayStore:
             yield tokens, self.labels(sl), self.ids[sl]
 
     def sample_tokens(
-        self, n_tokens: int, seed: int = 0, with_labels: bool = False, images=None
-    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        self,
+        n_tokens: int,
+        seed: int = 0,
+        with_labels: bool = False,
+        images=None,
+        soft_labels: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, ...]:
         """A seeded uniform sample of tokens: the draw of :meth:`FeatureStore.sample_tokens`
-        (same seed and content, same tokens). Returns float32 (n, C) [, int64 (n,)]."""
+        (same seed and content, same tokens, whatever the flags).
+
+        Returns:
+            float32 (n, C) tokens [, int64 (n,) token labels if ``with_labels``] [, float32
+            (n, K) soft token labels if ``soft_labels``
+            (:func:`~stego_probe.store.tokens.soft_token_labels` of each token's image at its
+            cell, computed for the drawn images only)]; a tuple whenever a flag is set.
+
+        Raises:
+            ValueError: ``soft_labels`` on a store without ``n_classes``.
+        """
+        if soft_labels and self.n_classes is None:
+            raise ValueError(f"soft_labels: {self!r} records no n_classes")
         img, cell = draw_tokens(
             n_tokens, seed, self.n_images, self.grid, images, lambda i: np.arange(self.n_images)[i]
         )
         hw = self.grid[0] * self.grid[1]
         flat = self._tokens.reshape(self.n_images, hw, self.dim)
         out = np.asarray(flat[img, cell], dtype=np.float32)
-        if not with_labels:
+        if not (with_labels or soft_labels):
             return out
-        return out, self.token_labels(slice(None)).reshape(self.n_images, hw)[img, cell]
+        result = [out]
+        if with_labels:
+            result.append(self.token_labels(slice(None)).reshape(self.n_images, hw)[img, cell])
+        if soft_labels:
+            result.append(
+                soft_label_rows(self._all_labels(), img, cell, self.grid, int(self.n_classes))
+            )
+        return tuple(result)
+
+    def _all_labels(self) -> np.ndarray:
+        """(N, H, W) int64 labels without a copy (all -1 without labels, as :meth:`labels`)."""
+        if self._labels is None:
+            return np.broadcast_to(np.int64(-1), (self.n_images, *self.label_shape))
+        return self._labels
 
 
 def preloaded(store, limit_bytes: float, token_labels: bool = False):

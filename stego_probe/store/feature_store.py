@@ -23,7 +23,14 @@ from stego_probe.store.format import (
     read_meta,
 )
 from stego_probe.store.paths import normalize_path, url_to_fs
-from stego_probe.store.tokens import Index, cast_into, draw_tokens, pool_labels, to_float32
+from stego_probe.store.tokens import (
+    Index,
+    cast_into,
+    draw_tokens,
+    pool_labels,
+    soft_label_rows,
+    to_float32,
+)
 from stego_probe.store.writer import StoreWriter
 
 # paths of format-1 stores already warned about (one warning per process and store)
@@ -439,12 +446,13 @@ class FeatureStore(StoreWriter):
         seed: int = 0,
         with_labels: bool = False,
         images: int | Sequence[int] | np.ndarray | None = None,
-    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        soft_labels: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, ...]:
         """A seeded uniform sample of tokens, reading only the chunks that hold them.
 
         Tokens are drawn uniformly without replacement from all ``h * w`` tokens of the chosen
         images; only the chunks containing drawn tokens are read, one at a time, so memory
-        stays at one chunk plus the output.
+        stays at one chunk plus the output. The label flags do not change the draw.
 
         Args:
             n_tokens: number of tokens; if it exceeds the available tokens, all of them are returned
@@ -454,16 +462,28 @@ class FeatureStore(StoreWriter):
             images: which images to draw from: ``None`` all; an int ``k``: ``k`` images chosen
                 at random with ``seed`` (the reference fits PCA on "the first 5,000 images" of a
                 shuffled cache, PROTOCOL §6.2); an index array: those images.
+            soft_labels: also return each token's soft label, its row of
+                :func:`~stego_probe.store.tokens.soft_token_labels` (the class mass the token
+                receives under bilinear upsampling to the labels), computed per chunk for the
+                drawn images only (the chunk's labels are read once for both label kinds).
 
         Returns:
-            float32 array (n, C) [, int64 array (n,) of token labels, -1 = no valid pixel].
+            float32 array (n, C) [, int64 array (n,) of token labels, -1 = no valid pixel, if
+            ``with_labels``] [, float32 array (n, K) of soft token labels if ``soft_labels``];
+            a tuple whenever a flag is set.
+
+        Raises:
+            ValueError: ``soft_labels`` on a store without ``n_classes``.
         """
+        if soft_labels and self.n_classes is None:
+            raise ValueError(f"soft_labels: store {self.path} records no n_classes")
         img, cell = draw_tokens(
             n_tokens, seed, self._n_images, self._grid, images, lambda i: self._resolve(i)[1]
         )
         n, hw = img.size, self._grid[0] * self._grid[1]
         out = np.empty((n, self._dim), dtype=np.float32)
         lab_out = np.empty(n, dtype=np.int64) if with_labels else None
+        soft_out = np.empty((n, int(self.n_classes)), dtype=np.float32) if soft_labels else None
         ci = self._chunk_images
         chunk = img // ci
         order = np.argsort(chunk, kind="stable")
@@ -482,12 +502,18 @@ class FeatureStore(StoreWriter):
             else:
                 t = np.asarray(self._read_range(TOKENS, lo, hi)).reshape(hi - lo, hw, self._dim)
                 out[pos] = t[img[pos] - lo, cell[pos]]
-            if lab_out is not None:
-                tl = pool_labels(self._read_range(LABELS, lo, hi), self._grid, self.n_classes)
-                lab_out[pos] = tl.reshape(hi - lo, hw)[img[pos] - lo, cell[pos]]
-        if with_labels:
-            return out, lab_out
-        return out
+            if with_labels or soft_labels:
+                labels = self._read_range(LABELS, lo, hi)
+                if lab_out is not None:
+                    tl = pool_labels(labels, self._grid, self.n_classes)
+                    lab_out[pos] = tl.reshape(hi - lo, hw)[img[pos] - lo, cell[pos]]
+                if soft_out is not None:
+                    soft_out[pos] = soft_label_rows(
+                        labels, img[pos] - lo, cell[pos], self._grid, int(self.n_classes)
+                    )
+        if not (with_labels or soft_labels):
+            return out
+        return tuple(x for x in (out, lab_out, soft_out) if x is not None)
 
     # ------------------------------------------------------------------ summary
     def size_bytes(self) -> int:

@@ -1,5 +1,6 @@
 """Token and label arrays as every store class reads them: the index type, the seeded token
-draw, labels pooled to the token grid, fast float16 -> float32."""
+draw, labels pooled to the token grid (hard: :func:`pool_labels`; soft, the class mass under
+bilinear upsampling: :func:`soft_token_labels`), fast float16 -> float32."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from stego_probe.codes import bilinear_matrix
 from stego_probe.labels import IGNORE
 
 Index = int | slice | Sequence[int] | np.ndarray
@@ -87,6 +89,155 @@ def pool_labels(
     best = counts.argmax(axis=1)
     best[counts.sum(axis=1) == 0] = IGNORE
     return best.reshape(n, h, w)
+
+
+#: Bytes of temporaries :func:`soft_token_labels` aims at per block of images (at least one
+#: image per block).
+SOFT_LABEL_BLOCK_BYTES = 100 * 2**20
+
+
+def _check_label_grid(labels, grid) -> tuple[np.ndarray, int, int]:
+    """``labels`` as an (n, H, W) integer array and ``grid`` as ``(h, w)``, validated as
+    :func:`pool_labels` validates them (plus the integer dtype)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise ValueError(f"labels: expected shape (n, H, W), got {labels.shape}")
+    if labels.dtype.kind not in "iub":
+        raise ValueError(f"labels: expected an integer array, got dtype {labels.dtype}")
+    H, W = labels.shape[1:]
+    h, w = int(grid[0]), int(grid[1])
+    if not (0 < h <= H and 0 < w <= W):
+        raise ValueError(f"grid: expected 0 < (h, w) <= label shape {(H, W)}, got {(h, w)}")
+    return labels, h, w
+
+
+def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The two taps of every row of :func:`~stego_probe.codes.bilinear_matrix` ``(n_out,
+    n_in)``: ``(i0, w0, i1, w1)``, each (n_out,), with ``A[r] = w0[r] e_i0[r] + w1[r] e_i1[r]``
+    (``w1 = 0`` where the row has a single non-zero)."""
+    a = bilinear_matrix(n_in, n_out)
+    rows = np.arange(n_out)
+    i0 = np.argmax(a > 0, axis=1)  # the first non-zero: 1 - frac > 0 always
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w0 = a[rows, i0]
+    w1 = np.where(i1 > i0, a[rows, i1], 0.0)
+    return i0, w0, i1, w1
+
+
+def soft_token_labels(labels: np.ndarray, grid: tuple[int, int], n_classes: int) -> np.ndarray:
+    """Soft token labels: the class mass each token receives under bilinear upsampling.
+
+    The linear probe scores tokens and upsamples the ``(h, w)`` score maps to the ``(H, W)``
+    labels bilinearly (``align_corners=False``, separable weights ``A_h = bilinear_matrix(h,
+    H)`` (H, h) and ``A_w = bilinear_matrix(w, W)`` (W, w)). The soft label of token
+    ``(ty, tx)`` for class ``k`` is
+
+        ``T[ty, tx, k] = sum of A_h[py, ty] * A_w[px, tx] over valid pixels (py, px) of class k``,
+
+    i.e. the adjoint of bilinear upsampling applied to the one-hot labels (the gradient with
+    respect to ``x`` of ``sum(F.interpolate(x, (H, W), mode="bilinear", align_corners=False) *
+    onehot)``). Valid pixels have a label in ``[0, K)``; everything else (-1, 255, ``>= K``)
+    is ignored. Since every row of ``A`` sums to one, ``T[i].sum()`` is the number of valid
+    pixels of image ``i`` (up to rounding).
+
+    When ``H = h * p`` (and likewise for ``W``), pixel row ``py`` weighs ``max(0, 1 - |(py +
+    0.5) / p - (ty + 0.5)|)`` on token row ``ty`` (a tent over the pixels within one token pitch
+    of the token centre, so neighbouring tokens share the pixels between their centres), pixels
+    beyond the outermost token centres weigh 1 on the edge token, and every token's weights sum
+    to ``p`` per axis: a fully labelled image gives each token a class mass of ``p * p``, the
+    pixel count of the patch :func:`pool_labels` votes over. With ``p = 1`` ``T`` is the one-hot
+    encoding of the labels (zero rows at ignored pixels).
+
+    Computed without a dense one-hot: the ``W`` axis is contracted with ``np.bincount`` over the
+    (at most two) taps of each pixel column, the ``H`` axis with a matmul by ``A_h^T``, images in
+    blocks so that temporaries stay near :data:`SOFT_LABEL_BLOCK_BYTES` (about 100 MB; one
+    image at least).
+
+    Args:
+        labels: int array (n, H, W).
+        grid: token grid ``(h, w)``, ``0 < h <= H`` and ``0 < w <= W``.
+        n_classes: ``K`` (>= 1).
+
+    Returns:
+        float32 array (n, h, w, K).
+
+    Raises:
+        ValueError: ``labels`` not a 3-D integer array, ``grid`` outside the label shape,
+            ``n_classes`` below one.
+
+    Examples:
+        >>> lab = np.array([[[0, 0, 1, -1], [0, 1, -1, 255]]])
+        >>> soft_token_labels(lab, (1, 2), n_classes=2)[0, 0].tolist()
+        [[2.75, 1.0], [0.25, 1.0]]
+        >>> float(soft_token_labels(lab, (1, 2), n_classes=2).sum())  # 5 valid pixels
+        5.0
+    """
+    labels, h, w = _check_label_grid(labels, grid)
+    if not isinstance(n_classes, int | np.integer) or int(n_classes) < 1:
+        raise ValueError(f"n_classes: expected a positive int, got {n_classes!r}")
+    K = int(n_classes)
+    n, H, W = labels.shape
+    out = np.empty((n, h, w, K), dtype=np.float32)
+    if n == 0:
+        return out
+    ah_t = np.ascontiguousarray(bilinear_matrix(h, H).T)  # (h, H)
+    i0, w0, i1, w1 = _taps(w, W)
+    taps = [(i0, w0)] + ([(i1, w1)] if w1.any() else [])
+    # per image: int64 index + float64 weight + bool mask per pixel and tap, plus the
+    # (H, w, K) float64 partial sums (a bincount result and a sum) and the float64 output
+    per_image = H * W * (len(taps) * 16 + 16) + H * w * K * 16 + h * w * K * 8
+    step = max(1, SOFT_LABEL_BLOCK_BYTES // per_image)
+    for a in range(0, n, step):
+        lab = labels[a : a + step].astype(np.int64, copy=False)
+        m = len(lab)
+        valid = (lab >= 0) & (lab < K)
+        cls = np.where(valid, lab, 0)
+        # flat index ((image, py), tx, k) of the (m * H, w, K) partial sums
+        row = (np.arange(m * H, dtype=np.int64) * (w * K)).reshape(m, H, 1)
+        g = np.zeros(m * H * w * K, dtype=np.float64)
+        for col, wt in taps:
+            idx = row + (col * K)[None, None, :] + cls
+            g += np.bincount(
+                idx.ravel(), weights=(valid * wt[None, None, :]).ravel(), minlength=g.size
+            )
+        t = np.matmul(ah_t, g.reshape(m, H, w * K))  # (m, h, w * K)
+        out[a : a + m] = t.reshape(m, h, w, K)
+    return out
+
+
+def soft_label_rows(
+    labels: np.ndarray, image: np.ndarray, cell: np.ndarray, grid: tuple[int, int], n_classes: int
+) -> np.ndarray:
+    """The :func:`soft_token_labels` rows of drawn tokens, computed for the images drawn only.
+
+    Args:
+        labels: int array (m, H, W) (a store's labels or one chunk of them; may be a memory map).
+        image: int array (n,), each token's image as an index into ``labels``.
+        cell: int array (n,), each token's flat cell ``ty * w + tx``.
+        grid: token grid ``(h, w)``.
+        n_classes: ``K``.
+
+    Returns:
+        float32 array (n, K): row ``j`` is ``soft_token_labels(labels)[image[j]]`` at cell
+        ``cell[j]``.
+    """
+    image, cell = np.asarray(image, dtype=np.int64), np.asarray(cell, dtype=np.int64)
+    K = int(n_classes)
+    out = np.empty((image.size, K), dtype=np.float32)
+    if image.size == 0:
+        return out
+    hw = int(grid[0]) * int(grid[1])
+    uniq, inv = np.unique(image, return_inverse=True)
+    order = np.argsort(inv, kind="stable")
+    # blocks of distinct images whose (b, h, w, K) float32 soft labels stay near the budget
+    step = max(1, SOFT_LABEL_BLOCK_BYTES // max(1, hw * K * 4))
+    for a in range(0, uniq.size, step):
+        b = min(a + step, uniq.size)
+        lo, hi = np.searchsorted(inv[order], [a, b])
+        pos = order[lo:hi]
+        soft = soft_token_labels(np.asarray(labels[uniq[a:b]]), grid, K).reshape(b - a, hw, K)
+        out[pos] = soft[inv[pos] - a, cell[pos]]
+    return out
 
 
 #: Arrays of at least this many float16 values are converted by torch (vectorised, on the
