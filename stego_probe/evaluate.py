@@ -543,6 +543,12 @@ def _batch_readers(store, token_mode: bool):
     copy = preloaded(store, IN_MEMORY_BYTES, token_labels=token_mode)
     if copy is not store:  # checked whole
         return copy.tokens, copy.labels
+    return _checked_readers(store, token_mode)
+
+
+def _checked_readers(store, token_mode: bool):
+    """``(tokens_of(idx), labels_of(idx))`` reading ``store`` batch by batch, each token batch
+    checked finite (naming the store and the image)."""
 
     def tokens_of(idx) -> np.ndarray:
         tokens = store.tokens(idx)
@@ -597,20 +603,29 @@ def _sample_targets(train_store, n_sample: int, seed: int, token_mode: bool):
 def _train_pass_probe(probe, train_store, project, token_mode, progress):
     """Fit a full-batch (L-BFGS) linear probe on passes over a training store.
 
-    Each pass reads the store in chunks of images (:data:`PASS_CHUNK_IMAGES`, or the whole
+    The pass covers the store's images, or the seeded subset of at most ``probe.max_images``
+    of them (:func:`stego_probe.probes.linear.train_subset`, seed ``probe.random_state``).
+    Each pass reads them in chunks of images (:data:`PASS_CHUNK_IMAGES`, or the whole
     store once if it is small, :func:`_batch_readers`), projects and checks them; the probe
     keeps the chunks after the first pass when they are small
-    (:data:`stego_probe.probes.linear.PASS_CACHE_BYTES`), so a small store is read and
+    (:data:`stego_probe.probes.linear.PASS_CACHE_BYTES`), so a small training set is read and
     projected once, a large one once per pass with one chunk in memory. The input statistics
     must be set beforehand (as for the stream).
     """
-    tokens_of, labels_of = _batch_readers(train_store, token_mode)
+    from stego_probe.probes.linear import train_subset
+
     n = int(train_store.n_images)
+    subset = train_subset(n, getattr(probe, "max_images", None), int(probe.random_state))
+    images = np.arange(n) if subset is None else subset
+    if subset is None:
+        tokens_of, labels_of = _batch_readers(train_store, token_mode)
+    else:  # the subset alone is read (not the whole store preloaded)
+        tokens_of, labels_of = _checked_readers(train_store, token_mode)
     step = max(1, int(PASS_CHUNK_IMAGES))
 
     def one_pass():
-        for start in range(0, n, step):
-            idx = np.arange(start, min(start + step, n))
+        for start in range(0, len(images), step):
+            idx = images[start : start + step]
             codes = check_finite(project(tokens_of(idx)), f"train store {train_store.path} codes")
             yield codes, labels_of(idx)
 

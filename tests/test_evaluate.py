@@ -13,6 +13,7 @@ from stego_probe.cli.main import main
 from stego_probe.evaluate import evaluate_codes, evaluate_stores, predict_batch
 from stego_probe.metrics import ConfusionAccumulator, confusion_matrix, scores
 from stego_probe.probes import ClusterLookupProbe, KMeansProbe, LinearProbe
+from stego_probe.probes.defaults import LINEAR_MAX_IMAGES
 from stego_probe.results import RESULT_COLUMNS, read_results
 from stego_probe.store import FeatureStore
 
@@ -330,6 +331,17 @@ def test_cli_evaluate_linear_solver_flag_and_settings(stores, tmp_path, capsys):
     settings = json.loads((tmp_path / "lin.csv.settings.json").read_text())["points"]
     (record,) = settings.values()
     assert record["settings"]["linear_solver"] == "lbfgs" and "steps" not in record["settings"]
+    assert record["settings"]["linear_max_images"] == LINEAR_MAX_IMAGES
+    # another image cap on the same --out is refused; 'all' is no cap; a bad value fails parsing
+    assert main(argv + ["--linear-max-images", "3"]) == 1
+    assert f"--linear-max-images {LINEAR_MAX_IMAGES} there, 3 now" in capsys.readouterr().err
+    assert main(argv[:-1] + [str(tmp_path / "all.csv"), "--linear-max-images", "all"]) == 0
+    capsys.readouterr()
+    settings = json.loads((tmp_path / "all.csv.settings.json").read_text())["points"]
+    assert next(iter(settings.values()))["settings"]["linear_max_images"] is None
+    with pytest.raises(SystemExit):
+        main(argv + ["--linear-max-images", "0"])
+    assert "positive integer (>= 1) or 'all'" in capsys.readouterr().err
     # the Adam parity mode on the same --out: other numbers, so the rerun is refused
     adam = ["--linear-solver", "adam", "--steps", "20", "--train-batch-size", "4"]
     assert main(argv + adam) == 1

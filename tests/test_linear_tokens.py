@@ -133,3 +133,46 @@ def test_evaluate_stores_trains_on_the_token_sample(tmp_path):
     tok = evaluate_stores(train, val, probes="linear", probe_kwargs=kw, progress=False,
                           mode="token", n_tokens=10_000)  # fmt: skip
     assert set(tok["mode"]) == {"token"}
+
+
+def test_lbfgs_on_a_store_trains_on_the_seeded_image_subset_of_max_images(tmp_path):
+    from stego_probe.probes.linear import train_subset
+
+    codes, lab = blob_data(n=12, seed=3)
+    train = make_store(tmp_path / "train", codes, lab)
+    val = make_store(tmp_path / "val", *blob_data(n=4, seed=4), split="val")
+
+    def probe_of(**kw):
+        _, probes = evaluate_stores(
+            train,
+            val,
+            probes="linear",
+            seed=5,
+            return_probes=True,
+            progress=False,
+            probe_kwargs={"linear": {"solver": "lbfgs", **TOL, **kw}},
+        )
+        return probes["linear"]
+
+    capped = probe_of(max_images=5)
+    subset = train_subset(12, 5, seed=5)
+    assert len(subset) == 5 and subset.tolist() == sorted(set(subset.tolist()))
+    # the same L-BFGS on exactly those images (same input statistics) gives the same probe
+    ref = LinearProbe(K, solver="lbfgs", **TOL)
+    ref.set_scaler(capped.mean_, capped.scale_)
+    stored = np.asarray(train.tokens(subset), dtype=np.float32).transpose(0, 3, 1, 2)
+    ref.fit_passes(lambda: iter([(stored, train.labels(subset))]))
+    np.testing.assert_allclose(capped.coef_, ref.coef_, rtol=1e-5, atol=1e-6)
+    assert capped.n_labelled_ == int(((lab[subset] >= 0) & (lab[subset] < K)).sum())
+    # a cap at or above the store's size, and None, read every image
+    full = probe_of(max_images=None)
+    assert full.n_labelled_ == int(((lab >= 0) & (lab < K)).sum())
+    np.testing.assert_array_equal(probe_of(max_images=12).coef_, full.coef_)
+    assert not np.allclose(capped.coef_, full.coef_)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "10"])
+def test_max_images_must_be_a_positive_integer_or_none(bad):
+    codes, lab = blob_data()
+    with pytest.raises(ValueError, match="max_images: expected a positive integer or None"):
+        LinearProbe(K, max_images=bad).fit(codes, lab)

@@ -98,3 +98,27 @@ def test_a_recorded_config_without_a_linear_solver_means_adam(tmp_path):
     adam = load_config("synthetic", {"probe_kwargs": {"linear": {"solver": "adam", "steps": 200,
                                                                   "batch_size": 16}}})  # fmt: skip
     _check_resume(adam, tmp_path)  # the same rows: resumes
+
+
+def test_a_recorded_lbfgs_config_without_max_images_read_every_image(tmp_path):
+    """An L-BFGS sweep written before the image cap trained on every train image: resuming it
+    under today's cap is refused (the rows could differ); with max_images None it resumes."""
+    import json
+
+    from stego_probe.probes.defaults import LINEAR_MAX_IMAGES
+    from stego_probe.sweep import load_config
+    from stego_probe.sweep.config import recorded_config
+    from stego_probe.sweep.run import _check_resume
+
+    config = load_config("synthetic")
+    assert config.probe_kwargs["linear"]["max_images"] == LINEAR_MAX_IMAGES
+    old = config.to_dict()
+    old["probe_kwargs"] = {**old["probe_kwargs"], "linear": {"solver": "lbfgs"}}
+    assert recorded_config(old, "x")["probe_kwargs"]["linear"]["max_images"] is None
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    (tmp_path / "results.csv").write_text("dataset,metric,value\nsynthetic,miou,1.0\n")
+    with pytest.raises(ValueError, match=r"'max_images': None"):
+        _check_resume(config, tmp_path)
+    every = load_config("synthetic", {"probe_kwargs": {"linear": {"max_images": None}}})
+    assert every.probe_kwargs["linear"]["max_images"] is None
+    _check_resume(every, tmp_path)

@@ -30,6 +30,7 @@ from stego_probe.lock import (
     table_lock_folder,
 )
 from stego_probe.persist import read_estimator
+from stego_probe.probes.defaults import LINEAR_MAX_IMAGES
 from stego_probe.results import RESULT_COLUMNS, make_rows, read_results
 from stego_probe.sweep import (
     Point,
@@ -762,16 +763,29 @@ def test_run_order_times_every_method_early():
 
 
 def test_point_weights_follow_training_steps():
-    config = tiny_config(methods=["pca", "stego"])
+    adam = {"steps": 10, "batch_size": 4, "solver": "adam"}
+    config = tiny_config(methods=["pca", "stego"], probe_kwargs={"linear": adam})
     w = point_weights(config, sweep_points(config, C))
     stego = 1 + sweep.STEGO_STEP_COST * (4 * 4) / (10 * 4)  # head 4 x 4, linear probe 10 x 4
     assert w[Point("pca", 3, 0)] == 1.0
     assert w[Point("stego", 3, 0)] == pytest.approx(stego)
     # with the cluster probe as well, the probes' share of the work doubles
-    probe_kwargs = {name: {"steps": 10, "batch_size": 4} for name in ("linear", "cluster")}
+    probe_kwargs = {"linear": adam, "cluster": {"steps": 10, "batch_size": 4}}
     both = tiny_config(methods=["stego"], probes=["linear", "cluster"], probe_kwargs=probe_kwargs)
     w2 = point_weights(both, [Point("stego", 3, 0)])
     assert w2[Point("stego", 3, 0)] == pytest.approx(1 + sweep.STEGO_STEP_COST * 16 / 80)
+
+
+def test_point_weights_price_the_lbfgs_probe_by_passes_over_its_images():
+    # the default (L-BFGS) linear probe: the prior passes over its capped image set, not
+    # Adam's steps x batch_size (which it does not run)
+    config = tiny_config(methods=["stego"], probe_kwargs={"linear": {"max_images": 50}})
+    assert config.probe_kwargs["linear"]["solver"] == "lbfgs"
+    w = point_weights(config, [Point("stego", 3, 0)])
+    work = sweep.LBFGS_PASSES_PRIOR * 50
+    assert w[Point("stego", 3, 0)] == pytest.approx(1 + sweep.STEGO_STEP_COST * 16 / work)
+    # the recorded default cap
+    assert tiny_config().probe_kwargs["linear"]["max_images"] == LINEAR_MAX_IMAGES
 
 
 class Clock:

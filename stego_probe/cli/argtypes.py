@@ -43,3 +43,17 @@ def nonneg_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return value
+
+
+def positive_int_or_all(text: str) -> int | None:
+    """Parse a flag value as an integer >= 1, or ``all`` (returned as None: no cap).
+
+    Use as ``parser.add_argument("--linear-max-images", type=positive_int_or_all)``.
+    """
+    if text.strip().lower() == "all":
+        return None
+    what = "a positive integer (>= 1) or 'all'"
+    value = _int(text, what)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value

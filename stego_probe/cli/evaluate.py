@@ -14,10 +14,10 @@ import argparse
 import math
 import os
 
-from stego_probe.cli.argtypes import nonneg_int, positive_int
+from stego_probe.cli.argtypes import nonneg_int, positive_int, positive_int_or_all
 from stego_probe.params import renamed_kwargs
 from stego_probe.probes import PROBE_NAMES as PROBES
-from stego_probe.probes.defaults import LEGACY_LINEAR_SOLVER
+from stego_probe.probes.defaults import LEGACY_LINEAR_SOLVER, LINEAR_MAX_IMAGES
 from stego_probe.threads import add_threads_argument
 
 #: Seeds of ``stego-probe evaluate`` by default: three, so the spread over seeds is reported.
@@ -196,6 +196,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "mini-batches, parity mode)",
     )
     p.add_argument(
+        "--linear-max-images",
+        type=positive_int_or_all,
+        default=LINEAR_MAX_IMAGES,
+        help=f"the lbfgs linear probe trains on at most this many train images, a seeded random "
+        f"subset of a larger store kept in memory ({LINEAR_MAX_IMAGES}; 'all': every image)",
+    )
+    p.add_argument(
         "--train-batch-size", type=positive_int, default=32, help="training images per batch (32)"
     )
     p.add_argument(
@@ -300,6 +307,7 @@ SETTINGS_FLAGS = {
     "steps": "--steps",
     "train_batch_size": "--train-batch-size",
     "linear_solver": "--linear-solver",
+    "linear_max_images": "--linear-max-images",
     "stats_tokens": "--n-tokens (the linear probe's input statistics)",
 }
 SETTINGS_SUFFIX = ".settings.json"
@@ -385,6 +393,11 @@ def _probe_settings(args, probes: list[str], train, val) -> dict[str, dict]:
             **(
                 {"steps": args.steps, "train_batch_size": args.train_batch_size}
                 if args.linear_solver == "adam"
+                else {}
+            ),
+            **(
+                {"linear_max_images": args.linear_max_images}
+                if args.linear_solver == "lbfgs"
                 else {}
             ),
             "stats_tokens": stats,
@@ -492,6 +505,8 @@ def _evaluate_locked(args: argparse.Namespace) -> int:
                 old = renamed_kwargs(old, _settings_path(out), warn=False)  # older records
                 if probe == "linear" and "linear_solver" not in old:
                     old = {**old, "linear_solver": LEGACY_LINEAR_SOLVER}  # before 0.3.0: Adam
+                if old.get("linear_solver") == "lbfgs" and "linear_max_images" not in old:
+                    old = {**old, "linear_max_images": None}  # before the cap: every image
                 diff = [
                     f"{SETTINGS_FLAGS.get(n, n)} {old.get(n)!r} there, {v!r} now"
                     for n, v in settings[probe].items()
@@ -559,7 +574,7 @@ def _evaluate_locked(args: argparse.Namespace) -> int:
             probe_kwargs={
                 "kmeans": kmeans_kw,
                 "cluster": cluster_kw,
-                "linear": {"solver": args.linear_solver},
+                "linear": {"solver": args.linear_solver, "max_images": args.linear_max_images},
             },
             batch_size=args.batch_size,
             images=images,

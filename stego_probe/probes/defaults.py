@@ -18,3 +18,7 @@ KMEANS_NREDO = 3
 LINEAR_SOLVER = "lbfgs"
 #: The solver of linear probes recorded before the ``solver`` setting existed.
 LEGACY_LINEAR_SOLVER = "adam"
+#: Training images the L-BFGS linear probe reads from a training store (a seeded random subset
+#: of larger stores, read once and kept in memory when it fits): its cost no longer grows with
+#: the store (``docs/evaluation.md``, "Cost at paper scale"). ``None``: every image.
+LINEAR_MAX_IMAGES = 1000

@@ -75,16 +75,16 @@ import torch.nn.functional as F
 from stego_probe.codes import as_code_tensor, bilinear_matrix, check_size, to_numpy, upsample
 from stego_probe.labels import IGNORE, IGNORE_VALUES, check_labels
 from stego_probe.probes.cluster_lookup import DEFAULT_BATCH_SIZE, DEFAULT_STEPS, MinibatchProbe
-from stego_probe.probes.defaults import LINEAR_SOLVER
+from stego_probe.probes.defaults import LINEAR_MAX_IMAGES, LINEAR_SOLVER
 from stego_probe.projections.base import StreamingMoments, guard_scale
 
 #: Input standardisation modes of :class:`LinearProbe`: ``"train"`` (default) z-scores the codes
 #: with training statistics; ``"none"`` is the reference (raw codes).
 STANDARDIZE_MODES = ("train", "none")
-#: Solvers of :class:`LinearProbe`: ``"tokens"`` (default: L-BFGS on the token-level bound of
-#: the pixel objective, in memory), ``"lbfgs"`` (L-BFGS on the exact pixel objective, one pass over
-#: the training set per evaluation) and ``"adam"`` (the reference's mini-batch schedule, parity
-#: mode).
+#: Solvers of :class:`LinearProbe`: ``"lbfgs"`` (the default, :data:`LINEAR_SOLVER`: L-BFGS on
+#: the exact pixel objective, one pass over the training set per evaluation), ``"tokens"``
+#: (L-BFGS on the token-level bound of the pixel objective, in memory) and ``"adam"`` (the
+#: reference's mini-batch schedule, parity mode).
 SOLVERS = ("tokens", "lbfgs", "adam")
 #: The solvers that run L-BFGS to a stopping rule (:meth:`LinearProbe._lbfgs`).
 LBFGS_SOLVERS = ("tokens", "lbfgs")
@@ -101,9 +101,10 @@ LBFGS_TOL_CHANGE = 1e-9
 #: Upsampled logits (elements, ``B * K * H * W``) per chunk of an L-BFGS pass (bounds memory:
 #: about 4 float32 copies of this many elements live during a chunk's backward pass).
 PASS_CHUNK_ELEMENTS = 1 << 23
-#: Training chunks of :meth:`LinearProbe.fit_passes` up to this many bytes in all are kept in
-#: memory after the first pass; larger training sets are read again on every pass.
-PASS_CACHE_BYTES = 256 * 2**20
+#: Training chunks of :meth:`LinearProbe.fit_passes` up to this many bytes in all (codes as
+#: given, labels as int16) are kept in memory after the first pass; larger training sets are
+#: read again on every pass.
+PASS_CACHE_BYTES = 1 << 30
 #: Images (image layout) or tokens (token layout) per chunk when accumulating statistics.
 _STATS_CHUNK_IMAGES = 64
 _STATS_CHUNK_TOKENS = 1 << 18
@@ -244,6 +245,42 @@ def linear_probe_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(logits, target, ignore_index=IGNORE)
 
 
+def train_subset(n_images: int, max_images: int | None, seed: int = 0) -> np.ndarray | None:
+    """The training images an L-BFGS linear probe reads from a store of ``n_images``.
+
+    ``None`` (every image) when ``max_images`` is None or not below ``n_images``; else a
+    sorted seeded random subset of ``max_images`` distinct indices (sorted, so that a store is
+    read in order).
+
+    Args:
+        n_images: images in the training store.
+        max_images: the cap (:attr:`LinearProbe.max_images`), or None.
+        seed: seed of the subset (the probe's ``random_state``).
+
+    Returns:
+        int64 array ``(max_images,)`` of image indices, or None.
+
+    Examples:
+        >>> train_subset(10, None) is None, train_subset(10, 10) is None
+        (True, True)
+        >>> train_subset(10, 3, seed=0).tolist()
+        [5, 6, 9]
+    """
+    n = int(n_images)
+    if max_images is None or int(max_images) >= n:
+        return None
+    rng = np.random.default_rng(int(seed))
+    return np.sort(rng.choice(n, int(max_images), replace=False)).astype(np.int64)
+
+
+def _compact_targets(t: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Integer pass targets as int16 when the classes fit (a quarter of int64's memory in the
+    pass cache); float targets and larger class counts unchanged."""
+    if t.is_floating_point() or n_classes >= 1 << 15:
+        return t
+    return t.to(torch.int16)
+
+
 class LinearProbe(MinibatchProbe):
     """Supervised linear probe: ``Conv1x1(D -> K)`` with bias, pixel-level cross-entropy.
 
@@ -272,7 +309,13 @@ class LinearProbe(MinibatchProbe):
         batch_size: items per Adam mini-batch (images for image-layout codes, tokens for
             ``(M, D)``).
         random_state: seed of the (PyTorch default) initialisation and of the mini-batch stream
-            (``solver="adam"``; the L-BFGS result does not depend on it).
+            (``solver="adam"``), and of the image subset of ``max_images`` (``"lbfgs"``).
+        max_images: ``solver="lbfgs"`` trained on a feature store
+            (:func:`~stego_probe.evaluate.evaluate_stores`, the sweep): at most this many
+            training images, a seeded random subset (:func:`train_subset`) of a larger store,
+            read once and kept in memory when it fits (:data:`PASS_CACHE_BYTES`), so that the
+            cost no longer grows with the store (default :data:`LINEAR_MAX_IMAGES`; ``None``:
+            every image). :meth:`fit` and :meth:`fit_passes` train on the codes they are given.
         label_res: ``None`` (default): the loss is computed at the resolution of the labels given
             (pixel labels: logits upsampled to them, as the reference; token-grid labels: at
             token resolution). ``(H, W)`` or ``int``: labels are first resized to this size with
@@ -330,6 +373,7 @@ class LinearProbe(MinibatchProbe):
         label_res=None,
         device: str = "cpu",
         standardize: str = "train",
+        max_images: int | None = LINEAR_MAX_IMAGES,
     ) -> None:
         self.n_classes = n_classes
         self.solver = solver
@@ -343,6 +387,7 @@ class LinearProbe(MinibatchProbe):
         self.label_res = label_res
         self.device = device
         self.standardize = standardize
+        self.max_images = max_images
 
     def _validate_params(self) -> None:
         super()._validate_params()
@@ -351,6 +396,11 @@ class LinearProbe(MinibatchProbe):
         it = self.max_iter
         if isinstance(it, bool) or not isinstance(it, int | np.integer) or int(it) < 1:
             raise ValueError(f"max_iter: expected a positive integer, got {it!r}")
+        m = self.max_images
+        if m is not None and (
+            isinstance(m, bool) or not isinstance(m, int | np.integer) or int(m) < 1
+        ):
+            raise ValueError(f"max_images: expected a positive integer or None, got {m!r}")
         for name in ("tol", "l2"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float | np.floating):
@@ -654,6 +704,7 @@ class LinearProbe(MinibatchProbe):
             n_labelled += int((t != IGNORE).sum())
             moments.update(_token_rows(x))
             if cache is not None:
+                t = _compact_targets(t, int(self.n_classes))
                 n_bytes += x.numel() * x.element_size() + t.numel() * t.element_size()
                 cache = cache if n_bytes <= PASS_CACHE_BYTES else None
                 if cache is not None:
@@ -813,6 +864,8 @@ class LinearProbe(MinibatchProbe):
         total = 0.0
         for x, t in source():
             x, t = x.to(dev), t.to(dev)
+            if not t.is_floating_point():
+                t = t.long()  # cached pass targets are int16 (_compact_targets)
             if x.ndim == 4:
                 logits = torch.einsum("bdhw,kd->bkhw", x, wr) + br[None, :, None, None]
                 if tuple(t.shape[1:]) != tuple(x.shape[2:]):

@@ -22,7 +22,7 @@ The package's modules, each one concept (each imports only the ones above it):
   :class:`StoreSpec`, :func:`load_config`, :func:`list_presets`, :func:`merge_dicts` and the
   checks of its fields.
 * :mod:`stego_probe.sweep.points` — the points: :class:`Point`, :func:`sweep_points`,
-  :func:`run_order`, :func:`point_weights` (:data:`STEGO_STEP_COST`), :func:`point_label`.
+  :func:`run_order`, :func:`point_weights` (:data:`STEGO_STEP_COST`, :data:`LBFGS_PASSES_PRIOR`), :func:`point_label`.
 * :mod:`stego_probe.sweep.table` — the results table: :func:`done_points` (the resume set),
   :func:`has_results`, :func:`append_point`, :func:`check_rows_finite`.
 * :mod:`stego_probe.sweep.fingerprint` — what a cached fit was fitted on:
@@ -62,6 +62,7 @@ from stego_probe.sweep.fingerprint import projection_inputs, store_fingerprint
 from stego_probe.sweep.fit import check_projection_finite, fit_projection, pca_spectrum_rows
 from stego_probe.sweep.measure import DISTINCTNESS_KMEANS, run_point, val_code_sample
 from stego_probe.sweep.points import (
+    LBFGS_PASSES_PRIOR,
     STEGO_STEP_COST,
     Point,
     point_label,
@@ -113,6 +114,7 @@ __all__ = [
     "merge_dicts",
     "normalize_backbones",
     # points
+    "LBFGS_PASSES_PRIOR",
     "STEGO_STEP_COST",
     "Point",
     "point_label",

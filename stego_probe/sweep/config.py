@@ -23,7 +23,7 @@ import yaml
 
 from stego_probe.params import renamed_kwargs
 from stego_probe.probes import PROBE_NAMES
-from stego_probe.probes.defaults import LEGACY_LINEAR_SOLVER, LINEAR_SOLVER
+from stego_probe.probes.defaults import LEGACY_LINEAR_SOLVER, LINEAR_MAX_IMAGES, LINEAR_SOLVER
 
 #: Methods whose projection has a width parameter (``dino`` is the identity at full width).
 WIDTH_METHODS = ("pca", "rp", "rp_sparse", "umap", "hnne", "stego")
@@ -235,6 +235,8 @@ class SweepConfig:
             # the solver is recorded (config.json), so that a resume under another one — or of
             # a table written before solvers existed (recorded_config) — is refused
             linear = {"solver": LINEAR_SOLVER, **(self.probe_kwargs.get("linear") or {})}
+            if linear["solver"] == "lbfgs":  # and the image cap of its training set
+                linear.setdefault("max_images", LINEAR_MAX_IMAGES)
             self.probe_kwargs = {**self.probe_kwargs, "linear": linear}
         return self
 
@@ -441,12 +443,16 @@ def recorded_config(data: dict, where: str) -> dict:
     """A config as recorded by an earlier run (``OUT/config.json``), in today's terms: old
     parameter names renamed (:func:`renamed_config_kwargs`) and, for a run with the linear
     probe that recorded no ``solver`` (written before stego_probe 0.3.0, when the linear probe
-    was Adam's mini-batch schedule), ``solver: "adam"``; compare it with
+    was Adam's mini-batch schedule), ``solver: "adam"``; for an L-BFGS one that recorded no
+    ``max_images`` (written before the image cap), ``max_images: None``; compare it with
     ``SweepConfig.to_dict()`` to decide whether a resume may mix rows."""
     out = renamed_config_kwargs(data, where, warn=False)
     if "linear" in (out.get("probes") or []):
         kwargs = dict(out.get("probe_kwargs") or {})
-        kwargs["linear"] = {"solver": LEGACY_LINEAR_SOLVER, **(kwargs.get("linear") or {})}
+        linear = {"solver": LEGACY_LINEAR_SOLVER, **(kwargs.get("linear") or {})}
+        if linear["solver"] == "lbfgs":  # recorded before the image cap: every image
+            linear.setdefault("max_images", None)
+        kwargs["linear"] = linear
         out["probe_kwargs"] = kwargs
     return out
 

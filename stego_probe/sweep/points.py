@@ -69,6 +69,9 @@ def point_context(config: SweepConfig, store, point: Point) -> dict:
 #: ``synthetic`` preset on 2 CPU cores: a STEGO point took 59-67 s, a PCA / RP point 9.2-9.8 s
 #: (200 steps x 16 images for both the head and the linear probe).
 STEGO_STEP_COST = 5.5
+#: Prior passes of the L-BFGS linear probe over its training images (measured: 25 on the
+#: demo's codes), for :func:`point_weights`.
+LBFGS_PASSES_PRIOR = 30
 
 
 def point_label(point: Point) -> str:
@@ -100,8 +103,9 @@ def point_weights(config: SweepConfig, points: list[Point]) -> dict[Point, float
 
     Every point costs 1 (fit the probes on its codes, score them on val, distinctness). A
     ``stego`` point adds the training of its head: ``STEGO_STEP_COST * steps * batch_size`` over
-    the ``steps * batch_size`` of the trained probes (``linear``, ``cluster``; 7000 x 32 when
-    neither is swept). :class:`SweepProgress` replaces these priors by measured times as points
+    the work of the trained probes (``cluster`` and an Adam ``linear``: ``steps * batch_size``
+    images; an L-BFGS ``linear``: :data:`LBFGS_PASSES_PRIOR` passes over ``max_images``
+    images; 7000 x 32 when neither is swept). :class:`SweepProgress` replaces these priors by measured times as points
     finish, so they only matter until each method has been timed.
 
     Returns:
@@ -113,9 +117,17 @@ def point_weights(config: SweepConfig, points: list[Point]) -> dict[Point, float
     for name in ("linear", "cluster"):
         if name in config.probes:
             kw = config.probe_kwargs.get(name, {})
-            probe_work += int(kw.get("steps", DEFAULT_STEPS)) * int(
-                kw.get("batch_size", DEFAULT_BATCH_SIZE)
-            )
+            if name == "linear" and kw.get("solver", "adam") == "lbfgs":
+                # passes x images per pass (a store's size is not known here: the cap, or
+                # as many images as Adam's schedule reads)
+                images = kw.get("max_images") or DEFAULT_STEPS * DEFAULT_BATCH_SIZE
+                probe_work += LBFGS_PASSES_PRIOR * int(images)
+            elif name == "linear" and kw.get("solver") == "tokens":
+                continue  # in memory on the k-means sample: part of the evaluation's unit
+            else:
+                probe_work += int(kw.get("steps", DEFAULT_STEPS)) * int(
+                    kw.get("batch_size", DEFAULT_BATCH_SIZE)
+                )
     probe_work = probe_work or DEFAULT_STEPS * DEFAULT_BATCH_SIZE
     stego_extra: dict[int, float] = {}
     weights = {}
