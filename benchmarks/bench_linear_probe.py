@@ -1,4 +1,4 @@
-"""Benchmark: the linear probe's solvers (``tokens``, the default; ``lbfgs``) vs the
+"""Benchmark: the linear probe's solvers (``lbfgs``, the default; ``tokens``) vs the
 reference's Adam-7000 x 32.
 
 On the demo's world (synthetic scenes, descriptor backbone, 64-d features; train / val stores
@@ -6,9 +6,9 @@ extracted here at 64 px, as the ``synthetic`` preset does) and three codes of th
 information (the raw features, a full-width PCA, a full-width Gaussian random projection, all
 invertible linear maps of each other), :func:`stego_probe.evaluate.evaluate_stores` fits the
 linear probe and scores it on val at pixel level (codes bilinearly upsampled to the labels),
-with ``solver="tokens"`` (the default: L-BFGS on the token sample with each token's class mass,
-in memory), ``solver="lbfgs"`` (L-BFGS on the exact pixel objective, one pass over the store
-per evaluation) and ``solver="adam"`` for ``STEPS x 32`` images (the reference: 7000 x 32). It
+with ``solver="lbfgs"`` (the default: L-BFGS on the exact pixel objective, one pass over the
+store per evaluation), ``solver="tokens"`` (L-BFGS on the token sample with each token's class
+mass, in memory) and ``solver="adam"`` for ``STEPS x 32`` images (the reference: 7000 x 32). It
 prints per code and solver: val mIoU, its difference to Adam, wall time of the whole
 ``evaluate_stores`` call (training and validation), the Adam time extrapolated to 7000 steps,
 the speed-up over it, the L-BFGS iterations / passes; then the agreement of raw, PCA-64 and
