@@ -80,6 +80,8 @@ def test_round_trip_and_indexing(tmp_path):
     np.testing.assert_array_equal(store.tokens(idx), fp16[idx])
     np.testing.assert_array_equal(store.labels(idx), labels[idx])
     np.testing.assert_array_equal(store.tokens([1, 2, 3]), fp16[1:4])
+    for idx in ([0, 2, 3, 8, 9], [9, 8, 1, 0], [4, 4, 5]):  # gathered chunk by chunk
+        np.testing.assert_array_equal(store.tokens(np.array(idx)), fp16[idx])
     np.testing.assert_array_equal(store.labels(slice(1, 9, 3)), labels[1:9:3])
     mask = np.zeros(N, bool)
     mask[[2, 5]] = True

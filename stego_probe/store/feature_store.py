@@ -250,6 +250,17 @@ class FeatureStore(StoreWriter):
             maps[k] = self._map_chunk(name, k)
             if maps[k] is None:
                 self._verify_blocks(name, [k])  # read through zarr: fill values or damage
+        if all(m is not None for m in maps.values()):
+            # every chunk mapped: one gather and one cast per chunk (a cast per run of
+            # consecutive images costs a parallel region each: 0.79x a memmap gather + cast)
+            for k, mapped in maps.items():
+                pos = np.flatnonzero(chunk == k)
+                gathered = mapped[ind[pos] - k * ci]
+                if pos[-1] - pos[0] + 1 == pos.size:  # sorted indices: straight into out
+                    cast_into(out[pos[0] : pos[-1] + 1], gathered)
+                else:
+                    out[pos] = to_float32(gathered)
+            return out
         for j0, j1 in zip(bounds[:-1], bounds[1:], strict=True):
             k, first = int(chunk[j0]), int(ind[j0])
             mapped = maps[k]
