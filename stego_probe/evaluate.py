@@ -432,27 +432,49 @@ def _projector(projection) -> Callable[[np.ndarray], np.ndarray]:
     return project
 
 
-#: Rows per block when a token sample is projected (:func:`_project_sample`).
-SAMPLE_BLOCK = 65536
+class _NonFiniteTokens(Exception):
+    """Raised inside a sample's transform on NaN / inf tokens (located afterwards)."""
 
 
-def _project_sample(project, tokens: np.ndarray) -> np.ndarray:
-    """Project an ``(n, C)`` token sample into one ``(n, D)`` float32 array, block by block.
+def _draw_codes(train_store, project, n_sample: int, seed: int, token_mode: bool, targets: bool):
+    """The seeded token sample of ``train_store`` as ``(n, D)`` float32 codes [and each token's
+    class mass (:func:`_sample_targets`) if ``targets``].
 
-    A projection of the whole sample at once holds its intermediates (a centred ``(n, C)``
-    copy, a float64 product) for all ``n`` tokens; block by block, memory stays at the sample,
-    the output and one block.
+    The tokens are projected while they are drawn (``sample_tokens(transform=...)``, block by
+    block): the raw ``(n, C)`` sample never exists whole, so memory is the codes, one block of
+    raw rows and the projection's intermediates for one block. Each block is checked finite
+    first; on NaN / inf tokens the raw sample is drawn again to name the store and the first
+    bad image (:func:`~stego_probe.projections.base.check_store_sample`). A store whose
+    ``sample_tokens`` takes no ``transform`` is sampled whole, then projected.
     """
-    if len(tokens) <= SAMPLE_BLOCK:
-        return project(tokens)
-    first = project(tokens[:SAMPLE_BLOCK])
-    if np.shares_memory(first, tokens):  # no projection: the sample is the code
-        return project(tokens)
-    out = np.empty((len(tokens), first.shape[1]), dtype=np.float32)
-    out[:SAMPLE_BLOCK] = first
-    for start in range(SAMPLE_BLOCK, len(tokens), SAMPLE_BLOCK):
-        out[start : start + SAMPLE_BLOCK] = project(tokens[start : start + SAMPLE_BLOCK])
-    return out
+    import inspect
+
+    from stego_probe.codes import all_finite
+
+    def checked(rows: np.ndarray) -> np.ndarray:
+        if not all_finite(rows):
+            raise _NonFiniteTokens
+        return project(rows)
+
+    def draw(transform):
+        if targets:
+            return _sample_targets(train_store, n_sample, seed, token_mode, transform)
+        return train_store.sample_tokens(n_sample, seed=seed, **_transform_kw(transform)), None
+
+    if "transform" not in inspect.signature(train_store.sample_tokens).parameters:
+        tokens, mass = draw(None)
+        check_store_sample(train_store, tokens)
+        return project(tokens), mass
+    try:
+        codes, mass = draw(checked)
+    except _NonFiniteTokens:
+        check_store_sample(train_store, train_store.sample_tokens(n_sample, seed=seed))
+        raise  # pragma: no cover - the raw sample is not finite either, so the check raised
+    return codes, mass
+
+
+def _transform_kw(transform) -> dict:
+    return {} if transform is None else {"transform": transform}
 
 
 def dataset_for_store(store, root: str | os.PathLike | None = None, **kwargs):
@@ -586,14 +608,16 @@ def _pass_bar(progress: bool, desc: str):
         bar.close()
 
 
-def _sample_targets(train_store, n_sample: int, seed: int, token_mode: bool):
-    """The seeded token sample of ``train_store`` with each token's class mass ``(n, K)``
-    float32: its bilinear footprint's valid pixels per class (pixel mode,
-    ``soft_labels=True``), or its pooled label one-hot (token mode; no valid pixel: zeros)."""
+def _sample_targets(train_store, n_sample: int, seed: int, token_mode: bool, transform=None):
+    """The seeded token sample of ``train_store`` (through ``transform`` if given) with each
+    token's class mass ``(n, K)`` float32: its bilinear footprint's valid pixels per class
+    (pixel mode, ``soft_labels=True``), or its pooled label one-hot (token mode; no valid
+    pixel: zeros)."""
     k = int(train_store.n_classes)
+    kw = _transform_kw(transform)
     if not token_mode:
-        return train_store.sample_tokens(n_sample, seed=seed, soft_labels=True)
-    tokens, labels = train_store.sample_tokens(n_sample, seed=seed, with_labels=True)
+        return train_store.sample_tokens(n_sample, seed=seed, soft_labels=True, **kw)
+    tokens, labels = train_store.sample_tokens(n_sample, seed=seed, with_labels=True, **kw)
     targets = np.zeros((len(labels), k), dtype=np.float32)
     valid = (labels >= 0) & (labels < k)
     targets[np.flatnonzero(valid), labels[valid]] = 1.0
@@ -838,13 +862,9 @@ def evaluate_stores(
             n_sample = int(n_tokens)
         else:
             n_sample = min(int(n_tokens), STATS_TOKENS)
-        if on_sample:
-            tokens, targets = _sample_targets(train_store, int(n_sample), seed, token_mode)
-        else:
-            tokens = train_store.sample_tokens(int(n_sample), seed=seed)
-        check_store_sample(train_store, tokens)  # names the image of a NaN token
-        sample = _project_sample(project, tokens)
-        del tokens  # (the same array when there is no projection)
+        sample, targets = _draw_codes(
+            train_store, project, int(n_sample), seed, token_mode, targets=bool(on_sample)
+        )
         sample = check_finite(sample, f"train store {train_store.path} codes")
     for probe in needs_stats:
         probe.fit_scaler(sample)

@@ -806,18 +806,21 @@ def test_kmeans_only_never_reads_the_whole_train_store(tmp_path, monkeypatch):
 
 
 def test_kmeans_sample_is_projected_by_blocks_and_statistics_see_it_raw(tmp_path, monkeypatch):
-    """The token sample is projected block by block (same values as at once), the linear
-    probe's input statistics see it before k-means normalises it in place, and k-means
-    clusters it without copying."""
-    import stego_probe.evaluate as ev
+    """The token sample is projected block by block while it is drawn (same values as at
+    once; the raw sample never whole), the linear probe's input statistics see it before
+    k-means normalises it in place, and k-means clusters it without copying."""
+    import stego_probe.store.tokens as store_tokens
 
     codes, _, pix = onehot_data(n=8, d=5, noise=0.3)
     codes *= 3.0  # norms far from 1: a normalised sample would show
     store = make_store(tmp_path / "s", codes, pix)
-    monkeypatch.setattr(ev, "SAMPLE_BLOCK", 10)  # 128 tokens -> 13 blocks
+    monkeypatch.setattr(store_tokens, "TRANSFORM_BLOCK", 10)  # 128 tokens -> 13 blocks
+    rows_per_call = []
 
     class Scale:
         def transform(self, x):
+            if np.ndim(x) == 2:  # token rows: the sample (scoring projects image batches)
+                rows_per_call.append(len(x))
             return np.asarray(x) * 2.0 + 1.0
 
     seen = {}
@@ -835,6 +838,7 @@ def test_kmeans_sample_is_projected_by_blocks_and_statistics_see_it_raw(tmp_path
                     probe_kwargs=FAST, seed=0, mode="token")  # fmt: skip
     expected = store.sample_tokens(1_000_000, seed=0) * 2.0 + 1.0
     np.testing.assert_allclose(seen["stats"], expected, rtol=1e-6)
+    assert max(rows_per_call) <= 10 and sum(rows_per_call) == len(expected) == 128
     # k-means got that very array (no copy) and normalised it in place, after the statistics
     np.testing.assert_allclose(np.linalg.norm(seen["km"], axis=1), 1.0, rtol=1e-5)
     assert not np.allclose(np.linalg.norm(seen["stats"], axis=1), 1.0)

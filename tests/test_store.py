@@ -401,3 +401,42 @@ def test_check_store_pair_lists_every_difference():
     ]
     with pytest.raises(ValueError, match=r"train store /stores/train and val store /stores/val: "):
         check_store_pair(train, other)
+
+
+@pytest.mark.parametrize("kind", ["feature", "array", "memory"])
+def test_sample_tokens_transform_is_applied_in_blocks_while_drawing(tmp_path, monkeypatch, kind):
+    """sample_tokens(transform=f) equals f(sample_tokens()) row for row, whatever the block
+    size, with the label flags unchanged; f never sees more than one block of rows."""
+    import stego_probe.store.tokens as store_tokens
+
+    tokens, labels, ids = _data()
+    if kind == "array":
+        store = ArrayStore(tokens.astype(np.float16), labels, n_classes=K)
+    else:
+        store = _write(tmp_path / "s" if kind == "feature" else _mem_url(), tokens, labels, ids)
+    proj = np.random.default_rng(1).standard_normal((C, 2)).astype(np.float32)
+    calls = []
+
+    def f(rows):
+        calls.append(rows.shape)
+        return rows @ proj
+
+    raw, lab, soft = store.sample_tokens(70, seed=3, with_labels=True, soft_labels=True)
+    for block in (7, 1 << 16):
+        monkeypatch.setattr(store_tokens, "TRANSFORM_BLOCK", block)
+        calls.clear()
+        codes, lab2, soft2 = store.sample_tokens(
+            70, seed=3, with_labels=True, soft_labels=True, transform=f
+        )
+        assert codes.dtype == np.float32 and codes.shape == (70, 2)
+        np.testing.assert_allclose(codes, raw @ proj, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(lab2, lab)
+        np.testing.assert_array_equal(soft2, soft)
+        assert max(s[0] for s in calls) <= block and sum(s[0] for s in calls) == 70
+        assert all(s[1] == C for s in calls)
+    # one block: a single call, in sample order, as f(sample) would be
+    np.testing.assert_array_equal(codes, f(raw))
+    # nothing drawn: the transform's width from no rows
+    assert store.sample_tokens(0, transform=f).shape == (0, 2)
+    with pytest.raises(ValueError, match=r"transform must map \(m, C\) rows to \(m, D\)"):
+        store.sample_tokens(5, transform=lambda r: r[:1])

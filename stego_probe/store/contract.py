@@ -9,7 +9,14 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from stego_probe.store.tokens import Index, draw_tokens, pool_labels, soft_label_rows
+from stego_probe.store.tokens import (
+    TRANSFORM_BLOCK,
+    Index,
+    SampleSink,
+    draw_tokens,
+    pool_labels,
+    soft_label_rows,
+)
 
 
 @runtime_checkable
@@ -63,11 +70,14 @@ class TokenStore(Protocol):
         with_labels: bool = False,
         images=None,
         soft_labels: bool = False,
+        transform=None,
     ) -> np.ndarray | tuple[np.ndarray, ...]:
-        """A seeded uniform sample of ``n_tokens`` tokens, float32 (n, C) [, int64 token labels
-        (n,) if ``with_labels``] [, float32 soft token labels (n, K) if ``soft_labels``: each
-        token's row of :func:`~stego_probe.store.tokens.soft_token_labels`]; all tokens, in
-        random order, if there are fewer. A tuple whenever either flag is set; the flags do
+        """A seeded uniform sample of ``n_tokens`` tokens, float32 (n, C) (``(n, D)``: the
+        tokens through ``transform``, applied block by block while drawing) [, int64 token
+        labels (n,) if ``with_labels``] [, float32 soft token labels (n, K) if
+        ``soft_labels``: each token's row of
+        :func:`~stego_probe.store.tokens.soft_token_labels`]; all tokens, in random order, if
+        there are fewer. A tuple whenever either flag is set; the flags and ``transform`` do
         not change which tokens are drawn."""
         ...
 
@@ -183,12 +193,15 @@ class ArrayStore:
         with_labels: bool = False,
         images=None,
         soft_labels: bool = False,
+        transform=None,
     ) -> np.ndarray | tuple[np.ndarray, ...]:
         """A seeded uniform sample of tokens: the draw of :meth:`FeatureStore.sample_tokens`
-        (same seed and content, same tokens, whatever the flags).
+        (same seed and content, same tokens, whatever the flags), ``transform`` applied block
+        by block as there (:class:`~stego_probe.store.tokens.SampleSink`).
 
         Returns:
-            float32 (n, C) tokens [, int64 (n,) token labels if ``with_labels``] [, float32
+            float32 (n, C) tokens (``(n, D)`` with ``transform``) [, int64 (n,) token labels if
+            ``with_labels``] [, float32
             (n, K) soft token labels if ``soft_labels``
             (:func:`~stego_probe.store.tokens.soft_token_labels` of each token's image at its
             cell, computed for the drawn images only)]; a tuple whenever a flag is set.
@@ -203,7 +216,15 @@ class ArrayStore:
         )
         hw = self.grid[0] * self.grid[1]
         flat = self._tokens.reshape(self.n_images, hw, self.dim)
-        out = np.asarray(flat[img, cell], dtype=np.float32)
+        if transform is None:
+            out = np.asarray(flat[img, cell], dtype=np.float32)
+        else:
+            sink = SampleSink(img.size, self.dim, transform)
+            for start in range(0, img.size, TRANSFORM_BLOCK):
+                part = slice(start, start + TRANSFORM_BLOCK)
+                sink.add(np.arange(start, min(start + TRANSFORM_BLOCK, img.size)),
+                         flat[img[part], cell[part]])  # fmt: skip
+            out = sink.result()
         if not (with_labels or soft_labels):
             return out
         result = [out]

@@ -25,6 +25,7 @@ from stego_probe.store.format import (
 from stego_probe.store.paths import normalize_path, url_to_fs
 from stego_probe.store.tokens import (
     Index,
+    SampleSink,
     cast_into,
     draw_tokens,
     pool_labels,
@@ -458,6 +459,7 @@ class FeatureStore(StoreWriter):
         with_labels: bool = False,
         images: int | Sequence[int] | np.ndarray | None = None,
         soft_labels: bool = False,
+        transform=None,
     ) -> np.ndarray | tuple[np.ndarray, ...]:
         """A seeded uniform sample of tokens, reading only the chunks that hold them.
 
@@ -477,14 +479,20 @@ class FeatureStore(StoreWriter):
                 :func:`~stego_probe.store.tokens.soft_token_labels` (the class mass the token
                 receives under bilinear upsampling to the labels), computed per chunk for the
                 drawn images only (the chunk's labels are read once for both label kinds).
+            transform: None, or a callable ``(m, C) float32 -> (m, D)`` (e.g. a fitted
+                projection's ``transform``) applied to the drawn tokens block by block as they
+                are read (:class:`~stego_probe.store.tokens.SampleSink`), so that the raw
+                ``(n, C)`` sample never exists whole: the first array returned is then the
+                ``(n, D)`` transformed sample. The draw does not change.
 
         Returns:
-            float32 array (n, C) [, int64 array (n,) of token labels, -1 = no valid pixel, if
-            ``with_labels``] [, float32 array (n, K) of soft token labels if ``soft_labels``];
-            a tuple whenever a flag is set.
+            float32 array (n, C) (``(n, D)`` with ``transform``) [, int64 array (n,) of token
+            labels, -1 = no valid pixel, if ``with_labels``] [, float32 array (n, K) of soft
+            token labels if ``soft_labels``]; a tuple whenever a flag is set.
 
         Raises:
-            ValueError: ``soft_labels`` on a store without ``n_classes``.
+            ValueError: ``soft_labels`` on a store without ``n_classes``; a ``transform`` that
+                does not return ``(m, D)`` rows.
         """
         if soft_labels and self.n_classes is None:
             raise ValueError(f"soft_labels: store {self.path} records no n_classes")
@@ -492,7 +500,7 @@ class FeatureStore(StoreWriter):
             n_tokens, seed, self._n_images, self._grid, images, lambda i: self._resolve(i)[1]
         )
         n, hw = img.size, self._grid[0] * self._grid[1]
-        out = np.empty((n, self._dim), dtype=np.float32)
+        sink = SampleSink(n, self._dim, transform)
         lab_out = np.empty(n, dtype=np.int64) if with_labels else None
         soft_out = np.empty((n, int(self.n_classes)), dtype=np.float32) if soft_labels else None
         ci = self._chunk_images
@@ -509,10 +517,10 @@ class FeatureStore(StoreWriter):
             if mapped is not None:  # gather the drawn tokens straight from the mapped chunk
                 base = int(chunk[pos[0]]) * ci
                 t = mapped.reshape(ci, hw, self._dim)
-                out[pos] = t[img[pos] - base, cell[pos]]
+                sink.add(pos, t[img[pos] - base, cell[pos]])
             else:
                 t = np.asarray(self._read_range(TOKENS, lo, hi)).reshape(hi - lo, hw, self._dim)
-                out[pos] = t[img[pos] - lo, cell[pos]]
+                sink.add(pos, t[img[pos] - lo, cell[pos]])
             if with_labels or soft_labels:
                 labels = self._read_range(LABELS, lo, hi)
                 if lab_out is not None:
@@ -522,6 +530,7 @@ class FeatureStore(StoreWriter):
                     soft_out[pos] = soft_label_rows(
                         labels, img[pos] - lo, cell[pos], self._grid, int(self.n_classes)
                     )
+        out = sink.result()
         if not (with_labels or soft_labels):
             return out
         return tuple(x for x in (out, lab_out, soft_out) if x is not None)

@@ -1,6 +1,7 @@
 """Token and label arrays as every store class reads them: the index type, the seeded token
 draw, labels pooled to the token grid (hard: :func:`pool_labels`; soft, the class mass under
-bilinear upsampling: :func:`soft_token_labels`), fast float16 -> float32."""
+bilinear upsampling: :func:`soft_token_labels`), a token sample transformed while it is drawn
+(:class:`SampleSink`), fast float16 -> float32."""
 
 from __future__ import annotations
 
@@ -39,6 +40,87 @@ def draw_tokens(n, seed, n_images: int, grid, images, resolve) -> tuple[np.ndarr
     n = min(int(n), total)
     flat = rng.choice(total, size=n, replace=False) if n < total else rng.permutation(total)
     return img_idx[flat // hw], flat % hw
+
+
+#: Rows per call of a ``sample_tokens(transform=...)`` transform (:class:`SampleSink`).
+TRANSFORM_BLOCK = 65536
+
+
+class SampleSink:
+    """The ``(n, D)`` float32 output of a token sample collected piece by piece, in any order.
+
+    Without ``transform`` the pieces are the sample itself (``D = C``). With one, the drawn
+    rows are buffered up to :data:`TRANSFORM_BLOCK`, put back in sample order, transformed
+    together and scattered: the raw ``(n, C)`` sample never exists whole, memory is the output,
+    one block of raw rows and the transform's intermediates for one block. A sample of at most
+    one block is transformed in one call, in sample order, as ``transform(sample)`` would be.
+
+    Args:
+        n: rows of the sample.
+        dim: ``C``, the width of the raw rows.
+        transform: None, or a callable ``(m, C) float32 -> (m, D)`` (e.g. a projection's
+            ``transform``), applied to blocks of rows; ``D`` is taken from its first output.
+
+    Examples:
+        >>> sink = SampleSink(3, 2, lambda r: r.sum(1, keepdims=True))
+        >>> sink.add(np.array([2, 0]), np.array([[1.0, 2.0], [3.0, 4.0]]))
+        >>> sink.add(np.array([1]), np.array([[5.0, 6.0]]))
+        >>> sink.result().ravel().tolist()
+        [7.0, 11.0, 3.0]
+    """
+
+    def __init__(self, n: int, dim: int, transform=None) -> None:
+        self.n, self.dim, self.transform = int(n), int(dim), transform
+        self.out = np.empty((self.n, self.dim), np.float32) if transform is None else None
+        self._pos: list[np.ndarray] = []
+        self._rows: list[np.ndarray] = []
+        self._buffered = 0
+
+    def add(self, pos: np.ndarray, rows: np.ndarray) -> None:
+        """Rows ``rows`` (m, C) of the sample at positions ``pos`` (m,)."""
+        if self.transform is None:
+            self.out[pos] = rows
+            return
+        start = 0
+        while start < len(pos):  # fill the buffer to exactly one block, then transform it
+            piece = slice(start, start + TRANSFORM_BLOCK - self._buffered)
+            self._pos.append(np.asarray(pos[piece]))
+            self._rows.append(np.asarray(rows[piece], dtype=np.float32))
+            self._buffered += len(self._pos[-1])
+            start += len(self._pos[-1])
+            if self._buffered >= TRANSFORM_BLOCK:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._pos:
+            return
+        pos, rows = np.concatenate(self._pos), np.concatenate(self._rows)
+        self._pos, self._rows, self._buffered = [], [], 0
+        order = np.argsort(pos, kind="stable")
+        self._put(pos[order], self.transform(rows[order]))
+
+    def _put(self, pos: np.ndarray, codes) -> None:
+        codes = np.asarray(codes, dtype=np.float32)
+        if codes.ndim != 2 or codes.shape[0] != len(pos):
+            raise ValueError(
+                f"sample_tokens: transform must map (m, C) rows to (m, D), got shape "
+                f"{codes.shape} for {len(pos)} rows"
+            )
+        if self.out is None:
+            self.out = np.empty((self.n, codes.shape[1]), np.float32)
+        elif codes.shape[1] != self.out.shape[1]:
+            raise ValueError(
+                f"sample_tokens: transform returned width {codes.shape[1]}, earlier "
+                f"{self.out.shape[1]}"
+            )
+        self.out[pos] = codes
+
+    def result(self) -> np.ndarray:
+        """The ``(n, D)`` float32 sample (every position must have been added)."""
+        self._flush()
+        if self.out is None:  # nothing drawn: the transform's width from no rows
+            self._put(np.empty(0, np.int64), self.transform(np.empty((0, self.dim), np.float32)))
+        return self.out
 
 
 def pool_labels(
