@@ -22,9 +22,11 @@ Stages (one subprocess each, in order):
    store (its default ``n_images=5000`` subset);
 3. ``kmeans``: ``evaluate_stores(probes="kmeans")`` with the PCA projection (default k-means
    settings: 1M-token sample, up to 500 iterations x 3 restarts), including its val scoring;
-4. ``linear``: ``evaluate_stores(probes="linear")``, default L-BFGS solver, with the iteration
+4. ``linear``: ``evaluate_stores(probes="linear")``, default L-BFGS solver (on at most
+   ``max_images`` = 1,000 train images, a seeded subset of a larger store), with the iteration
    budget ``--linear-iter`` (the library default is 300; a smaller budget keeps the default run
-   short, and the cost per pass is printed so that the full budget can be extrapolated);
+   short, and the cost per pass is printed so that the full budget can be extrapolated; the
+   token count is passes x the images read x tokens per image);
 5. ``metrics``: the fitted k-means and linear probes scored on the val store alone
    (``evaluate_stores`` with the fitted probes: no training);
 6. ``distinctness``: :func:`~stego_probe.distinctness.distinctness_report` on the sweep's val
@@ -216,8 +218,11 @@ def stage_probe(a, name: str) -> dict:
     out = {"seconds": seconds, "miou": miou}
     if name == "linear":
         passes = int(getattr(probe, "n_passes_", 0))
+        cap = getattr(probe, "max_images", None)  # L-BFGS reads at most this many images
+        images = train.n_images if cap is None else min(int(cap), train.n_images)
         out.update(
-            tokens=passes * train.n_images * train.grid[0] * train.grid[1],
+            tokens=passes * images * train.grid[0] * train.grid[1],
+            images=images,
             passes=passes,
             n_iter=int(getattr(probe, "n_iter_", 0)),
             converged=bool(getattr(probe, "converged_", False)),

@@ -752,7 +752,9 @@ def evaluate_stores(
         steps, train_batch_size: training mini-batches and images per batch of the cluster
             probe and of an Adam linear probe (``probe_kwargs={"linear": {"solver": "adam"}}``;
             reference: 7000 x 32; Potsdam 5000 x 16). The default L-BFGS linear probe ignores
-            them (its budget: ``max_iter`` passes over the train store).
+            them (its budget: ``max_iter`` iterations, each a pass over the train store's
+            images, or over a seeded subset of ``max_images`` of them:
+            ``probe_kwargs={"linear": {"max_images": ...}}``, default 1,000).
         n_tokens: tokens sampled from the training store for the k-means probe; the linear
             probe's input statistics come from the same sample (from ``min(n_tokens,
             STATS_TOKENS)`` tokens when k-means does not run), and a linear probe with
