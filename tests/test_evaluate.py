@@ -331,14 +331,19 @@ def test_cli_evaluate_linear_solver_flag_and_settings(stores, tmp_path, capsys):
     settings = json.loads((tmp_path / "lin.csv.settings.json").read_text())["points"]
     (record,) = settings.values()
     assert record["settings"]["linear_solver"] == "lbfgs" and "steps" not in record["settings"]
-    assert record["settings"]["linear_max_images"] == LINEAR_MAX_IMAGES
-    # another image cap on the same --out is refused; 'all' is no cap; a bad value fails parsing
+    # the cap as it acts: the store is smaller than the default cap, so every image was read
+    assert train.n_images < LINEAR_MAX_IMAGES
+    assert record["settings"]["linear_max_images"] is None
+    # so 'all' (or any cap above the store's size) reruns the same rows: nothing recomputed
+    assert main(argv + ["--linear-max-images", "all"]) == 0
+    assert "already in" in capsys.readouterr().out
+    # a cap below it gives other rows: refused on the same --out, recorded on another
     assert main(argv + ["--linear-max-images", "3"]) == 1
-    assert f"--linear-max-images {LINEAR_MAX_IMAGES} there, 3 now" in capsys.readouterr().err
-    assert main(argv[:-1] + [str(tmp_path / "all.csv"), "--linear-max-images", "all"]) == 0
+    assert "--linear-max-images None there, 3 now" in capsys.readouterr().err
+    assert main(argv[:-1] + [str(tmp_path / "cap.csv"), "--linear-max-images", "3"]) == 0
     capsys.readouterr()
-    settings = json.loads((tmp_path / "all.csv.settings.json").read_text())["points"]
-    assert next(iter(settings.values()))["settings"]["linear_max_images"] is None
+    settings = json.loads((tmp_path / "cap.csv.settings.json").read_text())["points"]
+    assert next(iter(settings.values()))["settings"]["linear_max_images"] == 3
     with pytest.raises(SystemExit):
         main(argv + ["--linear-max-images", "0"])
     assert "positive integer (>= 1) or 'all'" in capsys.readouterr().err

@@ -1356,3 +1356,23 @@ def test_val_split_with_one_class_fails_its_points_not_the_sweep(tiny_run, tmp_p
     assert "3 of 3 points failed" in str(err)
     assert not done_points(out / "results.csv")  # no rows of failed points
     assert lock_holder(out) is None
+
+
+def test_resume_across_linear_image_caps_above_the_train_store(tiny_run, tmp_path):
+    """A folder written before the L-BFGS image cap (or under another cap) resumes when no cap
+    is below its train store's size (both read every image: the same rows); a cap below it is
+    refused."""
+    import json
+
+    from stego_probe.store import FeatureStore
+
+    out = copy_run(tiny_run, tmp_path / "run", ("stores", "results.csv", "config.json"))
+    recorded = json.loads((out / "config.json").read_text())
+    recorded["probe_kwargs"]["linear"].pop("max_images")  # as written before the cap
+    (out / "config.json").write_text(json.dumps(recorded))
+    n_train = FeatureStore.open(sweep.store_path(tiny_run.config, out, "train")).n_images
+    sweep_run._check_resume(tiny_run.config, out)  # default cap 1000 >= n_train: resumes
+    low = tiny_run.config.probe_kwargs["linear"] | {"max_images": n_train - 1}
+    capped = tiny_config(probe_kwargs={**tiny_run.config.probe_kwargs, "linear": low})
+    with pytest.raises(ValueError, match="'max_images': None"):
+        sweep_run._check_resume(capped, out)

@@ -395,14 +395,23 @@ def _probe_settings(args, probes: list[str], train, val) -> dict[str, dict]:
                 if args.linear_solver == "adam"
                 else {}
             ),
+            # the cap as it acts: None when it reads every image (so a rerun of a table
+            # written before the cap existed, or with another cap above the store's size,
+            # has the same rows)
             **(
-                {"linear_max_images": args.linear_max_images}
+                {"linear_max_images": _effective_cap(args.linear_max_images, train)}
                 if args.linear_solver == "lbfgs"
                 else {}
             ),
             "stats_tokens": stats,
         },
     }
+
+
+def _effective_cap(cap: int | None, train) -> int | None:
+    """The L-BFGS linear probe's image cap as it acts on ``train``: None when it reads every
+    image."""
+    return None if cap is None or int(cap) >= int(train.n_images) else int(cap)
 
 
 def _planned_keys(args, probe: str, seed: int, train, val) -> list[tuple[str, ...]]:

@@ -298,6 +298,8 @@ def _check_resume(config: SweepConfig, out: Path) -> None:
             **(new.get("dataset_kwargs") or {}),
         }:
             changed.remove("dataset_kwargs")
+    if "probe_kwargs" in changed and _same_linear_images(config, out, old, new):
+        changed.remove("probe_kwargs")
     changed_bb = []  # (single-backbone config, old entry) of the backbones whose settings changed
     if config.multi_backbone:
         before = _old_entries(old)
@@ -356,6 +358,28 @@ def _check_resume(config: SweepConfig, out: Path) -> None:
                 stacklevel=3,
             )
             shutil.rmtree(p)
+
+
+def _same_linear_images(config: SweepConfig, out: Path, old: dict, new: dict) -> bool:
+    """True when two recorded ``probe_kwargs`` differ only in the L-BFGS linear probe's
+    ``max_images`` and neither cap is below the size of any train store of the sweep in
+    ``out``: both read every training image, so the rows agree (e.g. a demo folder written
+    before the cap existed)."""
+    a, b = dict(old.get("probe_kwargs") or {}), dict(new.get("probe_kwargs") or {})
+    la, lb = dict(a.pop("linear", None) or {}), dict(b.pop("linear", None) or {})
+    caps = (la.pop("max_images", None), lb.pop("max_images", None))
+    if a != b or la != lb or caps[0] == caps[1]:
+        return False
+    from stego_probe.store import FeatureStore
+
+    for sub in config.backbone_configs():
+        try:
+            n = int(FeatureStore.open(store_path(sub, out, "train")).n_images)
+        except Exception:  # noqa: BLE001 - no readable store: the caps may matter
+            return False
+        if any(cap is not None and int(cap) < n for cap in caps):
+            return False
+    return True
 
 
 def _has_spectrum(results: Path, backbone: str | None = None) -> bool:
