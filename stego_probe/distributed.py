@@ -46,22 +46,33 @@ class Ranks:
 
     @classmethod
     def resolve(cls, rank: int | None = None, world_size: int | None = None) -> Ranks:
-        """``rank`` / ``world_size`` as given, else from ``RANK`` / ``WORLD_SIZE`` (else 0 / 1);
-        ``local_rank`` from ``LOCAL_RANK`` (else ``rank``).
+        """``rank`` / ``world_size`` as given, else from ``RANK`` / ``WORLD_SIZE`` (each read
+        on its own: ``world_size=2`` under ``torchrun`` still takes the rank from ``RANK``;
+        without either, 0 / 1); ``local_rank`` from ``LOCAL_RANK`` (else ``rank``).
 
         Raises:
-            ValueError: a world size below 1, or a rank outside ``[0, world_size)``.
+            ValueError: a world size below 1, a rank outside ``[0, world_size)``, or more than
+                one rank with no rank given and no ``RANK`` set (every process would be rank 0).
         """
-        env_world = _env_int("WORLD_SIZE")
+        import numbers
+
         if world_size is None:
+            env_world = _env_int("WORLD_SIZE")
             world_size = 1 if env_world is None else env_world
-            if rank is None:
-                rank = _env_int("RANK")
-        if rank is None:
-            rank = 0
         for name, v in (("rank", rank), ("world_size", world_size)):
-            if not isinstance(v, int) or isinstance(v, bool):
+            if v is not None and (not isinstance(v, numbers.Integral) or isinstance(v, bool)):
                 raise ValueError(f"{name}: expected an int, got {v!r}")
+        world_size = int(world_size)
+        if rank is None:
+            rank = _env_int("RANK")
+            if rank is None:
+                if world_size > 1:
+                    raise ValueError(
+                        f"rank: world_size is {world_size} but no rank was given and RANK is "
+                        "not set (torchrun sets it; else pass rank=)"
+                    )
+                rank = 0
+        rank = int(rank)
         if world_size < 1:
             raise ValueError(f"world_size (WORLD_SIZE): expected >= 1, got {world_size}")
         if not 0 <= rank < world_size:

@@ -563,6 +563,11 @@ def extract(
     dim = prov["dim"]
 
     ranks = Ranks.resolve(rank, world_size)
+    if ranks.distributed and str(path).startswith("memory://"):
+        raise ValueError(
+            f"store {path}: a memory:// store lives in one process; {ranks.world_size} ranks "
+            "need a path every rank can reach (a shared folder or an object store URL)"
+        )
     if ranks.distributed and dev.type == "cuda" and str(device) in ("auto", "cuda", "None"):
         dev = torch.device("cuda", ranks.local_rank)  # one GPU per rank of a machine
     if dev.type == "cuda" and ranks.distributed:
@@ -606,7 +611,10 @@ def extract(
             try:
                 stack.enter_context(_store_lock(path))
                 store, complete = open_store()
-                state = "complete" if complete else np.flatnonzero(~store.done_blocks()).tolist()
+                pending = np.flatnonzero(~store.done_blocks()).tolist()
+                # the store's inputs go with the pending blocks: every rank checks its own
+                # (dataset, backbone, weights, ...) against them before writing
+                state = "complete" if complete else (pending, dict(store.provenance))
             except Exception as e:  # noqa: BLE001 - re-raised below, after telling the others
                 error = e
         shared = ranks.broadcast(state if error is None else f"{type(error).__name__}: {error}")
@@ -617,10 +625,19 @@ def extract(
                 raise RuntimeError(f"extraction rank 0 could not open the store {path}: {shared}")
             ranks.gather(None)
             return store if store is not None else FeatureStore.open(path, mode="r")
-        if store is None:
-            store = FeatureStore.open(path, mode="r+")
-        mine = ranks.mine(shared)
+        pending, store_prov = shared
+        mine = ranks.mine(pending)
         try:
+            if store is None:  # a failure here reaches every rank through the gather below
+                try:
+                    check_store_compatible(store_prov, prov, path)
+                except ValueError as e:
+                    raise ValueError(
+                        f"rank {ranks.rank} would write other inputs into rank 0's store: every "
+                        "rank must extract the same dataset with the same backbone and weights "
+                        f"(seed a randomly initialised backbone alike on every rank). {e}"
+                    ) from None
+                store = FeatureStore.open(path, mode="r+")
             if mine:
                 _run(
                     store,

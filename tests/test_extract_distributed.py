@@ -52,7 +52,9 @@ def _rank_main(rank: int, world: int, port: int, store: str, out: str, fail_afte
     else:
         kw = {"rank": rank, "world_size": world}
     try:
-        if isinstance(fail_after, str):  # "die:<k>": the process dies on forward call k
+        if isinstance(fail_after, str) and fail_after.startswith("seed:"):  # other weights
+            bb = ToyBackbone(seed=int(fail_after.split(":")[1]))
+        elif isinstance(fail_after, str):  # "die:<k>": the process dies on forward call k
             bb = DyingBackbone(int(fail_after.split(":")[1]))
         else:
             bb = ToyBackbone(fail_after=fail_after)
@@ -140,6 +142,26 @@ def test_rerun_with_two_ranks_after_single_process_failure(tmp_path, reference):
     assert _tree(store) == reference
 
 
+def test_a_rank_with_other_weights_is_refused_before_it_writes(tmp_path, reference):
+    """Every rank checks its own inputs against rank 0's store: a rank whose backbone has other
+    weights (e.g. a random init seeded differently) writes nothing and fails every rank, naming
+    itself and the difference; the blocks of the good rank are kept and a re-run completes."""
+    store = tmp_path / "s"
+    r0, r1 = _launch(tmp_path, store, fail={1: "seed:1"})
+    assert not r1["ok"] and "rank 1 would write other inputs" in r1["error"]
+    assert "weights_sha256" in r1["error"]
+    assert not r0["ok"] and "rank 1:" in r0["error"] and "other inputs" in r0["error"]
+    partial = FeatureStore.open(store, allow_incomplete=True)
+    np.testing.assert_array_equal(partial.done_blocks(), [True, False, True, False, True])
+    assert _launch(tmp_path, store) == [{"ok": True, "complete": True}] * 2
+    assert _tree(store) == reference
+
+
+def test_memory_stores_are_refused_for_several_ranks():
+    with pytest.raises(ValueError, match=r"memory:// store lives in one process; 2 ranks"):
+        _run("memory://dist/s", ToyDataset(N), ToyBackbone(), rank=0, world_size=2)
+
+
 def test_ranks_resolve(monkeypatch):
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
@@ -154,6 +176,14 @@ def test_ranks_resolve(monkeypatch):
         Ranks.resolve(rank=2, world_size=2)
     with pytest.raises(ValueError, match="world_size"):
         Ranks.resolve(rank=0, world_size=0)
+    # a world size passed under torchrun still takes the rank from RANK
+    assert Ranks.resolve(world_size=4) == Ranks(3, 4, 1)
+    assert Ranks.resolve(rank=np.int64(2), world_size=np.int64(4)) == Ranks(2, 4, 1)
+    monkeypatch.delenv("RANK")
+    with pytest.raises(ValueError, match="no rank was given and RANK is not set"):
+        Ranks.resolve(world_size=2)
+    with pytest.raises(ValueError, match="rank: expected an int"):
+        Ranks.resolve(rank="1", world_size=2)
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(ValueError, match="WORLD_SIZE"):
         Ranks.resolve()
