@@ -57,7 +57,14 @@ from stego_probe.probes.cluster_lookup import (
 )
 from stego_probe.projections.base import check_store_sample, check_store_tokens
 from stego_probe.provenance import check_compatible
-from stego_probe.results import RESULT_COLUMNS, kmeans_context, make_rows, mode_column, to_frame
+from stego_probe.results import (
+    RESULT_COLUMNS,
+    kmeans_context,
+    linear_context,
+    make_rows,
+    mode_column,
+    to_frame,
+)
 from stego_probe.scoring import Scorer, score_store
 from stego_probe.store import STORE_PAIR_KEYS, check_store_pair, is_store, preloaded
 from stego_probe.threads import uses_threads
@@ -624,6 +631,19 @@ def _sample_targets(train_store, n_sample: int, seed: int, token_mode: bool, tra
     return tokens, targets
 
 
+def _train_images(probe, train_store) -> int:
+    """Distinct training images a linear probe trained here saw: the L-BFGS probe's
+    ``max_images`` subset (:func:`_train_pass_probe`), else the whole store (Adam's stream and
+    the token sample draw from every image)."""
+    from stego_probe.probes.linear import train_subset
+
+    n = int(train_store.n_images)
+    if _uses_passes(probe):
+        subset = train_subset(n, getattr(probe, "max_images", None), int(probe.random_state))
+        return n if subset is None else len(subset)
+    return n
+
+
 def _train_pass_probe(probe, train_store, project, token_mode, progress):
     """Fit a full-batch (L-BFGS) linear probe on passes over a training store.
 
@@ -946,6 +966,9 @@ def evaluate_stores(
             }
             if name == "kmeans" and hasattr(fitted[name], "n_iter_"):
                 context.update(kmeans_context(fitted[name]))  # stopping rule, iterations run
+            if name == "linear":  # solver, training images, iterations run
+                images = None if "linear" in prefitted else _train_images(fitted[name], train_store)
+                context.update(linear_context(fitted[name], images))
             out += make_rows(context, metrics_to_flat(s, class_names))
         return out
 

@@ -7,8 +7,9 @@ segmentation metrics (``accuracy``, ``miou``, ``iou:<class>``, ``precision:<clas
 
 Rows of the ``kmeans`` probe (and distinctness rows) also record the k-means protocol that
 produced them (:data:`KMEANS_COLUMNS`): the stopping rule (``kmeans_tol``, ``kmeans_niter``), the
-restarts (``kmeans_nredo``) and the iterations the fit actually ran (``kmeans_n_iter``). Tables
-written before these columns existed are read with them empty (NaN). Rows of a transfer run
+restarts (``kmeans_nredo``) and the iterations the fit actually ran (``kmeans_n_iter``); rows of
+the ``linear`` probe record its solver, training images and iterations (:data:`LINEAR_COLUMNS`).
+Tables written before these columns existed are read with them empty (NaN / ``""``). Rows of a transfer run
 (:mod:`stego_probe.transfer`) name the dataset the projection was fitted on and the one it was
 evaluated on (:data:`TRANSFER_COLUMNS`, empty text for every other row).
 
@@ -53,6 +54,9 @@ RESULT_COLUMNS = [
     "stego_probe_version",
     "fit_dataset",  # transfer rows: the dataset the projection was fitted on (else empty)
     "eval_dataset",  # transfer rows: the dataset probed and scored (else empty)
+    "linear_solver",  # linear rows: lbfgs, tokens or adam (empty for other probes)
+    "linear_train_images",  # linear rows: distinct train images the probe was trained on
+    "linear_n_iter",  # linear rows: L-BFGS iterations run, or Adam steps
 ]
 
 #: Columns that identify one measured number (every column except the value, the k-means
@@ -60,7 +64,7 @@ RESULT_COLUMNS = [
 IDENTITY_COLUMNS = [
     c
     for c in RESULT_COLUMNS
-    if c not in ("value", "stego_probe_version") and not c.startswith("kmeans_")
+    if c not in ("value", "stego_probe_version") and not c.startswith(("kmeans_", "linear_"))
 ]
 
 #: The k-means protocol columns (numeric; empty for rows that involve no k-means fit). They were
@@ -75,11 +79,28 @@ KMEANS_COLUMNS = ["kmeans_niter", "kmeans_tol", "kmeans_nredo", "kmeans_n_iter"]
 #: ``""`` in older tables.
 TRANSFER_COLUMNS = ["fit_dataset", "eval_dataset"]
 
+#: The linear-probe protocol columns (empty for rows of other probes, and NaN / ``""`` in
+#: tables written before they were added, which :func:`read_results` fills): the solver
+#: (``linear_solver``: ``lbfgs``, ``tokens``, ``adam``), the distinct training images it was
+#: trained on (``linear_train_images``: the store's size, or the L-BFGS probe's
+#: ``max_images`` subset) and the iterations it ran (``linear_n_iter``: L-BFGS iterations or
+#: Adam steps). Like the k-means columns they describe how a number was obtained and are not
+#: part of its identity (:data:`IDENTITY_COLUMNS`).
+LINEAR_COLUMNS = ["linear_solver", "linear_train_images", "linear_n_iter"]
+
 #: Columns holding numbers: in row keys (:func:`row_key`) ``3``, ``3.0`` and ``"3"`` agree.
-NUMERIC_COLUMNS = ("dim", "seed", "value", *KMEANS_COLUMNS)
+NUMERIC_COLUMNS = ("dim", "seed", "value", *KMEANS_COLUMNS, "linear_train_images", "linear_n_iter")
 
 #: Numeric columns read as int64 (as float64, NaN where empty, when a cell is empty).
-INT_COLUMNS = ("dim", "seed", "kmeans_niter", "kmeans_nredo", "kmeans_n_iter")
+INT_COLUMNS = (
+    "dim",
+    "seed",
+    "kmeans_niter",
+    "kmeans_nredo",
+    "kmeans_n_iter",
+    "linear_train_images",
+    "linear_n_iter",
+)
 
 #: Numeric columns read as float64 (NaN where empty; ``inf`` stays ``inf``).
 FLOAT_COLUMNS = ("value", "kmeans_tol")
@@ -253,6 +274,26 @@ def kmeans_context(probe) -> dict:
     }
 
 
+def linear_context(probe, train_images: int | None = None) -> dict:
+    """The :data:`LINEAR_COLUMNS` values of a fitted
+    :class:`~stego_probe.probes.LinearProbe`: its ``solver``, ``train_images`` (the distinct
+    training images it saw; None: unknown, e.g. a probe loaded from a file) and the iterations
+    it ran (``n_iter_`` of L-BFGS, ``n_steps_`` of Adam; None when not recorded).
+
+    Returns:
+        ``{"linear_solver": str, "linear_train_images": int | "", "linear_n_iter": int | ""}``.
+    """
+    solver = str(getattr(probe, "solver", "") or "")
+    n_iter = getattr(probe, "n_iter_", None) if solver in ("lbfgs", "tokens") else None
+    if n_iter is None:
+        n_iter = getattr(probe, "n_steps_", None)
+    return {
+        "linear_solver": solver,
+        "linear_train_images": "" if train_images is None else int(train_images),
+        "linear_n_iter": "" if n_iter is None else int(n_iter),
+    }
+
+
 def make_rows(context: Mapping, metrics: Mapping[str, float]) -> list[dict]:
     """Expand ``metrics`` (name -> value) into tidy rows sharing ``context`` columns.
 
@@ -379,8 +420,8 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
 
     Args:
         path: a CSV written by :func:`append_csv` (or any CSV with :data:`RESULT_COLUMNS`;
-            the :data:`KMEANS_COLUMNS` and :data:`TRANSFER_COLUMNS` may be absent, as in
-            tables written before they existed).
+            the :data:`KMEANS_COLUMNS`, :data:`TRANSFER_COLUMNS` and :data:`LINEAR_COLUMNS`
+            may be absent, as in tables written before they existed).
 
     Returns:
         DataFrame with :data:`RESULT_COLUMNS` first (in order), then any extra columns, typed
@@ -410,7 +451,7 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
             f"{path}: not a readable stego_probe results table (expected a CSV with columns "
             f"{', '.join(RESULT_COLUMNS[:3])}, ...): {msg}"
         ) from e
-    optional = (*KMEANS_COLUMNS, *TRANSFER_COLUMNS)
+    optional = (*KMEANS_COLUMNS, *TRANSFER_COLUMNS, *LINEAR_COLUMNS)
     missing = [c for c in RESULT_COLUMNS if c not in df.columns and c not in optional]
     if missing:
         raise ValueError(f"{path}: not a stego_probe results table, missing columns {missing}")
@@ -420,6 +461,9 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
     for c in TRANSFER_COLUMNS:  # absent in tables written before they were added
         if c not in df.columns:
             df[c] = ""
+    for c in LINEAR_COLUMNS:  # absent in tables written before they were added
+        if c not in df.columns:
+            df[c] = "" if c == "linear_solver" else float("nan")
     df = coerce_types(df, name=str(path))
     return df[RESULT_COLUMNS + [c for c in df.columns if c not in RESULT_COLUMNS]]
 

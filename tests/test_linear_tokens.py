@@ -176,3 +176,31 @@ def test_max_images_must_be_a_positive_integer_or_none(bad):
     codes, lab = blob_data()
     with pytest.raises(ValueError, match="max_images: expected a positive integer or None"):
         LinearProbe(K, max_images=bad).fit(codes, lab)
+
+
+def test_linear_rows_record_solver_training_images_and_iterations(tmp_path):
+    codes, lab = blob_data(n=12, seed=3)
+    train = make_store(tmp_path / "train", codes, lab)
+    val = make_store(tmp_path / "val", *blob_data(n=4, seed=4), split="val")
+
+    def rows(**kw):
+        frame, probes = evaluate_stores(
+            train, val, probes="kmeans,linear", seed=5, return_probes=True, progress=False,
+            probe_kwargs={"kmeans": {"niter": 5, "nredo": 1}, "linear": kw}, steps=7,
+            train_batch_size=4,
+        )  # fmt: skip
+        return frame, probes
+
+    frame, probes = rows(solver="lbfgs", max_images=5, **TOL)
+    lin = frame[frame.probe == "linear"]
+    assert set(lin.linear_solver) == {"lbfgs"} and set(lin.linear_train_images) == {5}
+    assert set(lin.linear_n_iter) == {probes["linear"].n_iter_} and probes["linear"].n_iter_ > 0
+    km = frame[frame.probe == "kmeans"]
+    assert set(km.linear_solver) == {""} and km.linear_n_iter.isna().all()
+    frame, _ = rows(solver="adam")
+    lin = frame[frame.probe == "linear"]
+    assert set(lin.linear_solver) == {"adam"} and set(lin.linear_n_iter) == {7}
+    assert set(lin.linear_train_images) == {12}
+    # a prefitted probe: its solver is known, the images it was trained on are not
+    frame = evaluate_stores(train, val, probes={"linear": probes["linear"]}, progress=False)
+    assert set(frame.linear_solver) == {"lbfgs"} and frame.linear_train_images.isna().all()
