@@ -57,6 +57,7 @@ RESULT_COLUMNS = [
     "linear_solver",  # linear rows: lbfgs, tokens or adam (empty for other probes)
     "linear_train_images",  # linear rows: distinct train images the probe was trained on
     "linear_n_iter",  # linear rows: L-BFGS iterations run, or Adam steps
+    "kmeans_engine",  # kmeans rows: the Lloyd engine that ran (hamerly, faiss)
 ]
 
 #: Columns that identify one measured number (every column except the value, the k-means
@@ -87,6 +88,11 @@ TRANSFER_COLUMNS = ["fit_dataset", "eval_dataset"]
 #: Adam steps). Like the k-means columns they describe how a number was obtained and are not
 #: part of its identity (:data:`IDENTITY_COLUMNS`).
 LINEAR_COLUMNS = ["linear_solver", "linear_train_images", "linear_n_iter"]
+
+#: The Lloyd engine of a ``kmeans`` row (``KMeansProbe.algorithm_``: ``hamerly`` on the CPU,
+#: ``faiss`` on GPUs or with ``algorithm="faiss"``; text, empty for other rows and in older
+#: tables).
+KMEANS_ENGINE_COLUMN = "kmeans_engine"
 
 #: Columns holding numbers: in row keys (:func:`row_key`) ``3``, ``3.0`` and ``"3"`` agree.
 NUMERIC_COLUMNS = ("dim", "seed", "value", *KMEANS_COLUMNS, "linear_train_images", "linear_n_iter")
@@ -263,7 +269,8 @@ def kmeans_context(probe) -> dict:
     tells the two apart).
 
     Returns:
-        ``{"kmeans_niter": int, "kmeans_tol": float, "kmeans_nredo": int, "kmeans_n_iter": int}``.
+        ``{"kmeans_niter": int, "kmeans_tol": float, "kmeans_nredo": int, "kmeans_n_iter": int,
+        "kmeans_engine": str}`` (the engine that ran, ``algorithm_``; ``""`` if unknown).
     """
     tol = getattr(probe, "tol", None)
     return {
@@ -271,6 +278,7 @@ def kmeans_context(probe) -> dict:
         "kmeans_tol": 0.0 if tol is None else float(tol),
         "kmeans_nredo": int(probe.nredo),
         "kmeans_n_iter": int(probe.n_iter_),
+        KMEANS_ENGINE_COLUMN: str(getattr(probe, "algorithm_", "") or ""),
     }
 
 
@@ -451,7 +459,7 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
             f"{path}: not a readable stego_probe results table (expected a CSV with columns "
             f"{', '.join(RESULT_COLUMNS[:3])}, ...): {msg}"
         ) from e
-    optional = (*KMEANS_COLUMNS, *TRANSFER_COLUMNS, *LINEAR_COLUMNS)
+    optional = (*KMEANS_COLUMNS, *TRANSFER_COLUMNS, *LINEAR_COLUMNS, KMEANS_ENGINE_COLUMN)
     missing = [c for c in RESULT_COLUMNS if c not in df.columns and c not in optional]
     if missing:
         raise ValueError(f"{path}: not a stego_probe results table, missing columns {missing}")
@@ -464,6 +472,8 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
     for c in LINEAR_COLUMNS:  # absent in tables written before they were added
         if c not in df.columns:
             df[c] = "" if c == "linear_solver" else float("nan")
+    if KMEANS_ENGINE_COLUMN not in df.columns:
+        df[KMEANS_ENGINE_COLUMN] = ""
     df = coerce_types(df, name=str(path))
     return df[RESULT_COLUMNS + [c for c in df.columns if c not in RESULT_COLUMNS]]
 

@@ -553,12 +553,13 @@ def test_old_results_tables_without_kmeans_columns_are_read(tmp_path):
     from stego_probe.results import KMEANS_COLUMNS, LINEAR_COLUMNS, append_csv, make_rows
 
     old = tmp_path / "old.csv"
-    cols = [c for c in RESULT_COLUMNS if c not in KMEANS_COLUMNS + LINEAR_COLUMNS]
+    newer = KMEANS_COLUMNS + LINEAR_COLUMNS + ["kmeans_engine"]
+    cols = [c for c in RESULT_COLUMNS if c not in newer]
     row = {**{c: "x" for c in cols}, "dim": 3, "seed": 0, "crf": False, "value": 1.5}
     pd.DataFrame([row], columns=cols).to_csv(old, index=False)
     df = read_results(old)
     assert list(df.columns) == RESULT_COLUMNS and df[KMEANS_COLUMNS].isna().all().all()
-    assert df["linear_solver"].tolist() == [""]
+    assert df["linear_solver"].tolist() == [""] and df["kmeans_engine"].tolist() == [""]
     assert df[["linear_train_images", "linear_n_iter"]].isna().all().all()
     new = make_rows({"probe": "kmeans", "kmeans_niter": 300, "kmeans_tol": 0.0}, {"miou": 2.0})
     both = append_csv(new, old)

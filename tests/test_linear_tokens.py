@@ -197,6 +197,8 @@ def test_linear_rows_record_solver_training_images_and_iterations(tmp_path):
     assert set(lin.linear_n_iter) == {probes["linear"].n_iter_} and probes["linear"].n_iter_ > 0
     km = frame[frame.probe == "kmeans"]
     assert set(km.linear_solver) == {""} and km.linear_n_iter.isna().all()
+    assert set(km.kmeans_engine) == {probes["kmeans"].algorithm_} == {"hamerly"}  # CPU default
+    assert set(lin.kmeans_engine) == {""}
     frame, _ = rows(solver="adam")
     lin = frame[frame.probe == "linear"]
     assert set(lin.linear_solver) == {"adam"} and set(lin.linear_n_iter) == {7}
