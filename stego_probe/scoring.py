@@ -116,17 +116,10 @@ class Scorer:
 
 
 def _check_codes(codes, what: str) -> None:
-    """:func:`stego_probe.codes.check_finite` for numpy or torch codes (torch: one device-side
-    reduction, the codes are copied to the host only when they are not finite)."""
-    import torch
-
+    """:func:`stego_probe.codes.check_finite` of numpy or torch codes."""
     from stego_probe.codes import check_finite
 
-    if torch.is_tensor(codes):
-        if bool(torch.isfinite(codes).all()):
-            return
-        codes = codes.detach().cpu().numpy()
-    check_finite(np.asarray(codes), what)
+    check_finite(codes, what)
 
 
 def score_store(

@@ -135,12 +135,18 @@ def test_evaluate_stores_trains_on_the_token_sample(tmp_path):
     assert set(tok["mode"]) == {"token"}
 
 
-def test_lbfgs_on_a_store_trains_on_the_seeded_image_subset_of_max_images(tmp_path):
-    from stego_probe.probes.linear import train_subset
-
+def twelve_image_stores(tmp_path):
+    """(codes, labels, train store of 12 images, val store of 4) for the image-cap tests."""
     codes, lab = blob_data(n=12, seed=3)
     train = make_store(tmp_path / "train", codes, lab)
     val = make_store(tmp_path / "val", *blob_data(n=4, seed=4), split="val")
+    return codes, lab, train, val
+
+
+def test_lbfgs_on_a_store_trains_on_the_seeded_image_subset_of_max_images(tmp_path):
+    from stego_probe.probes.linear import train_subset
+
+    codes, lab, train, val = twelve_image_stores(tmp_path)
 
     def probe_of(**kw):
         _, probes = evaluate_stores(
@@ -179,9 +185,7 @@ def test_max_images_must_be_a_positive_integer_or_none(bad):
 
 
 def test_linear_rows_record_solver_training_images_and_iterations(tmp_path):
-    codes, lab = blob_data(n=12, seed=3)
-    train = make_store(tmp_path / "train", codes, lab)
-    val = make_store(tmp_path / "val", *blob_data(n=4, seed=4), split="val")
+    _, _, train, val = twelve_image_stores(tmp_path)
 
     def rows(**kw):
         frame, probes = evaluate_stores(

@@ -393,7 +393,9 @@ def test_non_finite_fit_data_is_refused(bad):
     x = _correlated(200)
     x[17, 3] = bad
     for est in (PCAProjection(3), RandomProjection(3), RandomProjection(3, standardize=None)):
-        with pytest.raises(ValueError, match=r"fit: X contains 1 NaN or infinite .*row 17"):
+        with pytest.raises(
+            ValueError, match=r"fit: X: expected finite values, found 1 NaN or infinite .*row 17"
+        ):
             est.fit(x)
         assert not est.is_fitted
     with pytest.raises(ValueError, match="NaN or infinite"):  # float64 overflowing float32
@@ -429,13 +431,18 @@ def test_non_finite_transform_input_is_refused():
     for est in (PCAProjection(3).fit(x), RandomProjection(3).fit(x), Identity().fit(x)):
         bad = x[:20].copy()
         bad[4, 0] = np.nan
-        with pytest.raises(ValueError, match=r"transform: X \(N, C\) contains 1 NaN.*row 4"):
+        with pytest.raises(
+            ValueError, match=r"transform: X \(N, C\): expected finite values, found 1 NaN.*row 4"
+        ):
             est.transform(bad)
-        with pytest.raises(ValueError, match=r"transform: X \(N, C\) contains"):
+        with pytest.raises(ValueError, match=r"transform: X \(N, C\): expected finite"):
             est.transform(torch.from_numpy(bad))
         toks = x[:24].reshape(2, 3, 4, C).copy()
         toks[1, 2, 3, 5] = np.inf
-        with pytest.raises(ValueError, match=r"transform_tokens: tokens .* contains 1 NaN"):
+        with pytest.raises(
+            ValueError,
+            match=r"transform_tokens: tokens .*: expected finite values, found 1 NaN or inf",
+        ):
             est.transform_tokens(toks)
         assert est.transform(x[:0]).shape[0] == 0  # empty input is fine
 

@@ -49,7 +49,7 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import NotFittedError
 
-from stego_probe.codes import all_finite
+from stego_probe.codes import all_finite, check_finite
 from stego_probe.fileio import to_jsonable
 from stego_probe.persist import LEGACY_PROJECTION_FORMAT, read_estimator, write_estimator
 from stego_probe.provenance import package_info
@@ -108,29 +108,6 @@ def seed_from_random_state(value: Any) -> int | None:
     if isinstance(value, np.random.RandomState):
         return int(value.randint(0, 2**31 - 1))
     return None if value is None else int(value)
-
-
-def check_finite(x: np.ndarray | torch.Tensor, what: str, hint: str = "") -> None:
-    """Raise ``ValueError`` naming ``what`` if the float array / tensor ``x`` has NaN or inf.
-
-    The message gives the number of non-finite values and the first row (first axis) holding
-    one; ``hint`` is appended.
-    """
-    if isinstance(x, torch.Tensor):
-        if not x.is_floating_point() or bool(torch.isfinite(x).all()):
-            return
-        bad = ~torch.isfinite(x.reshape(x.shape[0], -1))
-        count, row = int(bad.sum()), int(bad.any(dim=1).nonzero()[0, 0])
-    else:
-        x = np.asarray(x)
-        if not np.issubdtype(x.dtype, np.floating) or all_finite(x):
-            return
-        bad = ~np.isfinite(x.reshape(x.shape[0], -1))
-        count, row = int(bad.sum()), int(np.flatnonzero(bad.any(axis=1))[0])
-    raise ValueError(
-        f"{what} contains {count} NaN or infinite value(s) (first in row {row}); expected "
-        f"finite values{hint}"
-    )
 
 
 def guard_scale(
