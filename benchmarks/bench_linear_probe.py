@@ -12,7 +12,9 @@ mass, in memory) and ``solver="adam"`` for ``STEPS x 32`` images (the reference:
 prints per code and solver: val mIoU, its difference to Adam, wall time of the whole
 ``evaluate_stores`` call (training and validation), the Adam time extrapolated to 7000 steps,
 the speed-up over it, the L-BFGS iterations / passes; then the agreement of raw, PCA-64 and
-RP-64 under each solver (a converged probe must score them alike). A second table times one Adam step of
+RP-64 under each solver (a converged probe must score them alike), and the val mIoU of the
+L-BFGS probe trained on a seeded half / quarter of the train images (``max_images``, the image
+cap that bounds its cost on paper-scale stores). A second table times one Adam step of
 the probe (store path) against a plain-torch loop on the same batches (the per-step overhead),
 and ``upsample_matmul`` against ``F.interpolate`` (forward + backward).
 
@@ -59,8 +61,9 @@ def stores(root: str, n_train: int, n_val: int):
     return out
 
 
-def run(train, val, projection, solver: str, steps: int):
-    """(val mIoU, wall seconds, fitted probe) of one evaluate_stores call (linear probe)."""
+def run(train, val, projection, solver: str, steps: int, **linear):
+    """(val mIoU, wall seconds, fitted probe) of one evaluate_stores call (linear probe;
+    ``linear``: more probe settings, e.g. ``max_images``)."""
     t0 = time.perf_counter()
     frame, probes = evaluate_stores(
         train,
@@ -69,7 +72,7 @@ def run(train, val, projection, solver: str, steps: int):
         projection=projection,
         steps=steps,
         train_batch_size=BATCH,
-        probe_kwargs={"linear": {"solver": solver}},
+        probe_kwargs={"linear": {"solver": solver, **linear}},
         progress=False,
         return_probes=True,
     )
@@ -156,6 +159,17 @@ def main() -> None:
                 f"agreement {label}: "
                 + ", ".join(f"{n} {v[s_]:.2f}" for n, v in res.items())
                 + f"; max - min {max(vals) - min(vals):.3f} mIoU"
+            )
+        # the L-BFGS image cap (max_images; 1,000 by default, above this store's size): what
+        # training on a seeded subset of the images costs in val mIoU, on the raw codes
+        full = res["raw"]["lbfgs"]
+        for frac in (2, 4):
+            cap = max(1, train.n_images // frac)
+            m, t, probe = run(train, val, None, "lbfgs", steps, max_images=cap)
+            print(
+                f"lbfgs on {cap} of {train.n_images} train images (max_images={cap}, raw): "
+                f"{m:.2f} mIoU ({m - full:+.2f} vs all images), {t:.2f} s, "
+                f"{probe.n_passes_} passes"
             )
         # per-step overhead of the Adam parity mode (same thread count as the runs above)
         n_steps = min(steps, 500)
