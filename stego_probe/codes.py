@@ -100,7 +100,7 @@ def check_finite(x, name: str = "codes", hint: str = ""):
 
         if not x.is_floating_point() or bool(torch.isfinite(x).all()):
             return x
-        arr = x.detach().cpu().numpy()
+        arr = to_numpy(x, name)  # on the host (bfloat16 upcast)
     else:
         arr = np.asarray(x)
         if arr.dtype.kind not in "fc" or all_finite(arr):

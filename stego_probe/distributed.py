@@ -47,8 +47,9 @@ class Ranks:
     @classmethod
     def resolve(cls, rank: int | None = None, world_size: int | None = None) -> Ranks:
         """``rank`` / ``world_size`` as given, else from ``RANK`` / ``WORLD_SIZE`` (each read
-        on its own: ``world_size=2`` under ``torchrun`` still takes the rank from ``RANK``;
-        without either, 0 / 1); ``local_rank`` from ``LOCAL_RANK`` (else ``rank``).
+        on its own: ``world_size=2`` under ``torchrun`` still takes the rank from ``RANK``; a
+        world of one is rank 0 whatever ``RANK`` says; without either, 0 / 1); ``local_rank``
+        from ``LOCAL_RANK`` (else ``rank``).
 
         Raises:
             ValueError: a world size below 1, a rank outside ``[0, world_size)``, or more than
@@ -64,7 +65,7 @@ class Ranks:
                 raise ValueError(f"{name}: expected an int, got {v!r}")
         world_size = int(world_size)
         if rank is None:
-            rank = _env_int("RANK")
+            rank = _env_int("RANK") if world_size > 1 else 0
             if rank is None:
                 if world_size > 1:
                     raise ValueError(

@@ -594,7 +594,7 @@ def _uses_passes(probe) -> bool:
 
 
 def _fits_sample(probe) -> bool:
-    """True for a probe trained on the seeded token sample (the linear probe's default
+    """True for a probe trained on the seeded token sample (the linear probe's
     ``solver="tokens"``: L-BFGS on the tokens and their class mass, in memory)."""
     return getattr(probe, "solver", None) == "tokens" and hasattr(probe, "fit_targets")
 
@@ -632,14 +632,14 @@ def _sample_targets(train_store, n_sample: int, seed: int, token_mode: bool, tra
 
 
 def _train_images(probe, train_store) -> int:
-    """Distinct training images a linear probe trained here saw: the L-BFGS probe's
+    """Training images a linear probe trained here drew from: the L-BFGS probe's
     ``max_images`` subset (:func:`_train_pass_probe`), else the whole store (Adam's stream and
-    the token sample draw from every image)."""
+    the token sample draw from every image; how many they happened to touch is not counted)."""
     from stego_probe.probes.linear import train_subset
 
     n = int(train_store.n_images)
     if _uses_passes(probe):
-        subset = train_subset(n, getattr(probe, "max_images", None), int(probe.random_state))
+        subset = train_subset(n, getattr(probe, "max_images", None), probe.random_state)
         return n if subset is None else len(subset)
     return n
 
@@ -649,8 +649,8 @@ def _train_pass_probe(probe, train_store, project, token_mode, progress):
 
     The pass covers the store's images, or the seeded subset of at most ``probe.max_images``
     of them (:func:`stego_probe.probes.linear.train_subset`, seed ``probe.random_state``).
-    Each pass reads them in chunks of images (:data:`PASS_CHUNK_IMAGES`, or the whole
-    store once if it is small, :func:`_batch_readers`), projects and checks them; the probe
+    Each pass reads them in chunks of images (:data:`PASS_CHUNK_IMAGES`; a small store without
+    a subset is read into memory once, :func:`_batch_readers`), projects and checks them; the probe
     keeps the chunks after the first pass when they are small
     (:data:`stego_probe.probes.linear.PASS_CACHE_BYTES`), so a small training set is read and
     projected once, a large one once per pass with one chunk in memory. The input statistics
@@ -659,7 +659,7 @@ def _train_pass_probe(probe, train_store, project, token_mode, progress):
     from stego_probe.probes.linear import train_subset
 
     n = int(train_store.n_images)
-    subset = train_subset(n, getattr(probe, "max_images", None), int(probe.random_state))
+    subset = train_subset(n, getattr(probe, "max_images", None), probe.random_state)
     images = np.arange(n) if subset is None else subset
     if subset is None:
         tokens_of, labels_of = _batch_readers(train_store, token_mode)

@@ -629,8 +629,10 @@ def extract(
         mine = ranks.mine(pending)
         try:
             if store is None:  # a failure here reaches every rank through the gather below
-                try:
-                    check_store_compatible(store_prov, prov, path)
+                try:  # each machine may hold its own copy of the data (file hashes compared)
+                    check_store_compatible(
+                        {**store_prov, "data_root": None}, {**prov, "data_root": None}, path
+                    )
                 except ValueError as e:
                     raise ValueError(
                         f"rank {ranks.rank} would write other inputs into rank 0's store: every "

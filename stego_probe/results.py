@@ -55,7 +55,7 @@ RESULT_COLUMNS = [
     "fit_dataset",  # transfer rows: the dataset the projection was fitted on (else empty)
     "eval_dataset",  # transfer rows: the dataset probed and scored (else empty)
     "linear_solver",  # linear rows: lbfgs, tokens or adam (empty for other probes)
-    "linear_train_images",  # linear rows: distinct train images the probe was trained on
+    "linear_train_images",  # linear rows: train images the probe drew from (store or cap)
     "linear_n_iter",  # linear rows: L-BFGS iterations run, or Adam steps
     "kmeans_engine",  # kmeans rows: the Lloyd engine that ran (hamerly, faiss)
 ]
@@ -82,9 +82,9 @@ TRANSFER_COLUMNS = ["fit_dataset", "eval_dataset"]
 
 #: The linear-probe protocol columns (empty for rows of other probes, and NaN / ``""`` in
 #: tables written before they were added, which :func:`read_results` fills): the solver
-#: (``linear_solver``: ``lbfgs``, ``tokens``, ``adam``), the distinct training images it was
-#: trained on (``linear_train_images``: the store's size, or the L-BFGS probe's
-#: ``max_images`` subset) and the iterations it ran (``linear_n_iter``: L-BFGS iterations or
+#: (``linear_solver``: ``lbfgs``, ``tokens``, ``adam``), the training images it drew from
+#: (``linear_train_images``: the L-BFGS probe's ``max_images`` subset, else the store's size;
+#: Adam's stream and the token sample draw from every image) and the iterations it ran (``linear_n_iter``: L-BFGS iterations or
 #: Adam steps). Like the k-means columns they describe how a number was obtained and are not
 #: part of its identity (:data:`IDENTITY_COLUMNS`).
 LINEAR_COLUMNS = ["linear_solver", "linear_train_images", "linear_n_iter"]
@@ -284,8 +284,8 @@ def kmeans_context(probe) -> dict:
 
 def linear_context(probe, train_images: int | None = None) -> dict:
     """The :data:`LINEAR_COLUMNS` values of a fitted
-    :class:`~stego_probe.probes.LinearProbe`: its ``solver``, ``train_images`` (the distinct
-    training images it saw; None: unknown, e.g. a probe loaded from a file) and the iterations
+    :class:`~stego_probe.probes.LinearProbe`: its ``solver``, ``train_images`` (the training
+    images it drew from; None: unknown, e.g. a probe loaded from a file) and the iterations
     it ran (``n_iter_`` of L-BFGS, ``n_steps_`` of Adam; None when not recorded).
 
     Returns:

@@ -52,13 +52,16 @@ def _rank_main(rank: int, world: int, port: int, store: str, out: str, fail_afte
     else:
         kw = {"rank": rank, "world_size": world}
     try:
-        if isinstance(fail_after, str) and fail_after.startswith("seed:"):  # other weights
+        ds = ToyDataset(N)
+        if isinstance(fail_after, str) and fail_after.startswith("root:"):  # node-local data
+            ds.root, bb = f"{fail_after.split(':', 1)[1]}/node{rank}", ToyBackbone()
+        elif isinstance(fail_after, str) and fail_after.startswith("seed:"):  # other weights
             bb = ToyBackbone(seed=int(fail_after.split(":")[1]))
         elif isinstance(fail_after, str):  # "die:<k>": the process dies on forward call k
             bb = DyingBackbone(int(fail_after.split(":")[1]))
         else:
             bb = ToyBackbone(fail_after=fail_after)
-        s = _run(store, ToyDataset(N), bb, chunk_images=CHUNK, **kw)
+        s = _run(store, ds, bb, chunk_images=CHUNK, **kw)
         result = {"ok": True, "complete": s.complete}
     except Exception as e:  # noqa: BLE001 - reported to the test
         result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
@@ -157,6 +160,14 @@ def test_a_rank_with_other_weights_is_refused_before_it_writes(tmp_path, referen
     assert _tree(store) == reference
 
 
+def test_ranks_may_read_their_own_copy_of_the_data(tmp_path, reference):
+    """Machines with node-local copies of the same files (another data root, same file hashes)
+    extract one store together."""
+    store = tmp_path / "s"
+    fail = {r: f"root:{tmp_path}" for r in range(2)}
+    assert _launch(tmp_path, store, fail=fail) == [{"ok": True, "complete": True}] * 2
+
+
 def test_memory_stores_are_refused_for_several_ranks():
     with pytest.raises(ValueError, match=r"memory:// store lives in one process; 2 ranks"):
         _run("memory://dist/s", ToyDataset(N), ToyBackbone(), rank=0, world_size=2)
@@ -179,6 +190,7 @@ def test_ranks_resolve(monkeypatch):
     # a world size passed under torchrun still takes the rank from RANK
     assert Ranks.resolve(world_size=4) == Ranks(3, 4, 1)
     assert Ranks.resolve(rank=np.int64(2), world_size=np.int64(4)) == Ranks(2, 4, 1)
+    assert Ranks.resolve(world_size=1) == Ranks(0, 1, 0)  # a world of one is rank 0
     monkeypatch.delenv("RANK")
     with pytest.raises(ValueError, match="no rank was given and RANK is not set"):
         Ranks.resolve(world_size=2)

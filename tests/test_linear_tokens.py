@@ -210,3 +210,15 @@ def test_linear_rows_record_solver_training_images_and_iterations(tmp_path):
     # a prefitted probe: its solver is known, the images it was trained on are not
     frame = evaluate_stores(train, val, probes={"linear": probes["linear"]}, progress=False)
     assert set(frame.linear_solver) == {"lbfgs"} and frame.linear_train_images.isna().all()
+
+
+def test_lbfgs_probe_with_random_state_none(tmp_path):
+    """random_state=None (no seed) still trains: every image without a cap, a fresh random
+    subset of the right size with one."""
+    _, _, train, val = twelve_image_stores(tmp_path)
+    for cap, images in ((None, 12), (5, 5)):
+        frame = evaluate_stores(
+            train, val, probes="linear", progress=False,
+            probe_kwargs={"linear": {"solver": "lbfgs", "random_state": None, "max_images": cap}},
+        )  # fmt: skip
+        assert set(frame.linear_train_images) == {images}

@@ -530,3 +530,14 @@ def test_lbfgs_probe_saves_its_solver_and_old_files_load_as_adam(tmp_path):
     old = LinearProbe.load(path)
     assert old.solver == "adam"
     np.testing.assert_array_equal(old.predict(codes), adam.predict(codes))
+
+
+def test_check_finite_names_nan_in_torch_and_bfloat16_tensors():
+    from stego_probe.codes import check_finite
+
+    x = torch.zeros(5, 3)
+    assert check_finite(x, "x") is x
+    x[3, 1] = float("nan")
+    for t in (x, x.bfloat16(), x.half()):
+        with pytest.raises(ValueError, match=r"x: expected finite values, found 1 NaN .*row 3"):
+            check_finite(t, "x")

@@ -1366,12 +1366,21 @@ def test_resume_across_linear_image_caps_above_the_train_store(tiny_run, tmp_pat
 
     from stego_probe.store import FeatureStore
 
-    out = copy_run(tiny_run, tmp_path / "run", ("stores", "results.csv", "config.json"))
+    out = copy_run(
+        tiny_run, tmp_path / "run", ("stores", "stores.json", "results.csv", "config.json")
+    )
     recorded = json.loads((out / "config.json").read_text())
     recorded["probe_kwargs"]["linear"].pop("max_images")  # as written before the cap
     (out / "config.json").write_text(json.dumps(recorded))
     n_train = FeatureStore.open(sweep.store_path(tiny_run.config, out, "train")).n_images
     sweep_run._check_resume(tiny_run.config, out)  # default cap 1000 >= n_train: resumes
+    # given stores elsewhere (recorded in stores.json with absolute paths): their size counts
+    elsewhere = tmp_path / "given"
+    shutil.move(str(out / "stores"), str(elsewhere))
+    record = json.loads((out / "stores.json").read_text())
+    given = {w: str(elsewhere / Path(p).name) for w, p in record.items()}
+    (out / "stores.json").write_text(json.dumps(given))
+    sweep_run._check_resume(tiny_run.config, out)
     low = tiny_run.config.probe_kwargs["linear"] | {"max_images": n_train - 1}
     capped = tiny_config(probe_kwargs={**tiny_run.config.probe_kwargs, "linear": low})
     with pytest.raises(ValueError, match="'max_images': None"):

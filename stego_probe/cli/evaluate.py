@@ -599,7 +599,10 @@ def _evaluate_locked(args: argparse.Namespace) -> int:
             save_probes(fitted, os.path.join(args.save_probes, f"seed{seed}"), info)
         lin = fitted.get("linear")
         if lin is not None and getattr(lin, "solver", "adam") in ("lbfgs", "tokens"):
-            where = "the train store" if lin.solver == "lbfgs" else "the token sample"
+            cap = _effective_cap(getattr(lin, "max_images", None), train)
+            where = "the token sample"
+            if lin.solver == "lbfgs":
+                where = "the train store" if cap is None else f"{cap} train images (the cap)"
             print(
                 f"seed {seed}: linear L-BFGS stopped after {lin.n_iter_} of "
                 f"max_iter={lin.max_iter} iterations, {lin.n_passes_} passes over {where} "

@@ -245,7 +245,7 @@ def linear_probe_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(logits, target, ignore_index=IGNORE)
 
 
-def train_subset(n_images: int, max_images: int | None, seed: int = 0) -> np.ndarray | None:
+def train_subset(n_images: int, max_images: int | None, seed: int | None = 0) -> np.ndarray | None:
     """The training images an L-BFGS linear probe reads from a store of ``n_images``.
 
     ``None`` (every image) when ``max_images`` is None or not below ``n_images``; else a
@@ -255,7 +255,7 @@ def train_subset(n_images: int, max_images: int | None, seed: int = 0) -> np.nda
     Args:
         n_images: images in the training store.
         max_images: the cap (:attr:`LinearProbe.max_images`), or None.
-        seed: seed of the subset (the probe's ``random_state``).
+        seed: seed of the subset (the probe's ``random_state``; None: a fresh random subset).
 
     Returns:
         int64 array ``(max_images,)`` of image indices, or None.
@@ -269,7 +269,7 @@ def train_subset(n_images: int, max_images: int | None, seed: int = 0) -> np.nda
     n = int(n_images)
     if max_images is None or int(max_images) >= n:
         return None
-    rng = np.random.default_rng(int(seed))
+    rng = np.random.default_rng(None if seed is None else int(seed))
     return np.sort(rng.choice(n, int(max_images), replace=False)).astype(np.int64)
 
 

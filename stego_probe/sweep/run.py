@@ -362,19 +362,31 @@ def _check_resume(config: SweepConfig, out: Path) -> None:
 
 def _same_linear_images(config: SweepConfig, out: Path, old: dict, new: dict) -> bool:
     """True when two recorded ``probe_kwargs`` differ only in the L-BFGS linear probe's
-    ``max_images`` and neither cap is below the size of any train store of the sweep in
-    ``out``: both read every training image, so the rows agree (e.g. a demo folder written
-    before the cap existed)."""
+    ``max_images`` and neither cap is below the size of any train store the sweep in ``out``
+    used (``stores.json``: its own stores or given ones; a backbone without a recorded store
+    has no rows yet): both read every training image, so the rows agree (e.g. a demo folder
+    written before the cap existed)."""
     a, b = dict(old.get("probe_kwargs") or {}), dict(new.get("probe_kwargs") or {})
     la, lb = dict(a.pop("linear", None) or {}), dict(b.pop("linear", None) or {})
     caps = (la.pop("max_images", None), lb.pop("max_images", None))
     if a != b or la != lb or caps[0] == caps[1]:
         return False
     from stego_probe.store import FeatureStore
+    from stego_probe.sweep.stores import STORES_FILE
 
+    try:
+        recorded = json.loads((out / STORES_FILE).read_text())
+    except (OSError, ValueError):
+        return False
     for sub in config.backbone_configs():
+        entry = recorded.get(backbone_tag(sub.backbone)) if config.multi_backbone else recorded
+        if not isinstance(entry, dict) or "train" not in entry:
+            continue  # this backbone has not run: its rows will be computed under the new cap
+        path = str(entry["train"])
+        if "://" not in path and not os.path.isabs(path):
+            path = str(out / path)
         try:
-            n = int(FeatureStore.open(store_path(sub, out, "train")).n_images)
+            n = int(FeatureStore.open(path).n_images)
         except Exception:  # noqa: BLE001 - no readable store: the caps may matter
             return False
         if any(cap is not None and int(cap) < n for cap in caps):
