@@ -218,10 +218,10 @@ def test_sample_tokens(tmp_path, monkeypatch):
     # zarr reads of a memory:// one
     mem = _write(_mem_url(), tokens, labels, ids, chunk_images=4)
     mapped, reads = [], []
-    real_map, real_arr = FeatureStore._map_chunk, FeatureStore._arr
+    real_map, real_arr = FeatureStore._chunk_values, FeatureStore._arr
     monkeypatch.setattr(
         FeatureStore,
-        "_map_chunk",
+        "_chunk_values",
         lambda self, name, k: mapped.append((name, k)) or real_map(self, name, k),
     )
 
@@ -440,3 +440,132 @@ def test_sample_tokens_transform_is_applied_in_blocks_while_drawing(tmp_path, mo
     assert store.sample_tokens(0, transform=f).shape == (0, 2)
     with pytest.raises(ValueError, match=r"transform must map \(m, C\) rows to \(m, D\)"):
         store.sample_tokens(5, transform=lambda r: r[:1])
+
+
+def _store_pair(tmp_path, n_classes, compress_tokens, label_hw=(LH, LW)):
+    """The same content in a local store (chunks read straight from their files) and a
+    memory:// one (read through zarr)."""
+    rng = np.random.default_rng(7)
+    tokens = rng.standard_normal((N, H, W, C)).astype(np.float16)
+    labels = rng.integers(-1, n_classes, (N, *label_hw))
+    labels[:, :2] = n_classes - 1  # the largest class id survives the round trip
+    ids = [f"im{i}" for i in range(N)]
+
+    def write(path):
+        store = FeatureStore.create(
+            path,
+            n_images=N,
+            grid=(H, W),
+            dim=C,
+            label_shape=label_hw,
+            provenance={"n_classes": n_classes},
+            chunk_images=4,
+            compress_tokens=compress_tokens,
+        )
+        for b in range(store.n_blocks):
+            s, e = store.block_range(b)
+            store.write_block(b, tokens[s:e], labels[s:e], ids[s:e])
+        store.mark_complete()
+        return FeatureStore.open(path)
+
+    return write(tmp_path / "local"), write(_mem_url()), tokens, labels
+
+
+@pytest.mark.parametrize(
+    "n_classes,compress_tokens,label_hw",
+    [(K, False, (LH, LW)), (40_000, True, (LH, LW)), (K, False, (128, 128))],
+    ids=["int16-labels", "int32-labels+zstd-tokens", "torch-cast-labels"],
+)
+def test_direct_chunk_reads_equal_zarr_reads(tmp_path, n_classes, compress_tokens, label_hw):
+    local, mem, tokens, labels = _store_pair(tmp_path, n_classes, compress_tokens, label_hw)
+    ldt = local._arr("labels").dtype
+    assert str(ldt) == ("int32" if n_classes > 32766 else "int16")
+    layout = local._raw_layout("labels")
+    assert layout is not None and layout[3] == 3  # zstd level 3, read without zarr
+    assert local._raw_layout("tokens")[3] == (1 if compress_tokens else None)
+    assert mem._raw_layout("labels") is None
+    for idx in (slice(None), slice(3, 9), 5, [9, 0, 4], np.array([1, 2, 3, 6])):
+        lab = local.labels(idx)
+        assert lab.dtype == np.int64
+        np.testing.assert_array_equal(lab, mem.labels(idx))
+        np.testing.assert_array_equal(local.tokens(idx), mem.tokens(idx))
+    np.testing.assert_array_equal(local.labels(slice(None)), labels)
+    np.testing.assert_array_equal(local.tokens(slice(None)), tokens.astype(np.float32))
+    for bs in (1, 3, 4, 7):
+        got = list(local.iter_batches(bs))
+        want = list(mem.iter_batches(bs))
+        assert [g[2] for g in got] == [w[2] for w in want]
+        for (gt, gl, _), (wt, wl, _) in zip(got, want, strict=True):
+            assert gl.dtype == np.int64 and gt.dtype == np.float32
+            np.testing.assert_array_equal(gl, wl)
+            np.testing.assert_array_equal(gt, wt)
+    for a, b in zip(
+        local.sample_tokens(50, seed=2, with_labels=True, soft_labels=True),
+        mem.sample_tokens(50, seed=2, with_labels=True, soft_labels=True),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_zstd_content_size_reads_the_frame_header():
+    from numcodecs import Zstd
+
+    from stego_probe.store.feature_store import _zstd_content_size
+
+    for n in (0, 1, 255, 256, 300, 65_535, 65_791, 70_000, 3_000_000):
+        assert _zstd_content_size(Zstd(level=3).encode(bytes(n))) == n
+    magic = (0xFD2FB528).to_bytes(4, "little")
+    # single segment, 1-byte size; FCS flag 1 (2 bytes, +256) after a window byte; no size
+    assert _zstd_content_size(magic + bytes([0x20, 77]) + b"\0" * 4) == 77
+    assert _zstd_content_size(magic + bytes([0x40, 0x00, 0x10, 0x00]) + b"\0" * 4) == 16 + 256
+    assert _zstd_content_size(magic + bytes([0x00, 0x00]) + b"\0" * 4) is None
+    assert _zstd_content_size(b"not a zstd frame") is None
+
+
+def test_label_chunk_without_a_size_in_its_header_reads_the_same(tmp_path, monkeypatch):
+    """A chunk whose zstd frame records no decompressed size (a streaming encoder) is decoded,
+    its size compared, and read like any other; one that decodes to the wrong size is read
+    through zarr, which names the damage."""
+    from stego_probe.store import StoreCorruptError, feature_store
+
+    local, mem, _, labels = _store_pair(tmp_path, K, False)
+    monkeypatch.setattr(feature_store, "_zstd_content_size", lambda frame: None)
+    np.testing.assert_array_equal(local.labels(slice(None)), labels)
+    fresh = FeatureStore.open(local.path)
+    np.testing.assert_array_equal(fresh.labels(slice(2, 9)), mem.labels(slice(2, 9)))
+    # a chunk whose frame decodes to the wrong size is not used: zarr names the block
+    from numcodecs import Zstd
+
+    chunk = tmp_path / "local" / "labels" / "c" / "1" / "0" / "0"
+    chunk.write_bytes(Zstd(level=3).encode(bytes(10)))
+    with pytest.raises(StoreCorruptError) as e:
+        FeatureStore.open(local.path).labels(slice(4, 6))
+    assert "labels images 4..7 (block 1)" in str(e.value)
+
+
+@pytest.mark.parametrize("n", [10, 1 << 17])  # numpy below TORCH_CAST_MIN, torch from it
+def test_conversions_equal_numpy_astype(n):
+    from stego_probe.store import to_float32, to_int64
+    from stego_probe.store.tokens import TORCH_CAST_MIN, cast_into
+
+    assert (n >= TORCH_CAST_MIN) == (n > 10)
+    rng = np.random.default_rng(0)
+    f16 = (rng.standard_normal(n) * 1e3).astype(np.float16)
+    f16[:3] = [np.inf, -np.inf, 6.1e-5]  # inf and a subnormal convert exactly too
+    for src in (
+        rng.integers(-32768, 32767, n, dtype=np.int16),
+        rng.integers(-(2**31), 2**31 - 1, n, dtype=np.int32),
+    ):
+        got = to_int64(src)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, src.astype(np.int64))
+    got = to_float32(f16)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, f16.astype(np.float32))
+    ro = f16.reshape(-1, 2)
+    ro.flags.writeable = False  # read-only input (a decoded or mapped chunk)
+    dst = np.empty(ro.shape, np.float32)
+    cast_into(dst, ro)
+    np.testing.assert_array_equal(dst, ro.astype(np.float32))
+    with pytest.raises(ValueError, match=r"src: expected shape \(2, 2\)"):
+        cast_into(np.empty((2, 2), np.float32), f16[:4])

@@ -20,7 +20,8 @@ Submodules (import from ``stego_probe.store``; the names below are re-exported h
   :func:`block_checksum`, the ``zarr.json`` readers, :class:`StoreCorruptError`.
 * ``paths`` — :func:`normalize_path` and the fsspec filesystem of a path or URL.
 * ``tokens`` — :data:`Index`, :func:`pool_labels` (hard token labels),
-  :func:`soft_token_labels` (the class mass under bilinear upsampling), :func:`to_float32`, the
+  :func:`soft_token_labels` (the class mass under bilinear upsampling), :func:`to_float32` /
+  :func:`to_int64` (the fast token / label conversions), the
   seeded token draw shared by every store class.
 * ``feature_store`` — :class:`FeatureStore` (open, read, sample, summarise), built in layers:
   ``layout`` (attributes parsed and checked against the arrays), ``integrity`` (block
@@ -54,7 +55,13 @@ from stego_probe.store.format import (
     block_checksum,
 )
 from stego_probe.store.paths import normalize_path
-from stego_probe.store.tokens import Index, pool_labels, soft_token_labels, to_float32
+from stego_probe.store.tokens import (
+    Index,
+    pool_labels,
+    soft_token_labels,
+    to_float32,
+    to_int64,
+)
 
 __all__ = [
     "CHECKSUM_ALGORITHM",
@@ -77,4 +84,5 @@ __all__ = [
     "soft_token_labels",
     "store_pair_differences",
     "to_float32",
+    "to_int64",
 ]
