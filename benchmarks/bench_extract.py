@@ -7,6 +7,11 @@ The baseline forwards the same images, already transformed into tensors, in batc
 size. Design target: ratio <= 1.05 (issue 13). A shallower backbone (``--depth 2``, a quick
 run) makes the forward 6x cheaper, so the same pipeline weighs 6x more in the ratio.
 
+On a shared machine the forward's own time drifts by 10-20 % between runs, more than the
+pipeline costs; so each extract run also times its backbone calls, and "extract / its own
+forward time" (wall time over the forward inside the same run) is printed too: what the
+pipeline adds on top of the forward it runs alongside, free of drift between runs.
+
     python benchmarks/bench_extract.py [--images 48] [--batch-size 8] [--depth 12] [--threads 2]
 """
 
@@ -67,11 +72,20 @@ class TimmViT(Backbone):
         ).eval()
         self._provenance = {"depth": depth}
 
+    #: seconds spent in :meth:`features` since the last reset (the forward alone, timed
+    #: inside whatever calls it)
+    forward_s = 0.0
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
         tokens = self.model.forward_features(images)[:, self.model.num_prefix_tokens :]
         b, n, c = tokens.shape
         h, w = images.shape[-2] // 8, images.shape[-1] // 8
-        return tokens.transpose(1, 2).reshape(b, c, h, w)
+        out = tokens.transpose(1, 2).reshape(b, c, h, w)
+        if out.is_cuda:
+            torch.cuda.synchronize(out.device)
+        self.forward_s += time.perf_counter() - t0
+        return out
 
 
 class FreeBackbone(TimmViT):
@@ -133,10 +147,15 @@ def main() -> None:
 
     free = FreeBackbone(1)
     bare()  # warm-up (allocator, timm kernels)
-    t_bare, t_full, t_free = [], [], []
+    t_bare, t_full, t_free, own, slowed = [], [], [], [], []
     for _ in range(args.repeats):  # interleaved, so load drift hits both alike
+        bb.forward_s = 0.0
         t_bare.append(bare())
+        fwd_bare = bb.forward_s
+        bb.forward_s = 0.0
         t_full.append(full())
+        own.append(t_full[-1] / bb.forward_s)  # extract's wall time / its own forward time
+        slowed.append(bb.forward_s / fwd_bare)  # the forward inside extract / the bare one
         t_free.append(full(free))
     mb, mf, mo = (statistics.median(t) for t in (t_bare, t_full, t_free))
     pairwise = statistics.median(f / b for f, b in zip(t_full, t_bare))
@@ -150,6 +169,16 @@ def main() -> None:
     print(f"ratio extract / bare  : {mf / mb:.3f} (medians; target <= 1.05)")
     print(f"ratio, median of runs : {pairwise:.3f}")
     print(f"upper bound 1 + pipeline / bare (no overlap): {1 + mo / mb:.3f}")
+    print(
+        f"extract / its own forward time: {statistics.median(own):.3f} (runs "
+        f"{', '.join(f'{r:.3f}' for r in own)}; the pipeline cost the forward does not hide, "
+        "timed inside each run, so load drift between runs drops out)"
+    )
+    print(
+        f"forward inside extract / bare forward: {statistics.median(slowed):.3f} (runs "
+        f"{', '.join(f'{r:.3f}' for r in slowed)}; above 1: the pipeline's threads slow the "
+        "forward down, or the load drifted between the two runs)"
+    )
 
 
 if __name__ == "__main__":

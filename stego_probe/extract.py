@@ -613,19 +613,17 @@ def extract(
                 store, complete = open_store()
                 pending = np.flatnonzero(~store.done_blocks()).tolist()
                 # the store's inputs go with the pending blocks: every rank checks its own
-                # (dataset, backbone, weights, ...) against them before writing
-                state = "complete" if complete else (pending, dict(store.provenance))
+                # (dataset, backbone, weights, ...) against them before writing, or before
+                # returning a store that is complete already
+                state = (pending, dict(store.provenance), complete)
             except Exception as e:  # noqa: BLE001 - re-raised below, after telling the others
                 error = e
         shared = ranks.broadcast(state if error is None else f"{type(error).__name__}: {error}")
         if error is not None:
             raise error
         if isinstance(shared, str):
-            if shared != "complete":
-                raise RuntimeError(f"extraction rank 0 could not open the store {path}: {shared}")
-            ranks.gather(None)
-            return store if store is not None else FeatureStore.open(path, mode="r")
-        pending, store_prov = shared
+            raise RuntimeError(f"extraction rank 0 could not open the store {path}: {shared}")
+        pending, store_prov, complete = shared
         mine = ranks.mine(pending)
         try:
             if store is None:  # a failure here reaches every rank through the gather below
@@ -634,12 +632,17 @@ def extract(
                         {**store_prov, "data_root": None}, {**prov, "data_root": None}, path
                     )
                 except ValueError as e:
+                    what = (
+                        "found rank 0's store complete, but made from other inputs than its own"
+                        if complete
+                        else "would write other inputs into rank 0's store"
+                    )
                     raise ValueError(
-                        f"rank {ranks.rank} would write other inputs into rank 0's store: every "
-                        "rank must extract the same dataset with the same backbone and weights "
-                        f"(seed a randomly initialised backbone alike on every rank). {e}"
+                        f"rank {ranks.rank} {what}: every rank must extract the same dataset "
+                        "with the same backbone and weights (seed a randomly initialised "
+                        f"backbone alike on every rank). {e}"
                     ) from None
-                store = FeatureStore.open(path, mode="r+")
+                store = FeatureStore.open(path, mode="r" if complete else "r+")
             if mine:
                 _run(
                     store,
@@ -667,10 +670,10 @@ def extract(
                 f"({what}); the blocks the ranks finished are kept: run the same command again "
                 "(with any number of ranks) to extract the rest"
             )
-        if ranks.is_main:
+        if ranks.is_main and not complete:
             FeatureStore.open(path, mode="r+").mark_complete()
         ranks.gather(None)  # no rank returns before the store is marked complete
-        return FeatureStore.open(path, mode="r")
+        return store if complete else FeatureStore.open(path, mode="r")
 
 
 #: dtype -> (unsigned view, exponent mask): a value is NaN / inf exactly when all its exponent

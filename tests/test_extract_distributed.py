@@ -199,3 +199,17 @@ def test_ranks_resolve(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(ValueError, match="WORLD_SIZE"):
         Ranks.resolve()
+
+
+def test_a_complete_store_is_checked_on_every_rank(tmp_path, reference):
+    """A store that is complete already is returned to every rank whose inputs match it; a rank
+    with other inputs is told so (and so is rank 0) instead of getting a store of someone else's
+    features; the store is left as it was."""
+    store = tmp_path / "s"
+    _run(store, ToyDataset(N), ToyBackbone(), chunk_images=CHUNK)
+    assert _launch(tmp_path, store) == [{"ok": True, "complete": True}] * 2
+    r0, r1 = _launch(tmp_path, store, fail={1: "seed:1"})
+    assert not r1["ok"] and "rank 1 found rank 0's store complete" in r1["error"]
+    assert "weights_sha256" in r1["error"]
+    assert not r0["ok"] and "rank 1:" in r0["error"] and "other inputs" in r0["error"]
+    assert _tree(store) == reference

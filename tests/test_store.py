@@ -569,3 +569,64 @@ def test_conversions_equal_numpy_astype(n):
     np.testing.assert_array_equal(dst, ro.astype(np.float32))
     with pytest.raises(ValueError, match=r"src: expected shape \(2, 2\)"):
         cast_into(np.empty((2, 2), np.float32), f16[:4])
+
+
+@pytest.mark.parametrize("token_dtype", ["float16", "float32"])
+def test_random_index_reads_from_files_equal_zarr_reads(tmp_path, token_dtype):
+    """Index arrays (unsorted, repeats, runs across chunks) read the same before and after
+    their blocks are verified (chunk values, then the chunk files themselves), on complete and
+    incomplete stores; a chunk file cut short after it was verified is read through zarr,
+    which names the damage."""
+    from stego_probe.store import StoreCorruptError
+
+    rng = np.random.default_rng(3)
+    tokens = rng.standard_normal((N, H, W, C)).astype(token_dtype)
+    labels = rng.integers(-1, K, (N, LH, LW))
+    ids = [f"im{i}" for i in range(N)]
+    idxs = (
+        np.array([9, 0, 4, 4, 5, 6, 7, 8, 1]),
+        np.array([9, 8, 3, 2]),
+        np.array([0, 2, 4, 6, 8]),
+        np.array([5]),
+    )
+
+    def make(path, blocks):
+        store = FeatureStore.create(
+            path,
+            n_images=N,
+            grid=(H, W),
+            dim=C,
+            label_shape=(LH, LW),
+            provenance={"n_classes": K},
+            chunk_images=4,
+            token_dtype=token_dtype,
+        )
+        for b in blocks:
+            s, e = store.block_range(b)
+            store.write_block(b, tokens[s:e], labels[s:e], ids[s:e])
+        return store
+
+    path = tmp_path / "s"
+    make(path, range(3)).mark_complete()
+    store = FeatureStore.open(path)
+    assert store._raw_layout("tokens")[3] is None  # raw chunks: read from their files
+    for _ in range(2):  # first pass verifies (chunk values), second reads the files
+        for idx in idxs:
+            got = store.tokens(idx)
+            assert got.dtype == np.float32 and got.shape == (idx.size, H, W, C)
+            np.testing.assert_array_equal(got, tokens[idx].astype(np.float32))
+    assert store._verified["tokens"] == {0, 1, 2}
+
+    partial = make(tmp_path / "p", [1])  # chunks 0 and 2 never written: fill values
+    partial = FeatureStore.open(partial.path, allow_incomplete=True)
+    for _ in range(2):
+        got = partial.tokens(np.array([6, 0, 9, 5]))
+        np.testing.assert_array_equal(got[[0, 3]], tokens[[6, 5]].astype(np.float32))
+        assert (got[[1, 2]] == 0).all()
+
+    # cut short after its block was verified: not read from the file, zarr names the block
+    chunk = path / "tokens" / "c" / "1" / "0" / "0" / "0"
+    assert chunk.is_file()
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    with pytest.raises(StoreCorruptError, match=r"tokens images 4\.\.7 \(block 1\)"):
+        store.tokens(np.array([9, 5]))
