@@ -8,8 +8,10 @@ from a raw ``.npy`` memory map (``np.load(mmap_mode="c")``) of the same bytes:
   whichever is faster in this run;
 * ``iter_batches``: tokens, int64 labels and ids in store order (evaluation); baseline: the same
   token batches plus the labels from a raw int16 ``.npy`` map cast to int64 by numpy or torch,
-  whichever is faster (the store keeps its labels zstd-compressed and decodes them while the
-  tokens are converted);
+  whichever is faster. The store keeps its labels zstd-compressed by default and decodes them
+  while the tokens are converted; a second store of the same content made with
+  ``compress_labels=False`` (``extract --raw-labels``) is timed too: it reads its labels like
+  the baseline does, so the gap between the two lines is the decoding;
 * ``tokens(idx)``: seeded random batches of images, sorted (mini-batch training); baseline: the
   faster of a fancy-indexed gather then cast, and one cast per image;
 * ``sample_tokens(n)``: the k-means token sample; baseline: the same tokens gathered from the
@@ -88,11 +90,23 @@ def main() -> None:
             provenance={"n_classes": 27},
             chunk_images=args.chunk_images,
         )
-        for b in range(store.n_blocks):
-            s, e = store.block_range(b)
-            store.write_block(b, tokens[s:e], labels[s:e], [str(i) for i in range(s, e)])
-        store.mark_complete()
+        raw_store = FeatureStore.create(
+            f"{tmp}/raw_labels",
+            n_images=n,
+            grid=(g, g),
+            dim=c,
+            label_shape=(args.res, args.res),
+            provenance={"n_classes": 27},
+            chunk_images=args.chunk_images,
+            compress_labels=False,
+        )
+        for st in (store, raw_store):
+            for b in range(st.n_blocks):
+                s, e = st.block_range(b)
+                st.write_block(b, tokens[s:e], labels[s:e], [str(i) for i in range(s, e)])
+            st.mark_complete()
         store = FeatureStore.open(f"{tmp}/store")
+        raw_store = FeatureStore.open(f"{tmp}/raw_labels")
         mm = np.load(f"{tmp}/tokens.npy", mmap_mode="c")
         mm_lab = np.load(f"{tmp}/labels.npy", mmap_mode="c")
         mm_flat = mm.reshape(n, g * g, c)
@@ -141,6 +155,7 @@ def main() -> None:
                 for s in range(0, n, bs)
             ],
             "st_iter": lambda: list(store.iter_batches(bs)),
+            "st_iter_raw": lambda: list(raw_store.iter_batches(bs)),
             "mm_sub_gather": lambda: [cast_torch(mm[i]) for i in subsets],
             "mm_sub_each": lambda: [per_image_torch(i) for i in subsets],
             "st_sub": lambda: [store.tokens(i) for i in subsets],
@@ -191,6 +206,7 @@ def main() -> None:
     line("memmap tokens + int16 labels, numpy -> int64", t["mm_iter"], gb)
     line("memmap tokens + int16 labels, torch -> int64", t["mm_iter_torch"], gb)
     line("store.iter_batches (tokens, labels, ids)", t["st_iter"], gb)
+    line("store.iter_batches, labels stored raw", t["st_iter_raw"], gb)
     line("memmap random batches, gather + cast", t["mm_sub_gather"], gb_sub)
     line("memmap random batches, cast per image", t["mm_sub_each"], gb_sub)
     line("store.tokens(random sorted batch)", t["st_sub"], gb_sub)
@@ -201,6 +217,7 @@ def main() -> None:
     print("throughput ratio store / memmap with the same cast (target >= 0.9):")
     print(f"  tokens(slice)       {base_tok / t['st_tokens']:.3f}")
     print(f"  iter_batches        {base_iter / t['st_iter']:.3f}")
+    print(f"    raw labels        {base_iter / t['st_iter_raw']:.3f}")
     print(f"  tokens(random idx)  {base_sub / t['st_sub']:.3f}")
     print(f"  sample_tokens       {t['mm_sample'] / t['st_sample']:.3f}")
     print(f"  first read (fresh handle, verifies blocks) {t_first_mm / t_first_st:.3f}")

@@ -447,6 +447,7 @@ def extract(
     limit: int | None = None,
     chunk_images: int = 32,
     shard_images: int | None = None,
+    compress_labels: bool = True,
     token_dtype: str = "float16",
     overwrite: bool = False,
     threads: int | str | None = "auto",
@@ -473,8 +474,10 @@ def extract(
         progress: tqdm progress bar.
         limit: use only the first ``limit`` images of ``dataset`` (recorded in provenance).
         token_dtype: ``"float16"`` (default) or ``"float32"`` (parity runs, PROTOCOL §2.7).
-        chunk_images, shard_images: store layout for a new store (see
-            :meth:`FeatureStore.create`); an existing store with written blocks keeps its own.
+        chunk_images, shard_images, compress_labels: store layout for a new store (see
+            :meth:`FeatureStore.create`; ``compress_labels=False``, ``--raw-labels``: labels
+            stored raw, read without decoding for more disk); an existing store with written
+            blocks keeps its own.
         overwrite: delete an existing store at ``store_path`` and extract again. Without it,
             an existing store is resumed (or returned, when complete) only if it was made from
             the same inputs (:func:`check_store_compatible`); an incomplete one with no block
@@ -598,6 +601,7 @@ def extract(
             chunk_images=chunk_images,
             shard_images=shard_images,
             flipped=flipped,
+            compress_labels=compress_labels,
             token_dtype=token_dtype,
             overwrite=overwrite,
         )

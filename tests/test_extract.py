@@ -325,12 +325,23 @@ def test_cli_extract_and_info(tmp_path, capsys):
         "grid            4x4",
         "descriptor",
         "complete        True",
+        "compression     tokens raw, labels zstd",
     ]:
         assert needle in out
     # a different resolution into the same store is refused with a readable error
     bad = [a if a != "32" else "48" for a in args]
     assert main(bad) == 1
     assert "refusing to mix" in capsys.readouterr().err
+    # --raw-labels: the same content with labels stored uncompressed
+    raw = str(tmp_path / "raw")
+    assert main([a if a != path else raw for a in args] + ["--raw-labels"]) == 0
+    raw_store = FeatureStore.open(raw)
+    assert raw_store.info()["compress_labels"] is False and store.info()["compress_labels"]
+    np.testing.assert_array_equal(raw_store.labels(slice(None)), store.labels(slice(None)))
+    np.testing.assert_array_equal(raw_store.tokens(slice(None)), store.tokens(slice(None)))
+    capsys.readouterr()
+    assert main(["info", raw]) == 0
+    assert "compression     tokens raw, labels raw" in capsys.readouterr().out
 
 
 def test_cli_extract_bad_input_is_one_clear_line(tmp_path, capsys):

@@ -442,7 +442,7 @@ def test_sample_tokens_transform_is_applied_in_blocks_while_drawing(tmp_path, mo
         store.sample_tokens(5, transform=lambda r: r[:1])
 
 
-def _store_pair(tmp_path, n_classes, compress_tokens, label_hw=(LH, LW)):
+def _store_pair(tmp_path, n_classes, compress_tokens, label_hw=(LH, LW), compress_labels=True):
     """The same content in a local store (chunks read straight from their files) and a
     memory:// one (read through zarr)."""
     rng = np.random.default_rng(7)
@@ -461,6 +461,7 @@ def _store_pair(tmp_path, n_classes, compress_tokens, label_hw=(LH, LW)):
             provenance={"n_classes": n_classes},
             chunk_images=4,
             compress_tokens=compress_tokens,
+            compress_labels=compress_labels,
         )
         for b in range(store.n_blocks):
             s, e = store.block_range(b)
@@ -472,16 +473,36 @@ def _store_pair(tmp_path, n_classes, compress_tokens, label_hw=(LH, LW)):
 
 
 @pytest.mark.parametrize(
-    "n_classes,compress_tokens,label_hw",
-    [(K, False, (LH, LW)), (40_000, True, (LH, LW)), (K, False, (128, 128))],
-    ids=["int16-labels", "int32-labels+zstd-tokens", "torch-cast-labels"],
+    "n_classes,compress_tokens,label_hw,compress_labels",
+    [
+        (K, False, (LH, LW), True),
+        (40_000, True, (LH, LW), True),
+        (K, False, (128, 128), True),
+        (K, False, (128, 128), False),
+        (40_000, False, (LH, LW), False),
+    ],
+    ids=[
+        "int16-labels",
+        "int32-labels+zstd-tokens",
+        "torch-cast-labels",
+        "raw-labels",
+        "raw-int32-labels",
+    ],
 )
-def test_direct_chunk_reads_equal_zarr_reads(tmp_path, n_classes, compress_tokens, label_hw):
-    local, mem, tokens, labels = _store_pair(tmp_path, n_classes, compress_tokens, label_hw)
+def test_direct_chunk_reads_equal_zarr_reads(
+    tmp_path, n_classes, compress_tokens, label_hw, compress_labels
+):
+    local, mem, tokens, labels = _store_pair(
+        tmp_path, n_classes, compress_tokens, label_hw, compress_labels
+    )
     ldt = local._arr("labels").dtype
     assert str(ldt) == ("int32" if n_classes > 32766 else "int16")
+    assert local.info()["compress_labels"] is compress_labels
     layout = local._raw_layout("labels")
-    assert layout is not None and layout[3] == 3  # zstd level 3, read without zarr
+    # zstd level 3 (or raw, mapped), read without zarr
+    assert layout is not None and layout[3] == (3 if compress_labels else None)
+    codecs = [c["name"] for c in local._arr("labels").metadata.to_dict()["codecs"]]
+    assert codecs == (["bytes", "zstd"] if compress_labels else ["bytes"])
     assert local._raw_layout("tokens")[3] == (1 if compress_tokens else None)
     assert mem._raw_layout("labels") is None
     for idx in (slice(None), slice(3, 9), 5, [9, 0, 4], np.array([1, 2, 3, 6])):

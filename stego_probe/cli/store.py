@@ -62,6 +62,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--chunk-images", type=int, default=32, help="images per store chunk for a new store"
     )
+    p.add_argument(
+        "--raw-labels",
+        action="store_true",
+        help="store labels uncompressed (a new store): read without zstd decoding, "
+        "iter_batches ~10%% faster, for H*W*2 more bytes per image (+8-17%% disk)",
+    )
     p.add_argument("--overwrite", action="store_true", help="delete an existing store first")
     add_threads_argument(p, workload="large")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -178,6 +184,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         limit=args.limit,
         chunk_images=args.chunk_images,
+        compress_labels=not args.raw_labels,
         overwrite=args.overwrite,
     )
     h, w = store.grid
@@ -216,6 +223,17 @@ def backbone_summary(prov: dict) -> dict:
     return {k: bb.get(k) for k in ("license", "layer", "layer_index")}
 
 
+def _compression_text(info: dict) -> str:
+    """Which arrays are zstd-compressed, e.g. ``tokens raw, labels zstd``."""
+    return ", ".join(
+        f"{what} {'zstd' if info.get(key, default) else 'raw'}"
+        for what, key, default in (
+            ("tokens", "compress_tokens", False),
+            ("labels", "compress_labels", True),
+        )
+    )
+
+
 def format_info(info: dict) -> str:
     """Human-readable multi-line rendering of :meth:`FeatureStore.info`."""
     classes = info.get("class_names")
@@ -243,6 +261,7 @@ def format_info(info: dict) -> str:
         ("res", info.get("res")),
         ("crop", info.get("crop")),
         ("flipped tokens", info.get("flipped")),
+        ("compression", _compression_text(info)),
         ("classes", classes),
         ("size on disk", _human_bytes(info["size_bytes"])),
     ]

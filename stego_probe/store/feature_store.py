@@ -655,6 +655,8 @@ class FeatureStore(StoreWriter):
             "chunk_images": self._chunk_images,
             "shard_images": self._shard_images,
             "flipped": self._has_flipped,
+            "compress_tokens": self._compress_tokens,
+            "compress_labels": self._compress_labels,
             "dataset": p.get("dataset"),
             "split": p.get("split"),
             "backbone": p.get("backbone"),

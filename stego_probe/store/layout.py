@@ -99,6 +99,7 @@ class StoreLayout:
         )
         self._has_flipped = bool(layout.get("flipped", False))
         self._compress_tokens = bool(layout.get("compress_tokens", False))
+        self._compress_labels = bool(layout.get("compress_labels", True))
         self._checksummed = self._version >= 2
         self._checksum_names: list[str] = []
         if self._checksummed:

@@ -52,6 +52,7 @@ class StoreWriter(StoreIntegrity):
         shard_images: int | None = None,
         flipped: bool = False,
         compress_tokens: bool = False,
+        compress_labels: bool = True,
         token_dtype: str = "float16",
         overwrite: bool = False,
     ) -> Self:
@@ -72,6 +73,11 @@ class StoreWriter(StoreIntegrity):
             flipped: also allocate ``tokens_flipped``.
             compress_tokens: zstd-compress tokens (float features barely compress; off by
                 default because it costs time for ~10% space).
+            compress_labels: zstd-compress labels (default: segmentation maps shrink 10-50x).
+                ``False`` stores them raw: reading them costs no decoding (``iter_batches``
+                about level with a memory map of raw labels instead of 0.8-0.9 of it), for
+                ``H * W * 2`` more bytes per image (+8-17 % disk next to float16 ViT tokens;
+                ``docs/store.md``).
             token_dtype: ``"float16"`` (default; half the disk) or ``"float32"`` (parity runs,
                 PROTOCOL §2.7).
             overwrite: replace an existing feature store at ``path``.
@@ -139,6 +145,7 @@ class StoreWriter(StoreIntegrity):
             "shard_images": None if shard_images is None else int(shard_images),
             "flipped": bool(flipped),
             "compress_tokens": bool(compress_tokens),
+            "compress_labels": bool(compress_labels),
             "token_dtype": token_dtype,
             "label_dtype": "int16" if n_classes is None or n_classes <= 32766 else "int32",
             "checksums": {
@@ -182,7 +189,7 @@ class StoreWriter(StoreIntegrity):
             LABELS: dict(
                 shape=(n, *self._label_shape),
                 dtype=self._attrs["layout"].get("label_dtype", "int16"),
-                compressors=ZstdCodec(level=3),
+                compressors=ZstdCodec(level=3) if self._compress_labels else None,
                 fill_value=IGNORE,
             ),
             IDS: dict(shape=(n,), dtype=str, fill_value=""),
