@@ -243,6 +243,42 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+#: The most DataLoader workers ``num_workers="auto"`` starts per process on a CUDA device.
+AUTO_CUDA_WORKERS = 8
+
+
+def auto_num_workers(device: torch.device, local_world_size: int | None = None) -> int:
+    """The DataLoader workers of ``extract(num_workers="auto")`` (the default) on ``device``.
+
+    On the CPU: 0 (decoding in-process): the forward already keeps every core busy, so worker
+    processes would only take cores from it. On a CUDA device: the cores this process may run
+    on (:func:`stego_probe.threads.available_cores`) shared among the ranks of this machine
+    (``local_world_size``, default the ``LOCAL_WORLD_SIZE`` variable ``torchrun`` sets, else 1),
+    one left to the rank itself, between 1 and :data:`AUTO_CUDA_WORKERS`: the images of the
+    next batches are decoded and transformed while the GPU runs the forward, instead of the GPU
+    waiting for them.
+
+    Args:
+        device: the device of the forward pass.
+        local_world_size: ranks on this machine.
+
+    Returns:
+        the number of workers (int >= 0).
+
+    Examples:
+        >>> auto_num_workers(torch.device("cpu"))
+        0
+    """
+    if device.type != "cuda":
+        return 0
+    from stego_probe.threads import available_cores
+
+    if local_world_size is None:
+        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    per_rank = available_cores() // max(1, int(local_world_size)) - 1
+    return max(1, min(AUTO_CUDA_WORKERS, per_rank))
+
+
 def _load(items: _Items, batches, num_workers: int, pin: bool) -> Iterator:
     """Yield collated batches: ``(images (B, 3, res, res), labels (B, res, res), js, ids)``."""
     if num_workers > 0:
@@ -442,7 +478,7 @@ def extract(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     flipped: bool = False,
-    num_workers: int = 0,
+    num_workers: int | str = "auto",
     progress: bool = True,
     limit: int | None = None,
     chunk_images: int = 32,
@@ -470,7 +506,9 @@ def extract(
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         flipped: also store ``tokens_flipped = flip_W(backbone(flip_W(x)))`` for the
             evaluation-mode flip average (PROTOCOL §4.4).
-        num_workers: DataLoader worker processes for decoding / transforms (0: in-process).
+        num_workers: DataLoader worker processes for decoding / transforms (0: in-process);
+            ``"auto"`` (default): 0 on the CPU, up to :data:`AUTO_CUDA_WORKERS` on a CUDA
+            device (:func:`auto_num_workers`). The store is the same for any number.
         progress: tqdm progress bar.
         limit: use only the first ``limit`` images of ``dataset`` (recorded in provenance).
         token_dtype: ``"float16"`` (default) or ``"float32"`` (parity runs, PROTOCOL §2.7).
@@ -520,9 +558,14 @@ def extract(
         if not isinstance(v, int | np.integer) or isinstance(v, bool) or v <= 0:
             flag = "--" + name.replace("_", "-")
             raise ValueError(f"{name} ({flag}): expected a positive int, got {v!r}")
-    if not isinstance(num_workers, int) or num_workers < 0:
+    if num_workers != "auto" and (
+        not isinstance(num_workers, int | np.integer)
+        or isinstance(num_workers, bool)
+        or num_workers < 0
+    ):
         raise ValueError(
-            f"num_workers (--num-workers): expected a non-negative int, got {num_workers!r}"
+            "num_workers (--num-workers): expected a non-negative int or 'auto', got "
+            f"{num_workers!r}"
         )
     patch = int(backbone.patch_size)
     if res % patch:
@@ -575,6 +618,9 @@ def extract(
         dev = torch.device("cuda", ranks.local_rank)  # one GPU per rank of a machine
     if dev.type == "cuda" and ranks.distributed:
         torch.cuda.set_device(dev)
+    if num_workers == "auto":
+        num_workers = auto_num_workers(dev)
+    num_workers = int(num_workers)
 
     def open_store() -> tuple[FeatureStore, bool]:
         """Rank 0 (the only rank of a single-process run): the store to write, and whether

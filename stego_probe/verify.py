@@ -300,7 +300,7 @@ def repair_store(
     data_root: str | os.PathLike | None = None,
     device: str = "auto",
     batch_size: int = 16,
-    num_workers: int = 0,
+    num_workers: int | str = "auto",
     progress: bool = False,
 ) -> RepairResult:
     """Verify a store and re-extract only its damaged blocks.

@@ -195,6 +195,47 @@ def test_num_workers_and_memory_url_give_same_content(tmp_path):
     np.testing.assert_array_equal(mem.labels(slice(None)), ref.labels(slice(None)))
 
 
+def test_num_workers_auto(tmp_path, monkeypatch, capsys):
+    """``num_workers="auto"`` (the default): in-process on the CPU; on a CUDA device the
+    machine's cores shared among its ranks, one left to each rank, 1 to AUTO_CUDA_WORKERS."""
+    import stego_probe.threads as threads
+    from stego_probe.cli.main import main
+    from stego_probe.extract import AUTO_CUDA_WORKERS, auto_num_workers
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert auto_num_workers(cpu) == 0 and auto_num_workers(cpu, 1) == 0
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    for cores, ranks, want in [
+        (16, 1, 8),
+        (64, 1, 8),
+        (16, 2, 7),
+        (16, 8, 1),
+        (2, 1, 1),
+        (1, 4, 1),
+    ]:
+        monkeypatch.setattr(threads, "available_cores", lambda c=cores: c)
+        assert auto_num_workers(cuda, ranks) == want, (cores, ranks)
+    assert AUTO_CUDA_WORKERS == 8
+    monkeypatch.setattr(threads, "available_cores", lambda: 16)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun's ranks on this machine
+    assert auto_num_workers(cuda) == 3
+    # the default on the CPU is the in-process loader: the same store as num_workers=0
+    assert _tree(_run(tmp_path / "auto").path) == _tree(_run(tmp_path / "zero", num_workers=0).path)
+    for bad in ("many", -1, True, 1.5):
+        with pytest.raises(ValueError, match=r"num_workers \(--num-workers\): expected a non-neg"):
+            _run(tmp_path / "bad", num_workers=bad)
+    argv = ["extract", "--dataset", "synthetic", "--split", "val", "--backbone", "descriptor",
+            "--store", str(tmp_path / "cli"), "--num-workers"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(argv + ["x"])
+    assert "argument --num-workers: expected a non-negative integer (>= 0) or 'auto', got 'x'" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit):
+        main(["extract", "--help"])
+    assert f"up to {AUTO_CUDA_WORKERS} on a GPU" in " ".join(capsys.readouterr().out.split())
+
+
 def slow_extract(path: str) -> None:
     """Entry point of the SIGKILL test's child process: writes 3 of 6 blocks, then hangs."""
     _run(path, ds=ToyDataset(12), bb=ToyBackbone(hang_after=3), chunk_images=2)
@@ -723,7 +764,9 @@ def test_cli_errors_name_the_cli_options(tmp_path, capsys):
     msg = err(argv + ["--dataset-arg", "seed=0", "--res", "32"])
     assert "--res" in msg and "res: 16 != 32" in msg
     assert "limit (--limit): expected a positive int, got 0" in err(argv + ["--limit", "0"])
-    assert "--num-workers" in err(argv + ["--num-workers", "-1"])
+    with pytest.raises(SystemExit):  # at parse time, naming the flag
+        main(argv + ["--num-workers", "-1"])
+    assert "argument --num-workers: expected a non-negative" in capsys.readouterr().err
     folder = ["extract", "--dataset", "folder", "--split", "train", "--backbone", "descriptor",
               "--store", str(tmp_path / "f")]  # fmt: skip
     assert "root (--data-root)" in err(folder)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["nonneg_int", "positive_int"]
+__all__ = ["nonneg_int", "nonneg_int_or_auto", "positive_int", "positive_int_or_all"]
 
 
 def _int(text: str, what: str) -> int:
@@ -55,5 +55,19 @@ def positive_int_or_all(text: str) -> int | None:
     what = "a positive integer (>= 1) or 'all'"
     value = _int(text, what)
     if value < 1:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def nonneg_int_or_auto(text: str) -> int | str:
+    """Parse a flag value as an integer >= 0, or ``auto`` (returned as ``"auto"``).
+
+    Use as ``parser.add_argument("--num-workers", type=nonneg_int_or_auto)``.
+    """
+    if text.strip().lower() == "auto":
+        return "auto"
+    what = "a non-negative integer (>= 0) or 'auto'"
+    value = _int(text, what)
+    if value < 0:
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return value
