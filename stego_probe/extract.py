@@ -23,6 +23,7 @@ Writing happens in a background thread, overlapping with the next blocks' forwar
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -256,7 +257,9 @@ def auto_num_workers(device: torch.device, local_world_size: int | None = None) 
     (``local_world_size``, default the ``LOCAL_WORLD_SIZE`` variable ``torchrun`` sets, else 1),
     one left to the rank itself, between 1 and :data:`AUTO_CUDA_WORKERS`: the images of the
     next batches are decoded and transformed while the GPU runs the forward, instead of the GPU
-    waiting for them.
+    waiting for them. Also 0 where new processes are not forked (Windows, macOS: "spawn"
+    workers would need a picklable dataset and an ``if __name__ == "__main__":`` guard in the
+    calling script; pass ``num_workers=N`` there explicitly).
 
     Args:
         device: the device of the forward pass.
@@ -269,7 +272,9 @@ def auto_num_workers(device: torch.device, local_world_size: int | None = None) 
         >>> auto_num_workers(torch.device("cpu"))
         0
     """
-    if device.type != "cuda":
+    # the start method in force, else the platform's default (listed first), without fixing it
+    method = multiprocessing.get_start_method(allow_none=True)
+    if device.type != "cuda" or (method or multiprocessing.get_all_start_methods()[0]) != "fork":
         return 0
     from stego_probe.threads import available_cores
 
@@ -619,7 +624,9 @@ def extract(
     if dev.type == "cuda" and ranks.distributed:
         torch.cuda.set_device(dev)
     if num_workers == "auto":
-        num_workers = auto_num_workers(dev)
+        # ranks started without torchrun (rank= / world_size=): assume they share this machine
+        local = os.environ.get("LOCAL_WORLD_SIZE") or ranks.world_size
+        num_workers = auto_num_workers(dev, int(local))
     num_workers = int(num_workers)
 
     def open_store() -> tuple[FeatureStore, bool]:
@@ -661,7 +668,8 @@ def extract(
             try:
                 stack.enter_context(_store_lock(path))
                 store, complete = open_store()
-                pending = np.flatnonzero(~store.done_blocks()).tolist()
+                # a complete store is returned as it is (`verify` finds a lost marker)
+                pending = [] if complete else np.flatnonzero(~store.done_blocks()).tolist()
                 # the store's inputs go with the pending blocks: every rank checks its own
                 # (dataset, backbone, weights, ...) against them before writing, or before
                 # returning a store that is complete already

@@ -258,10 +258,14 @@ def _rebuild_backbone(prov: dict, device):
     return backbone, kw
 
 
-def extract_command(prov: dict, path: str, data_root: str | None = None) -> str:
+def extract_command(
+    prov: dict, path: str, data_root: str | None = None, layout: dict | None = None
+) -> str:
     """The ``stego-probe extract`` command that re-creates (or, run on a store with
-    invalidated blocks, finishes) a store with the provenance ``prov``; parts the provenance
-    does not record are left as UPPERCASE placeholders."""
+    invalidated blocks, finishes) a store with the provenance ``prov`` and the layout
+    ``layout`` (:meth:`FeatureStore.info`'s ``chunk_images`` and ``compress_labels``, for a
+    store that is re-created whole); parts the provenance does not record are left as
+    UPPERCASE placeholders."""
     kwargs, root = _dataset_kwargs(prov)
     root = data_root or root
     parts = ["stego-probe", "extract", "--dataset", str(prov.get("dataset", "DATASET"))]
@@ -290,6 +294,11 @@ def extract_command(prov: dict, path: str, data_root: str | None = None) -> str:
         parts.append("--float32")
     if prov.get("limit") is not None:
         parts += ["--limit", str(prov["limit"])]
+    layout = layout or {}
+    if layout.get("chunk_images", 32) != 32:
+        parts += ["--chunk-images", str(layout["chunk_images"])]
+    if layout.get("compress_labels", True) is False:
+        parts.append("--raw-labels")
     parts += ["--store", path]
     return " ".join(shlex.quote(p) for p in parts)
 
@@ -347,10 +356,12 @@ def repair_store(
         )
     store = FeatureStore.open(path, mode="r+")
     prov = store.provenance
+    # when every block is invalidated the store is re-created: with its own layout
+    layout = store.info()
     store.invalidate_blocks(blocks)
     result.invalidated = blocks
     result.command = extract_command(
-        prov, path, None if data_root is None else os.fspath(data_root)
+        prov, path, None if data_root is None else os.fspath(data_root), layout
     )
     try:
         from stego_probe.device import resolve_device
@@ -377,6 +388,9 @@ def repair_store(
         progress=progress,
         limit=prov.get("limit"),
         token_dtype=prov.get("token_dtype", "float16"),
+        chunk_images=layout["chunk_images"],
+        shard_images=layout["shard_images"],
+        compress_labels=layout["compress_labels"],
     )
     result.reextracted = True
     result.after = verify_store(path)

@@ -195,6 +195,26 @@ def test_num_workers_and_memory_url_give_same_content(tmp_path):
     np.testing.assert_array_equal(mem.labels(slice(None)), ref.labels(slice(None)))
 
 
+def test_complete_store_is_returned_without_a_forward(tmp_path):
+    """Extracting into a complete store returns it as it is, even one that lost a written
+    marker (``verify`` reports that); nothing is recomputed, nothing written."""
+    path = tmp_path / "s"
+    _run(path)
+    before = _tree(path)
+    bb = ToyBackbone()
+    again = _run(path, bb=bb)
+    assert again.complete and bb.calls == 0
+    marker = path / "written" / "c" / "1"
+    assert marker.is_file()
+    marker.unlink()
+    bb = ToyBackbone()
+    again = _run(path, bb=bb)
+    assert again.complete and bb.calls == 0
+    assert {k: v for k, v in _tree(path).items() if "written" not in str(k)} == {
+        k: v for k, v in before.items() if "written" not in str(k)
+    }
+
+
 def test_num_workers_auto(tmp_path, monkeypatch, capsys):
     """``num_workers="auto"`` (the default): in-process on the CPU; on a CUDA device the
     machine's cores shared among its ranks, one left to each rank, 1 to AUTO_CUDA_WORKERS."""
@@ -219,6 +239,12 @@ def test_num_workers_auto(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(threads, "available_cores", lambda: 16)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun's ranks on this machine
     assert auto_num_workers(cuda) == 3
+    # where workers are not forked (Windows, macOS) they would need a __main__ guard: none
+    import multiprocessing
+
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "spawn")
+    assert auto_num_workers(cuda) == 0
+    monkeypatch.undo()
     # the default on the CPU is the in-process loader: the same store as num_workers=0
     assert _tree(_run(tmp_path / "auto").path) == _tree(_run(tmp_path / "zero", num_workers=0).path)
     for bad in ("many", -1, True, 1.5):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import uuid
 
 import numpy as np
@@ -637,6 +638,41 @@ def test_random_index_reads_from_files_equal_zarr_reads(tmp_path, token_dtype):
             assert got.dtype == np.float32 and got.shape == (idx.size, H, W, C)
             np.testing.assert_array_equal(got, tokens[idx].astype(np.float32))
     assert store._verified["tokens"] == {0, 1, 2}
+
+    # one chunk file open at a time, however many chunks a batch spans (a batch over more
+    # chunks than the open-file limit must not fail)
+    from stego_probe.store import feature_store
+
+    open_now, most = [0], [0]
+
+    class Tracked:
+        def __init__(self, *a, **kw):
+            self.f = builtins.open(*a, **kw)
+            open_now[0] += 1
+            most[0] = max(most[0], open_now[0])
+
+        def __getattr__(self, attr):
+            return getattr(self.f, attr)
+
+        def close(self):
+            open_now[0] -= 1
+            self.f.close()
+
+    many = tmp_path / "many"
+    fine = FeatureStore.create(
+        many, n_images=N, grid=(H, W), dim=C, label_shape=(LH, LW),
+        provenance={"n_classes": K}, chunk_images=1, token_dtype=token_dtype,
+    )  # fmt: skip
+    for b in range(N):
+        fine.write_block(b, tokens[b : b + 1], labels[b : b + 1], ids[b : b + 1])
+    fine.mark_complete()
+    fine = FeatureStore.open(many)
+    every = np.arange(N)[::-1]
+    np.testing.assert_array_equal(fine.tokens(every), tokens[every].astype(np.float32))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(feature_store, "open", Tracked, raising=False)
+        np.testing.assert_array_equal(fine.tokens(every), tokens[every].astype(np.float32))
+    assert most[0] == 1 and open_now[0] == 0
 
     partial = make(tmp_path / "p", [1])  # chunks 0 and 2 never written: fill values
     partial = FeatureStore.open(partial.path, allow_incomplete=True)

@@ -437,3 +437,19 @@ def test_repair_command_for_a_moved_dataset(tmp_path):
     assert not res.ok and res.invalidated == [1] and "no_such_backbone" in res.reason
     assert "--dataset synthetic" in res.command and "--dataset-arg n_images=10" in res.command
     assert "--res 32" in res.command and "--backbone no_such_backbone" in res.command
+
+
+def test_repair_of_every_block_keeps_the_layout(tmp_path):
+    """A repair that invalidates every block re-creates the store: with its own chunking and
+    label compression (raw labels stay raw), and the printed command says so too."""
+    ref, bad = tmp_path / "ref", tmp_path / "bad"
+    for p in (ref, bad):
+        _synthetic_store(p, compress_labels=False)
+    for b in range(3):  # early in the chunk: the last block fills half of its chunk
+        _flip_bit(_chunk(bad, "tokens", b), at=0.1)
+    res = repair_store(bad)
+    assert res.ok and res.invalidated == [0, 1, 2]
+    assert "--chunk-images 4" in res.command and "--raw-labels" in res.command
+    info = FeatureStore.open(bad).info()
+    assert info["chunk_images"] == 4 and info["compress_labels"] is False
+    assert _files(ref) == _files(bad)

@@ -72,8 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--raw-labels",
         action="store_true",
-        help="store labels uncompressed (a new store): read without zstd decoding, "
-        "iter_batches ~10%% faster, for H*W*2 more bytes per image (+8-17%% disk)",
+        help="store labels uncompressed (a new store): labels read without zstd decoding "
+        "(2.2x faster alone, a few %% on whole evaluation reads) for H*W*2 more bytes per "
+        "image (+8-17%% disk)",
     )
     p.add_argument("--overwrite", action="store_true", help="delete an existing store first")
     add_threads_argument(p, workload="large")

@@ -301,29 +301,29 @@ class FeatureStore(StoreWriter):
         """Labels of images ``[lo, hi)`` as int64 ``(hi - lo, H, W)``."""
         return self._read_direct(LABELS, lo, hi, np.int64)
 
-    def _chunk_source(self, name: str, k: int):
+    def _chunk_source(self, name: str, k: int) -> np.ndarray | str | None:
         """Where images of chunk ``k`` of direct array ``name`` are copied from by
-        :meth:`_read_tokens_indices`: an open unbuffered file of a raw chunk whose block is
-        verified already (or not checksummed) and of the chunk's size, else the chunk's values
+        :meth:`_read_tokens_indices`: the path of a raw chunk file whose block is verified
+        already (or not checksummed) and of the chunk's size, else the chunk's values
         (:meth:`_chunk_values`, which verifies it), else None (read through zarr)."""
         shape, dtype, file_of, level = self._raw[name]
         if level is not None or self._unverified(name, k, k):
             return self._chunk_values(name, k)
+        file = file_of(k)
         try:
-            f = open(file_of(k), "rb", buffering=0)  # noqa: SIM115 - closed by the caller
-        except OSError:
+            size = os.stat(file).st_size
+        except FileNotFoundError:
             return None
-        if os.fstat(f.fileno()).st_size != math.prod(shape) * dtype.itemsize:
-            f.close()
-            return None
-        return f
+        return file if size == math.prod(shape) * dtype.itemsize else None
 
     def _read_tokens_indices(self, name: str, ind: np.ndarray) -> np.ndarray:
         """Images ``ind`` (int64, any order, repeats allowed) of direct token array ``name``
-        (:meth:`_raw_layout`) as float32: run by run of consecutive images copied into one
-        buffer of the stored dtype (raw chunk files read with ``readinto``, decoded chunks
-        sliced, missing ones read through zarr), then cast once; only the images asked for are
-        read, and every block they touch verified (once per handle).
+        (:meth:`_raw_layout`) as float32, chunk by chunk in block order (every block they
+        touch verified, once per handle): each run of consecutive images is copied into one
+        buffer of the stored dtype (from a raw chunk's file with ``readinto``, from a decoded
+        chunk's values, or through zarr for a missing one), which float16 stores then cast
+        once. Only the images asked for are read, one chunk file open at a time, one decoded
+        chunk held at a time.
 
         Reading the runs from the files rather than from fresh memory maps, and casting once
         instead of once per chunk, is what brings random batches level with a gather + cast
@@ -332,26 +332,33 @@ class FeatureStore(StoreWriter):
         chunk = ind // ci
         starts = np.flatnonzero((np.diff(ind) != 1) | (np.diff(chunk) != 0)) + 1
         bounds = np.concatenate([[0], starts, [ind.size]]).tolist()
+        runs: dict[int, list[tuple[int, int]]] = {}
+        for j0, j1 in zip(bounds[:-1], bounds[1:], strict=True):
+            runs.setdefault(int(chunk[j0]), []).append((j0, j1))
         dtype = self._raw[name][1]
         buf = np.empty((ind.size, *self._grid, self._dim), dtype=dtype)
         row = buf[0].nbytes if ind.size else 0
-        sources: dict[int, object] = {}
-        try:
-            for k in np.unique(chunk).tolist():  # verify in block order, as the zarr path does
-                sources[k] = self._chunk_source(name, k)
-                if sources[k] is None:
-                    self._verify_blocks(name, [k])  # read through zarr: fill values or damage
-            for j0, j1 in zip(bounds[:-1], bounds[1:], strict=True):
-                k, first = int(chunk[j0]), int(ind[j0])
-                src, local, dst = sources[k], first - k * ci, buf[j0:j1]
-                if isinstance(src, np.ndarray):
-                    dst[...] = src[local : local + j1 - j0]
-                elif src is None or not _read_exactly(src, local * row, dst):
-                    dst[...] = self._read_range(name, first, first + j1 - j0)
-        finally:
-            for src in sources.values():
-                if src is not None and not isinstance(src, np.ndarray):
-                    src.close()
+        for k in sorted(runs):  # block order, as the zarr path verifies
+            src = self._chunk_source(name, k)
+            if src is None:
+                self._verify_blocks(name, [k])  # read through zarr: fill values or damage
+            f = None
+            if isinstance(src, str):
+                try:
+                    f = open(src, "rb", buffering=0)  # noqa: SIM115 - closed below
+                except FileNotFoundError:  # removed since it was checked: through zarr
+                    src = None
+            try:
+                for j0, j1 in runs[k]:
+                    first = int(ind[j0])
+                    local, dst = first - k * ci, buf[j0:j1]
+                    if isinstance(src, np.ndarray):
+                        dst[...] = src[local : local + j1 - j0]
+                    elif f is None or not _read_exactly(f, local * row, dst):
+                        dst[...] = self._read_range(name, first, first + j1 - j0)
+            finally:
+                if f is not None:
+                    f.close()
         return buf if dtype == np.float32 else to_float32(buf)
 
     # ------------------------------------------------------------------ reading
