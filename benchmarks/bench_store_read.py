@@ -83,26 +83,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         np.save(f"{tmp}/tokens.npy", tokens)
         np.save(f"{tmp}/labels.npy", labels)
-        store = FeatureStore.create(
-            f"{tmp}/store",
-            n_images=n,
-            grid=(g, g),
-            dim=c,
-            label_shape=(args.res, args.res),
-            provenance={"n_classes": 27},
-            chunk_images=args.chunk_images,
-        )
-        raw_store = FeatureStore.create(
-            f"{tmp}/raw_labels",
-            n_images=n,
-            grid=(g, g),
-            dim=c,
-            label_shape=(args.res, args.res),
-            provenance={"n_classes": 27},
-            chunk_images=args.chunk_images,
-            compress_labels=False,
-        )
-        for st in (store, raw_store):
+        # the default store (zstd labels) and one with raw labels, of the same content
+        for name, compress_labels in (("store", True), ("raw_labels", False)):
+            st = FeatureStore.create(
+                f"{tmp}/{name}",
+                n_images=n,
+                grid=(g, g),
+                dim=c,
+                label_shape=(args.res, args.res),
+                provenance={"n_classes": 27},
+                chunk_images=args.chunk_images,
+                compress_labels=compress_labels,
+            )
             for b in range(st.n_blocks):
                 s, e = st.block_range(b)
                 st.write_block(b, tokens[s:e], labels[s:e], [str(i) for i in range(s, e)])

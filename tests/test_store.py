@@ -30,7 +30,11 @@ def _data(seed: int = 0):
     return tokens, labels, ids
 
 
-def _write(path, tokens, labels, ids, chunk_images=4, shard_images=None, flipped=None):
+def _write(
+    path, tokens, labels, ids, chunk_images=4, shard_images=None, flipped=None, blocks=None, **kw
+):
+    """A store of ``tokens, labels, ids``, opened for reading; ``blocks``: write only those
+    (the store is then incomplete); ``kw``: more :meth:`FeatureStore.create` options."""
     store = FeatureStore.create(
         path,
         n_images=len(ids),
@@ -41,8 +45,9 @@ def _write(path, tokens, labels, ids, chunk_images=4, shard_images=None, flipped
         chunk_images=chunk_images,
         shard_images=shard_images,
         flipped=flipped is not None,
+        **kw,
     )
-    for b in range(store.n_blocks):
+    for b in range(store.n_blocks) if blocks is None else blocks:
         s, e = store.block_range(b)
         store.write_block(
             b,
@@ -51,6 +56,8 @@ def _write(path, tokens, labels, ids, chunk_images=4, shard_images=None, flipped
             ids[s:e],
             None if flipped is None else flipped[s:e],
         )
+    if blocks is not None:
+        return FeatureStore.open(path, allow_incomplete=True)
     store.mark_complete()
     return FeatureStore.open(path)
 
@@ -612,25 +619,8 @@ def test_random_index_reads_from_files_equal_zarr_reads(tmp_path, token_dtype):
         np.array([5]),
     )
 
-    def make(path, blocks):
-        store = FeatureStore.create(
-            path,
-            n_images=N,
-            grid=(H, W),
-            dim=C,
-            label_shape=(LH, LW),
-            provenance={"n_classes": K},
-            chunk_images=4,
-            token_dtype=token_dtype,
-        )
-        for b in blocks:
-            s, e = store.block_range(b)
-            store.write_block(b, tokens[s:e], labels[s:e], ids[s:e])
-        return store
-
     path = tmp_path / "s"
-    make(path, range(3)).mark_complete()
-    store = FeatureStore.open(path)
+    store = _write(path, tokens, labels, ids, token_dtype=token_dtype)
     assert store._raw_layout("tokens")[3] is None  # raw chunks: read from their files
     for _ in range(2):  # first pass verifies (chunk values), second reads the files
         for idx in idxs:
@@ -658,15 +648,7 @@ def test_random_index_reads_from_files_equal_zarr_reads(tmp_path, token_dtype):
             open_now[0] -= 1
             self.f.close()
 
-    many = tmp_path / "many"
-    fine = FeatureStore.create(
-        many, n_images=N, grid=(H, W), dim=C, label_shape=(LH, LW),
-        provenance={"n_classes": K}, chunk_images=1, token_dtype=token_dtype,
-    )  # fmt: skip
-    for b in range(N):
-        fine.write_block(b, tokens[b : b + 1], labels[b : b + 1], ids[b : b + 1])
-    fine.mark_complete()
-    fine = FeatureStore.open(many)
+    fine = _write(tmp_path / "many", tokens, labels, ids, chunk_images=1, token_dtype=token_dtype)
     every = np.arange(N)[::-1]
     np.testing.assert_array_equal(fine.tokens(every), tokens[every].astype(np.float32))
     with pytest.MonkeyPatch.context() as mp:
@@ -674,8 +656,8 @@ def test_random_index_reads_from_files_equal_zarr_reads(tmp_path, token_dtype):
         np.testing.assert_array_equal(fine.tokens(every), tokens[every].astype(np.float32))
     assert most[0] == 1 and open_now[0] == 0
 
-    partial = make(tmp_path / "p", [1])  # chunks 0 and 2 never written: fill values
-    partial = FeatureStore.open(partial.path, allow_incomplete=True)
+    # chunks 0 and 2 never written: fill values
+    partial = _write(tmp_path / "p", tokens, labels, ids, blocks=[1], token_dtype=token_dtype)
     for _ in range(2):
         got = partial.tokens(np.array([6, 0, 9, 5]))
         np.testing.assert_array_equal(got[[0, 3]], tokens[[6, 5]].astype(np.float32))
